@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian packages spiffe-tunnel needs to build, test and benchmark.
+# Idempotent: packages already present are skipped. Run as root (or with sudo).
+set -euo pipefail
+
+build_pkgs=(
+  build-essential cmake ninja-build pkg-config
+  libssl-dev openssl libasio-dev libspdlog-dev libfmt-dev libyaml-cpp-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  catch2 libcli11-dev libsystemd-dev nlohmann-json3-dev
+)
+test_pkgs=(
+  python3 python3-pytest iproute2 socat user-mode-linux kmod procps psmisc
+)
+bench_pkgs=(stunnel4 haproxy nginx-light iperf3 python3-matplotlib)
+
+want=("${build_pkgs[@]}" "${test_pkgs[@]}")
+if [[ "${1:-}" == "--bench" ]]; then want+=("${bench_pkgs[@]}"); fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  echo "setup-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup-deps: all packages present"
+fi
+
+# Python packages the integration tests use (independent certificate minting).
+if ! python3 -c 'import cryptography, pytest' 2>/dev/null; then
+  python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
+fi

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds the real components the integration tests run against -- SPIRE server and agent,
-# OPA -- from the Go module proxy, into a cache directory outside the repository.
-# A tool that is already cached at the pinned version is not rebuilt.
+# OPA, and the go-spiffe test peer (tests/peers/spiffe-peer) -- from the Go module proxy, into a
+# cache directory outside the repository.
+# A tool that is already cached at the pinned version is not rebuilt; the peer is keyed by a hash
+# of its sources (go.mod, go.sum, *.go), so it is rebuilt only when they change.
 #
 #   SPIFFE_TUNNEL_TOOLS  cache directory (default: ~/.cache/spiffe-tunnel-tools)
 #
-# Usage: scripts/build-tools.sh [spire] [opa]   (no argument: all)
+# Usage: scripts/build-tools.sh [spire] [opa] [peer]   (no argument: all)
+#        scripts/build-tools.sh peer-path   print the peer binary's path (no build)
 set -euo pipefail
 
 SPIRE_VERSION=1.13.3
@@ -45,12 +48,37 @@ build_opa() {
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
 }
 
-targets=("$@"); ((${#targets[@]})) || targets=(spire opa)
+PEER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/peers/spiffe-peer"
+
+# sha256 over "sha256sum" lines of go.mod, go.sum and *.go in C-locale order; first 16 hex chars.
+# tests/integration/spire.py (peer_source_hash) computes the same value.
+peer_hash() {
+  (cd "$PEER_SRC" && export LC_ALL=C && sha256sum go.mod go.sum $(printf '%s\n' *.go | sort) \
+     | sha256sum | cut -c1-16)
+}
+
+peer_bin() { echo "$CACHE/spiffe-peer-$(peer_hash)/bin/spiffe-peer"; }
+
+build_peer() {
+  local bin; bin=$(peer_bin)
+  local out; out=$(dirname "$(dirname "$bin")")
+  if [[ -x "$bin" ]]; then log "spiffe-peer cached in $out"; return; fi
+  log "building spiffe-peer from $PEER_SRC"
+  cd "$PEER_SRC"
+  mkdir -p "$out"
+  CGO_ENABLED=0 go build -trimpath -buildvcs=false -mod=readonly -o "$out/bin.tmp/spiffe-peer" .
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  log "spiffe-peer built: $bin"
+}
+
+targets=("$@"); ((${#targets[@]})) || targets=(spire opa peer)
 for t in "${targets[@]}"; do
   case "$t" in
     spire) (build_spire) ;;
     opa) (build_opa) ;;
-    *) log "unknown tool '$t' (expected: spire, opa)"; exit 2 ;;
+    peer) (build_peer) ;;
+    peer-path) peer_bin; exit 0 ;;
+    *) log "unknown tool '$t' (expected: spire, opa, peer, peer-path)"; exit 2 ;;
   esac
 done
 echo "$CACHE"

@@ -1,0 +1,60 @@
+#pragma once
+// ByteStream: one end of a proxied connection as the pump sees it -- a plain TCP socket or a TLS
+// stream over one. Operations are asio coroutines run on the session's io_context; a ByteStream
+// is owned by exactly one session and used from its thread only. Errors are returned as
+// error_codes, never thrown.
+
+#include <asio/awaitable.hpp>
+#include <asio/error_code.hpp>
+#include <asio/ip/tcp.hpp>
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+namespace spiffe_tunnel::base {
+
+class ByteStream {
+ public:
+  virtual ~ByteStream() = default;
+
+  // Reads at least one byte into `buf`. Returns 0 bytes with no error at end of stream (TCP FIN or
+  // TLS close_notify).
+  virtual asio::awaitable<std::size_t> read_some(std::span<char> buf, asio::error_code& ec) = 0;
+
+  // Writes all of `buf`.
+  virtual asio::awaitable<void> write_all(std::span<const char> buf, asio::error_code& ec) = 0;
+
+  // Ends our direction of the stream (TLS close_notify and/or TCP FIN); reading continues.
+  virtual asio::awaitable<void> shutdown_write(asio::error_code& ec) = 0;
+
+  // Aborts both directions now; pending operations complete with an error. Safe to call twice.
+  virtual void close() = 0;
+
+  // The socket underneath, for splice() and diagnostics.
+  virtual asio::ip::tcp::socket& socket() = 0;
+
+  // True when the kernel handles this stream's record layer in that direction (plain TCP, or TLS
+  // offloaded to kTLS), so bytes may be spliced straight into / out of the socket.
+  virtual bool kernel_writes() const = 0;
+  virtual bool kernel_reads() const = 0;
+};
+
+// Plain TCP.
+class TcpStream final : public ByteStream {
+ public:
+  explicit TcpStream(asio::ip::tcp::socket socket) : socket_(std::move(socket)) {}
+
+  asio::awaitable<std::size_t> read_some(std::span<char> buf, asio::error_code& ec) override;
+  asio::awaitable<void> write_all(std::span<const char> buf, asio::error_code& ec) override;
+  asio::awaitable<void> shutdown_write(asio::error_code& ec) override;
+  void close() override;
+  asio::ip::tcp::socket& socket() override { return socket_; }
+  bool kernel_writes() const override { return true; }
+  bool kernel_reads() const override { return true; }
+
+ private:
+  asio::ip::tcp::socket socket_;
+};
+
+}  // namespace spiffe_tunnel::base

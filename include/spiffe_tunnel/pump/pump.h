@@ -1,0 +1,45 @@
+#pragma once
+// Moves bytes between the two ends of a session in both directions at once, until both
+// directions have ended. End of stream on one side (TCP FIN or TLS close_notify) is passed on as
+// a half-close of the other side; an error on either side aborts both. The pump knows nothing of
+// TLS policy: it sees two ByteStreams and asks each whether the kernel owns its record layer.
+
+#include <asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "spiffe_tunnel/base/byte_stream.h"
+
+namespace spiffe_tunnel::pump {
+
+// How one direction's bytes were moved.
+enum class Path { kUserspace, kSplice };
+std::string_view path_name(Path p);
+
+struct DirectionResult {
+  uint64_t bytes = 0;
+  Path path = Path::kUserspace;
+  bool clean_end = false;  // ended with end-of-stream, not an error
+  std::string error;       // why it ended, when not clean
+};
+
+struct PumpResult {
+  DirectionResult a_to_b;
+  DirectionResult b_to_a;
+};
+
+struct PumpOptions {
+  std::size_t buffer_size = 256 * 1024;
+  bool allow_splice = true;
+  // Called after every chunk moved, for idle tracking. May be empty.
+  std::function<void()> on_activity;
+};
+
+// Runs until both directions end. `a` and `b` must outlive the returned awaitable.
+asio::awaitable<PumpResult> pump_both(base::ByteStream& a, base::ByteStream& b,
+                                      const PumpOptions& options);
+
+}  // namespace spiffe_tunnel::pump

@@ -1,0 +1,103 @@
+#pragma once
+// The TLS side of one tunnel: which SVID it presents, how it verifies and authorizes peers, and
+// which protocol versions, ciphers and kernel offload it allows.
+//
+// ContextProvider builds one SSL_CTX per identity snapshot and caches it; when the identity store
+// publishes a new snapshot the next handshake gets a new context, while established sessions keep
+// the SSL objects (and so the context) they started with. Peer verification is SPIFFE's, not
+// OpenSSL's: the verify callback picks the bundle of the peer's own trust domain from the same
+// snapshot, then asks the tunnel's Authorizer. Session resumption is disabled so that every
+// connection is verified and authorized in full. Any thread may call ContextProvider::current().
+
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "spiffe_tunnel/base/clock.h"
+#include "spiffe_tunnel/base/openssl.h"
+#include "spiffe_tunnel/base/result.h"
+#include "spiffe_tunnel/identity/identity_store.h"
+#include "spiffe_tunnel/policy/authorizer.h"
+#include "spiffe_tunnel/spiffe/peer_verifier.h"
+
+namespace spiffe_tunnel::tls {
+
+enum class Role { kServer, kClient };
+enum class KtlsMode { kAuto, kOn, kOff };
+
+std::string_view ktls_mode_name(KtlsMode m);
+
+struct TlsOptions {
+  Role role = Role::kServer;
+  identity::SvidSelector svid;
+  std::shared_ptr<const policy::Authorizer> authorizer;  // required
+  int min_version = TLS1_3_VERSION;                      // TLS1_2_VERSION or TLS1_3_VERSION
+  // TLS 1.3 suites in preference order (AES-GCM first: it has AES-NI and kTLS everywhere).
+  std::string tls13_ciphersuites =
+      "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+  // TLS 1.2 ciphers, only AEADs with forward secrecy.
+  std::string tls12_ciphers =
+      "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+      "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+      "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+  KtlsMode ktls = KtlsMode::kAuto;
+  std::string server_name;  // client role: SNI to send, "" for none
+};
+
+// What the verify callback concluded about one peer. Owned by the TlsStream of that connection.
+struct PeerOutcome {
+  spiffe::Rejection rejection = spiffe::Rejection::kNone;
+  std::optional<spiffe::SpiffeId> peer_id;
+  std::string detail;          // reason for logs when rejected
+  std::string authorized_by;   // the rule that allowed the peer
+  bool verified = false;       // the callback ran and accepted
+};
+
+// One immutable SSL_CTX built from one snapshot.
+class TlsContext {
+ public:
+  SSL_CTX* ssl_ctx() const { return ctx_.get(); }
+  const spiffe::X509Svid& svid() const { return *svid_; }
+  const identity::Snapshot& snapshot() const { return *snapshot_; }
+  const TlsOptions& options() const { return *options_; }
+
+ private:
+  friend class ContextProvider;
+  static int verify_callback(X509_STORE_CTX* store_ctx, void* arg);
+
+  base::SslCtxPtr ctx_;
+  std::shared_ptr<const identity::Snapshot> snapshot_;
+  std::shared_ptr<const spiffe::X509Svid> svid_;
+  std::shared_ptr<const TlsOptions> options_;
+  const base::Clock* clock_ = nullptr;
+};
+
+class ContextProvider {
+ public:
+  // `store` and `clock` must outlive the provider.
+  ContextProvider(TlsOptions options, const identity::IdentityStore& store,
+                  const base::Clock& clock);
+
+  // The context for the newest snapshot. Fails (and new connections are refused) when there is
+  // no snapshot yet, or the snapshot lacks the SVID this tunnel presents.
+  base::Result<std::shared_ptr<const TlsContext>> current();
+
+  const TlsOptions& options() const { return *options_; }
+
+ private:
+  base::Result<std::shared_ptr<const TlsContext>> build(
+      std::shared_ptr<const identity::Snapshot> snapshot) const;
+
+  std::shared_ptr<const TlsOptions> options_;
+  const identity::IdentityStore& store_;
+  const base::Clock& clock_;
+  std::mutex mutex_;
+  std::shared_ptr<const identity::Snapshot> cached_snapshot_;  // guarded by mutex_
+  std::shared_ptr<const TlsContext> cached_;                   // guarded by mutex_
+};
+
+// Parses "1.2" / "1.3" into an OpenSSL version constant.
+base::Result<int> parse_tls_version(std::string_view text);
+
+}  // namespace spiffe_tunnel::tls

@@ -1,0 +1,57 @@
+#pragma once
+// TlsStream: OpenSSL driven directly on a non-blocking TCP socket (SSL_set_fd), so that OpenSSL
+// can hand the record layer to the kernel (kTLS) -- memory BIOs, as asio::ssl uses, never can.
+// Readiness comes from asio (socket.async_wait). Owned by one session; used from its thread only.
+
+#include <memory>
+#include <string>
+
+#include "spiffe_tunnel/base/byte_stream.h"
+#include "spiffe_tunnel/base/openssl.h"
+#include "spiffe_tunnel/tls/tls_context.h"
+
+namespace spiffe_tunnel::tls {
+
+class TlsStream final : public base::ByteStream {
+ public:
+  // Binds a new SSL object from `context` to `socket`. The context is kept alive by the stream.
+  static base::Result<std::unique_ptr<TlsStream>> create(asio::ip::tcp::socket socket,
+                                                         std::shared_ptr<const TlsContext> context);
+  ~TlsStream() override;
+
+  // Runs the handshake (accept or connect, per the context's role). On failure `ec` is set and
+  // outcome()/error_detail() say why.
+  asio::awaitable<void> handshake(asio::error_code& ec);
+
+  const PeerOutcome& outcome() const { return *outcome_; }
+  // The last TLS-level error as a sentence, "" if none.
+  const std::string& error_detail() const { return error_detail_; }
+  std::string protocol() const;  // "TLSv1.3"
+  std::string cipher() const;    // "TLS_AES_128_GCM_SHA256"
+  const TlsContext& context() const { return *context_; }
+
+  // base::ByteStream
+  asio::awaitable<std::size_t> read_some(std::span<char> buf, asio::error_code& ec) override;
+  asio::awaitable<void> write_all(std::span<const char> buf, asio::error_code& ec) override;
+  asio::awaitable<void> shutdown_write(asio::error_code& ec) override;
+  void close() override;
+  asio::ip::tcp::socket& socket() override { return socket_; }
+  bool kernel_writes() const override { return ktls_tx_; }
+  bool kernel_reads() const override { return ktls_rx_; }
+
+ private:
+  TlsStream(asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context);
+  // Waits for what OpenSSL asked for after a call returned `ret`. Returns false (with ec set) on
+  // a fatal error; `eof` is set for a clean close_notify.
+  asio::awaitable<bool> wait_for_retry(int ret, asio::error_code& ec, bool* eof = nullptr);
+
+  asio::ip::tcp::socket socket_;
+  std::shared_ptr<const TlsContext> context_;
+  base::SslPtr ssl_;
+  std::unique_ptr<PeerOutcome> outcome_;
+  std::string error_detail_;
+  bool ktls_tx_ = false;
+  bool ktls_rx_ = false;
+};
+
+}  // namespace spiffe_tunnel::tls

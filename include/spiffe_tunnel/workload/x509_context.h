@@ -1,0 +1,39 @@
+#pragma once
+// X509Context: what an identity source delivers each time something changes -- every SVID (first
+// = default) and the bundle of every trusted trust domain. Always complete, never a delta.
+// IdentitySource: the interface the app wires to the identity store.
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "spiffe_tunnel/spiffe/bundle.h"
+#include "spiffe_tunnel/spiffe/x509_svid.h"
+
+namespace spiffe_tunnel::workload {
+
+struct X509Context {
+  std::vector<std::shared_ptr<const spiffe::X509Svid>> svids;
+  spiffe::BundleSet bundles;
+};
+
+// Callbacks run on the source's own thread and must not block.
+struct SourceCallbacks {
+  std::function<void(X509Context)> on_update;
+  // The source lost its identities for good (e.g. Workload API PermissionDenied mid-stream).
+  std::function<void(const std::string& reason)> on_revoked;
+};
+
+class IdentitySource {
+ public:
+  virtual ~IdentitySource() = default;
+  // Starts delivering; the first on_update may come before start() returns.
+  virtual void start(SourceCallbacks callbacks) = 0;
+  // Stops the source's thread. Safe to call twice.
+  virtual void stop() = 0;
+  // "files /etc/svid.pem" or "workload-api unix:///run/spire/agent.sock", for logs.
+  virtual std::string describe() const = 0;
+};
+
+}  // namespace spiffe_tunnel::workload

@@ -1,0 +1,219 @@
+#include "daemon.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <thread>
+
+#include "spiffe_tunnel/identity/identity_store.h"
+#include "spiffe_tunnel/policy/authorizer.h"
+#include "spiffe_tunnel/tls/tls_context.h"
+#include "spiffe_tunnel/tunnel/io_pool.h"
+#include "spiffe_tunnel/tunnel/tunnel.h"
+#include "spiffe_tunnel/workload/files_source.h"
+#include "systemd_notify.h"
+
+namespace spiffe_tunnel::app {
+namespace {
+
+using config::Config;
+using config::TunnelConfig;
+
+std::unique_ptr<workload::IdentitySource> make_source(const Config& c) {
+  if (c.identity.kind == config::IdentityConfig::Kind::kFiles) {
+    workload::FilesSourceOptions o;
+    o.cert_file = c.identity.cert_file;
+    o.key_file = c.identity.key_file;
+    o.bundle_files = c.identity.bundle_files;
+    return std::make_unique<workload::FilesSource>(std::move(o));
+  }
+  return nullptr;
+}
+
+base::Result<tls::TlsOptions> make_tls_options(const TunnelConfig& t) {
+  tls::TlsOptions o;
+  o.role = t.mode == config::Mode::kServer ? tls::Role::kServer : tls::Role::kClient;
+  o.svid.id = t.svid_id;
+  o.svid.hint = t.svid_hint;
+  std::vector<policy::IdPattern> patterns;
+  for (const auto& p : t.peer_patterns) {
+    auto parsed = policy::IdPattern::parse(p);
+    if (!parsed) {
+      return parsed.error();
+    }
+    patterns.push_back(*parsed);
+  }
+  o.authorizer = std::make_shared<const policy::AllowListAuthorizer>(
+      t.peer_ids, t.peer_trust_domains, std::move(patterns), t.allow_any_peer);
+  auto v = tls::parse_tls_version(t.tls_min_version);
+  if (!v) {
+    return v.error();
+  }
+  o.min_version = *v;
+  if (!t.tls13_ciphersuites.empty()) {
+    o.tls13_ciphersuites = t.tls13_ciphersuites;
+  }
+  if (!t.tls12_ciphers.empty()) {
+    o.tls12_ciphers = t.tls12_ciphers;
+  }
+  o.ktls = t.ktls == "on" ? tls::KtlsMode::kOn : t.ktls == "off" ? tls::KtlsMode::kOff
+                                                                 : tls::KtlsMode::kAuto;
+  o.server_name = t.server_name;
+  return o;
+}
+
+tunnel::TunnelOptions make_tunnel_options(const TunnelConfig& t) {
+  tunnel::TunnelOptions o;
+  o.name = t.name;
+  o.listen_host = t.listen.host;
+  o.listen_port = t.listen.port;
+  o.target_host = t.target.host;
+  o.target_port = std::to_string(t.target.port);
+  o.handshake_timeout = t.handshake_timeout;
+  o.connect_timeout = t.connect_timeout;
+  o.idle_timeout = t.idle_timeout;
+  o.max_connections = t.max_connections;
+  return o;
+}
+
+std::shared_ptr<const identity::Snapshot> to_snapshot(workload::X509Context ctx,
+                                                      const std::string& source) {
+  auto s = std::make_shared<identity::Snapshot>();
+  s->svids = std::move(ctx.svids);
+  s->bundles = std::move(ctx.bundles);
+  s->source = source;
+  return s;
+}
+
+// Blocks until SIGINT/SIGTERM (or hooks.should_stop), pinging the systemd watchdog meanwhile.
+void wait_for_stop(const DaemonHooks& hooks, SystemdNotifier& notifier) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  const auto tick = std::min(notifier.watchdog_interval() / 2, std::chrono::milliseconds(200));
+  for (;;) {
+    timespec ts{};
+    ts.tv_sec = tick.count() / 1000;
+    ts.tv_nsec = (tick.count() % 1000) * 1'000'000;
+    const int sig = sigtimedwait(&set, nullptr, &ts);
+    notifier.watchdog();
+    if (sig == SIGINT || sig == SIGTERM) {
+      spdlog::info("received {}, draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      return;
+    }
+    if (sig == SIGHUP) {
+      spdlog::info("SIGHUP: identity files are reloaded automatically; nothing else to reload");
+    }
+    if (hooks.should_stop && hooks.should_stop()) {
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+int run_daemon(const Config& config, const DaemonHooks& hooks) {
+  // Signals are taken synchronously by the main thread; every other thread inherits the mask.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  identity::IdentityStore store;
+  std::unique_ptr<workload::IdentitySource> source = make_source(config);
+  if (!source) {
+    spdlog::error("identity source {} is not available in this build",
+                  config.identity.workload_api);
+    return 1;
+  }
+  if (auto* files = dynamic_cast<workload::FilesSource*>(source.get())) {
+    // Fail fast on a bad initial set; later changes are only warned about.
+    auto first = files->load();
+    if (!first) {
+      spdlog::error("{}", first.error().message);
+      return 1;
+    }
+  }
+
+  base::MetricsRegistry metrics;
+  const std::size_t threads =
+      config.threads != 0 ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  tunnel::IoPool pool(threads);
+  std::vector<std::unique_ptr<tunnel::Tunnel>> tunnels;
+  for (const auto& t : config.tunnels) {
+    auto tls_options = make_tls_options(t);
+    if (!tls_options) {
+      spdlog::error("tunnel \"{}\": {}", t.name, tls_options.error().message);
+      return 1;
+    }
+    auto provider = std::make_unique<tls::ContextProvider>(std::move(*tls_options), store,
+                                                           base::SystemClock::instance());
+    auto tunnel = tunnel::Tunnel::create(make_tunnel_options(t), std::move(provider), pool, metrics);
+    if (!tunnel) {
+      spdlog::error("{}", tunnel.error().message);
+      return 1;
+    }
+    tunnels.push_back(std::move(*tunnel));
+  }
+
+  const std::string source_name = source->describe();
+  source->start({
+      .on_update =
+          [&store, source_name](workload::X509Context ctx) {
+            store.publish(to_snapshot(std::move(ctx), source_name));
+          },
+      .on_revoked =
+          [&store](const std::string& reason) {
+            spdlog::error("identity revoked: {}; refusing new connections", reason);
+            store.withdraw();
+          },
+  });
+
+  pool.start();
+  std::vector<uint16_t> ports;
+  for (auto& t : tunnels) {
+    t->start();
+    ports.push_back(t->local_endpoint().port());
+  }
+  SystemdNotifier notifier;
+  notifier.ready("spiffe-tunnel: " + std::to_string(tunnels.size()) + " tunnel(s) listening");
+  if (hooks.on_listening) {
+    hooks.on_listening(ports);
+  }
+
+  wait_for_stop(hooks, notifier);
+  notifier.stopping();
+  for (auto& t : tunnels) {
+    t->stop();
+  }
+  const auto deadline = std::chrono::steady_clock::now() + config.drain_timeout;
+  auto open_sessions = [&tunnels] {
+    std::size_t n = 0;
+    for (auto& t : tunnels) {
+      n += t->active_sessions();
+    }
+    return n;
+  };
+  while (open_sessions() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (const std::size_t n = open_sessions(); n > 0) {
+    spdlog::warn("drain timeout: closing {} open session(s)", n);
+    for (auto& t : tunnels) {
+      t->close_sessions();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  source->stop();
+  pool.stop();
+  tunnels.clear();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace spiffe_tunnel::app

@@ -1,0 +1,296 @@
+#include "demo.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <thread>
+#include <vector>
+
+#include "spiffe_tunnel/base/unique_fd.h"
+#include "spiffe_tunnel/spiffe/issuer.h"
+
+extern char** environ;
+
+namespace spiffe_tunnel::app {
+namespace {
+
+using base::UniqueFd;
+
+uint16_t free_port() {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  ::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+
+UniqueFd connect_to(uint16_t port) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    return UniqueFd();
+  }
+  return fd;
+}
+
+// Waits for the daemon writing `log` to report its listener (a probe connection would show up
+// in the demo's logs as a refused peer).
+bool wait_for_listening(const std::string& log) {
+  for (int i = 0; i < 100; ++i) {
+    std::ifstream in(log);
+    for (std::string line; std::getline(in, line);) {
+      if (line.find("listening on") != std::string::npos) {
+        return true;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// Echo service on 127.0.0.1:port, one thread per connection, for the demo only.
+void serve_echo(int listen_fd) {
+  for (;;) {
+    int c = ::accept(listen_fd, nullptr, nullptr);
+    if (c < 0) {
+      return;
+    }
+    std::thread([c] {
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::read(c, buf, sizeof(buf))) > 0) {
+        if (::write(c, buf, n) != n) {
+          break;
+        }
+      }
+      ::close(c);
+    }).detach();
+  }
+}
+
+std::string exchange(uint16_t port, const std::string& message) {
+  UniqueFd fd = connect_to(port);
+  if (!fd.valid()) {
+    return "";
+  }
+  timeval tv{5, 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  if (::write(fd.get(), message.data(), message.size()) != static_cast<ssize_t>(message.size())) {
+    return "";
+  }
+  ::shutdown(fd.get(), SHUT_WR);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd.get(), buf, sizeof(buf))) > 0) {
+    out.append(buf, n);
+  }
+  return out;
+}
+
+bool write_file(const std::string& path, const std::string& data, mode_t mode = 0644) {
+  std::ofstream out(path, std::ios::trunc);
+  out << data;
+  out.close();
+  ::chmod(path.c_str(), mode);
+  return static_cast<bool>(out);
+}
+
+struct Site {
+  std::string dir;
+  std::string cert, key, bundle;
+};
+
+bool mint_site(const std::string& dir, const spiffe::Issuer& ca, const std::string& id,
+               Site& site) {
+  auto svid = ca.issue_svid(*spiffe::SpiffeId::parse(id));
+  if (!svid) {
+    std::cerr << "demo: " << svid.error().message << "\n";
+    return false;
+  }
+  std::string chain;
+  for (const auto& c : svid->chain) {
+    chain += spiffe::certificate_to_pem(c.get());
+  }
+  site.dir = dir;
+  site.cert = dir + "/svid.pem";
+  site.key = dir + "/svid.key";
+  site.bundle = dir + "/bundle.pem";
+  ::mkdir(dir.c_str(), 0700);
+  return write_file(site.cert, chain) &&
+         write_file(site.key, spiffe::private_key_to_pem(svid->key.get()), 0600) &&
+         write_file(site.bundle, spiffe::certificate_to_pem(ca.certificate()));
+}
+
+pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+  std::vector<char*> argv;
+  for (const auto& a : args) {
+    argv.push_back(const_cast<char*>(a.c_str()));
+  }
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv.data(), environ) != 0) {
+    pid = -1;
+  }
+  posix_spawn_file_actions_destroy(&fa);
+  return pid;
+}
+
+std::string join(const std::vector<std::string>& args) {
+  std::string out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    out += (i == 0 ? "spiffe-tunnel" : " " + args[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_demo(const DemoOptions& options) {
+  std::string dir = options.dir;
+  if (dir.empty()) {
+    char tmpl[] = "/tmp/spiffe-tunnel-demo-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) {
+      std::cerr << "demo: cannot create a temporary directory\n";
+      return 1;
+    }
+    dir = tmpl;
+  } else {
+    ::mkdir(dir.c_str(), 0700);
+  }
+  auto td_a = *spiffe::TrustDomain::parse("site-a.demo");
+  auto td_b = *spiffe::TrustDomain::parse("site-b.demo");
+  auto td_x = *spiffe::TrustDomain::parse("stranger.demo");
+  auto ca_a = spiffe::Issuer::create_root(td_a);
+  auto ca_b = spiffe::Issuer::create_root(td_b);
+  auto ca_x = spiffe::Issuer::create_root(td_x);
+  if (!ca_a || !ca_b || !ca_x) {
+    std::cerr << "demo: cannot create demo CAs\n";
+    return 1;
+  }
+  Site a, b, x;
+  if (!mint_site(dir + "/site-a", *ca_a, "spiffe://site-a.demo/producer", a) ||
+      !mint_site(dir + "/site-b", *ca_b, "spiffe://site-b.demo/kafka", b) ||
+      !mint_site(dir + "/stranger", *ca_x, "spiffe://stranger.demo/intruder", x)) {
+    std::cerr << "demo: cannot write certificates to " << dir << "\n";
+    return 1;
+  }
+
+  UniqueFd echo_fd(::socket(AF_INET, SOCK_STREAM, 0));
+  const uint16_t echo_port = free_port();
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(echo_port);
+  int one = 1;
+  ::setsockopt(echo_fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(echo_fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(echo_fd.get(), 64) != 0) {
+    std::cerr << "demo: cannot start the echo service\n";
+    return 1;
+  }
+  std::thread(serve_echo, echo_fd.get()).detach();
+
+  const uint16_t server_port = free_port();
+  const uint16_t client_port = free_port();
+  const uint16_t stranger_port = free_port();
+  const std::string p = std::to_string(server_port);
+  std::vector<std::string> server_args = {
+      "spiffe-tunnel", "server", "--listen", "127.0.0.1:" + p,
+      "--target", "127.0.0.1:" + std::to_string(echo_port),
+      "--cert", b.cert, "--key", b.key,
+      "--bundle", "site-a.demo=" + a.bundle, "--bundle", "site-b.demo=" + b.bundle,
+      "--allow-id", "spiffe://site-a.demo/producer"};
+  std::vector<std::string> client_args = {
+      "spiffe-tunnel", "client", "--listen", "127.0.0.1:" + std::to_string(client_port),
+      "--target", "127.0.0.1:" + p, "--cert", a.cert, "--key", a.key,
+      "--bundle", "site-a.demo=" + a.bundle, "--bundle", "site-b.demo=" + b.bundle,
+      "--expect-id", "spiffe://site-b.demo/kafka"};
+  std::vector<std::string> stranger_args = {
+      "spiffe-tunnel", "client", "--name", "stranger",
+      "--listen", "127.0.0.1:" + std::to_string(stranger_port),
+      "--target", "127.0.0.1:" + p, "--cert", x.cert, "--key", x.key,
+      "--bundle", "site-b.demo=" + b.bundle, "--bundle", "stranger.demo=" + x.bundle,
+      "--expect-id", "spiffe://site-b.demo/kafka"};
+
+  std::cout << "spiffe-tunnel demo: certificates in " << dir << "\n\n"
+            << "echo service        127.0.0.1:" << echo_port << "\n"
+            << "server tunnel (B)   " << join(server_args) << "\n"
+            << "client tunnel (A)   " << join(client_args) << "\n\n";
+  const pid_t server_pid = spawn(server_args, dir + "/server.log");
+  const pid_t client_pid = spawn(client_args, dir + "/client.log");
+  const pid_t stranger_pid = spawn(stranger_args, dir + "/stranger.log");
+  int rc = 0;
+  auto stop_all = [&] {
+    for (pid_t pid : {server_pid, client_pid, stranger_pid}) {
+      if (pid > 0) {
+        ::kill(pid, SIGTERM);
+        ::waitpid(pid, nullptr, 0);
+      }
+    }
+  };
+  if (server_pid < 0 || client_pid < 0 || stranger_pid < 0 ||
+      !wait_for_listening(dir + "/server.log") || !wait_for_listening(dir + "/client.log") ||
+      !wait_for_listening(dir + "/stranger.log")) {
+    std::cerr << "demo: the tunnels did not start; see " << dir << "/*.log\n";
+    stop_all();
+    return 1;
+  }
+  const std::string message = "hello from site A through mutual TLS";
+  const std::string reply = exchange(client_port, message);
+  std::cout << "site A sends  : " << message << "\n"
+            << "site A gets   : " << reply << "\n";
+  if (reply != message) {
+    std::cout << "FAILED: the echo did not come back; see " << dir << "/*.log\n";
+    rc = 1;
+  }
+  const std::string stranger_reply = exchange(stranger_port, "let me in");
+  std::cout << "stranger.demo : " << (stranger_reply.empty() ? "refused (as it should be)" : "GOT IN")
+            << "\n\n";
+  if (!stranger_reply.empty()) {
+    rc = 1;
+  }
+  std::cout << "server log (" << dir << "/server.log):\n";
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::ifstream log(dir + "/server.log");
+  for (std::string line; std::getline(log, line);) {
+    std::cout << "  " << line << "\n";
+  }
+  if (options.wait && rc == 0) {
+    std::cout << "\nTry it:  echo hi | nc -q1 127.0.0.1 " << client_port
+              << "    (Ctrl-C ends the demo)\n";
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    int sig = 0;
+    sigwait(&set, &sig);
+  }
+  stop_all();
+  std::cout << (rc == 0 ? "\ndemo OK\n" : "\ndemo FAILED\n");
+  return rc;
+}
+
+}  // namespace spiffe_tunnel::app

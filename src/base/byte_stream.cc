@@ -1,0 +1,38 @@
+#include "spiffe_tunnel/base/byte_stream.h"
+
+#include <asio/read.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+namespace spiffe_tunnel::base {
+
+asio::awaitable<std::size_t> TcpStream::read_some(std::span<char> buf, asio::error_code& ec) {
+  ec.clear();
+  std::size_t n = co_await socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+  if (ec == asio::error::eof) {
+    ec.clear();
+    co_return 0;
+  }
+  co_return n;
+}
+
+asio::awaitable<void> TcpStream::write_all(std::span<const char> buf, asio::error_code& ec) {
+  ec.clear();
+  co_await asio::async_write(socket_, asio::buffer(buf.data(), buf.size()),
+                             asio::redirect_error(asio::use_awaitable, ec));
+}
+
+asio::awaitable<void> TcpStream::shutdown_write(asio::error_code& ec) {
+  ec.clear();
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+  co_return;
+}
+
+void TcpStream::close() {
+  asio::error_code ignored;
+  socket_.close(ignored);
+}
+
+}  // namespace spiffe_tunnel::base

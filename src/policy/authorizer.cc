@@ -1,0 +1,161 @@
+#include "spiffe_tunnel/policy/authorizer.h"
+
+#include <algorithm>
+
+namespace spiffe_tunnel::policy {
+namespace {
+
+std::vector<std::string> split_path(std::string_view path) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < path.size()) {
+    // path always begins with '/'
+    size_t next = path.find('/', pos + 1);
+    if (next == std::string_view::npos) {
+      next = path.size();
+    }
+    out.emplace_back(path.substr(pos + 1, next - pos - 1));
+    pos = next;
+  }
+  return out;
+}
+
+// Glob within one segment: '*' matches any run of characters.
+bool glob_match(std::string_view pat, std::string_view s) {
+  size_t p = 0, i = 0, star = std::string_view::npos, mark = 0;
+  while (i < s.size()) {
+    if (p < pat.size() && pat[p] == '*') {
+      star = p++;
+      mark = i;
+    } else if (p < pat.size() && pat[p] == s[i]) {
+      ++p;
+      ++i;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      i = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pat.size() && pat[p] == '*') {
+    ++p;
+  }
+  return p == pat.size();
+}
+
+bool match_segments(const std::vector<std::string>& pat, size_t pi,
+                    const std::vector<std::string>& segs, size_t si) {
+  if (pi == pat.size()) {
+    return si == segs.size();
+  }
+  if (pat[pi] == "**") {
+    for (size_t k = si; k <= segs.size(); ++k) {
+      if (match_segments(pat, pi + 1, segs, k)) {
+        return true;
+      }
+    }
+    return false;
+  }
+  if (si == segs.size() || !glob_match(pat[pi], segs[si])) {
+    return false;
+  }
+  return match_segments(pat, pi + 1, segs, si + 1);
+}
+
+template <typename T, typename F>
+std::string join(const std::vector<T>& items, F&& fmt) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) {
+    out += (i ? "," : "") + fmt(items[i]);
+  }
+  return out + "]";
+}
+
+}  // namespace
+
+base::Result<IdPattern> IdPattern::parse(std::string_view text) {
+  const std::string quoted = "\"" + std::string(text) + "\"";
+  constexpr std::string_view kScheme = "spiffe://";
+  if (text.substr(0, kScheme.size()) != kScheme) {
+    return base::make_error("pattern " + quoted + " must start with \"spiffe://\"");
+  }
+  const size_t slash = text.find('/', kScheme.size());
+  const std::string_view td_text = text.substr(kScheme.size(), slash - kScheme.size());
+  if (td_text.find('*') != std::string_view::npos) {
+    return base::make_error("pattern " + quoted +
+                            ": wildcards are not allowed in the trust domain; list each trust "
+                            "domain separately");
+  }
+  auto td = spiffe::TrustDomain::parse(td_text);
+  if (!td) {
+    return td.error().wrap("pattern " + quoted);
+  }
+  IdPattern p;
+  p.text_ = std::string(text);
+  p.td_ = *td;
+  if (slash == std::string_view::npos) {
+    return p;  // trust domain ID only: matches spiffe://td exactly
+  }
+  p.segments_ = split_path(text.substr(slash));
+  for (const auto& seg : p.segments_) {
+    if (seg.empty()) {
+      return base::make_error("pattern " + quoted + " has an empty path segment");
+    }
+    if (seg.find("**") != std::string::npos && seg != "**") {
+      return base::make_error("pattern " + quoted + ": \"**\" must be a whole segment");
+    }
+    for (char c : seg) {
+      const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                      (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_' || c == '*';
+      if (!ok) {
+        return base::make_error("pattern " + quoted + " has character '" + std::string(1, c) +
+                                "' in segment \"" + seg + "\" (allowed: a-z A-Z 0-9 . - _ *)");
+      }
+    }
+  }
+  return p;
+}
+
+bool IdPattern::matches(const spiffe::SpiffeId& id) const {
+  if (id.trust_domain() != *td_) {
+    return false;
+  }
+  return match_segments(segments_, 0, split_path(id.path()), 0);
+}
+
+AllowListAuthorizer::AllowListAuthorizer(std::vector<spiffe::SpiffeId> ids,
+                                         std::vector<spiffe::TrustDomain> tds,
+                                         std::vector<IdPattern> patterns, bool allow_any_verified)
+    : ids_(std::move(ids)),
+      tds_(std::move(tds)),
+      patterns_(std::move(patterns)),
+      allow_any_verified_(allow_any_verified) {}
+
+Decision AllowListAuthorizer::authorize(const spiffe::SpiffeId& peer) const {
+  if (std::find(ids_.begin(), ids_.end(), peer) != ids_.end()) {
+    return Decision::allow("id " + peer.str() + " is listed");
+  }
+  if (std::find(tds_.begin(), tds_.end(), peer.trust_domain()) != tds_.end()) {
+    return Decision::allow("trust domain " + peer.trust_domain().name() + " is listed");
+  }
+  for (const auto& p : patterns_) {
+    if (p.matches(peer)) {
+      return Decision::allow("matches pattern " + p.text());
+    }
+  }
+  if (allow_any_verified_) {
+    return Decision::allow("any verified peer is allowed");
+  }
+  return Decision::deny(peer.str() + " matches no rule (" + describe() + ")");
+}
+
+std::string AllowListAuthorizer::describe() const {
+  if (allow_any_verified_ && ids_.empty() && tds_.empty() && patterns_.empty()) {
+    return "any peer verified by a held bundle";
+  }
+  return "ids=" + join(ids_, [](const auto& i) { return i.str(); }) +
+         " trust_domains=" + join(tds_, [](const auto& t) { return t.name(); }) +
+         " patterns=" + join(patterns_, [](const auto& p) { return p.text(); });
+}
+
+}  // namespace spiffe_tunnel::policy

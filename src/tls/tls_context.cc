@@ -1,0 +1,166 @@
+#include "spiffe_tunnel/tls/tls_context.h"
+
+#include <openssl/err.h>
+
+namespace spiffe_tunnel::tls {
+namespace {
+
+PeerOutcome* outcome_of(X509_STORE_CTX* store_ctx) {
+  auto* ssl = static_cast<SSL*>(
+      X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  return ssl != nullptr ? static_cast<PeerOutcome*>(SSL_get_app_data(ssl)) : nullptr;
+}
+
+}  // namespace
+
+std::string_view ktls_mode_name(KtlsMode m) {
+  switch (m) {
+    case KtlsMode::kAuto:
+      return "auto";
+    case KtlsMode::kOn:
+      return "on";
+    case KtlsMode::kOff:
+      return "off";
+  }
+  return "?";
+}
+
+base::Result<int> parse_tls_version(std::string_view text) {
+  if (text == "1.2" || text == "tls1.2" || text == "TLSv1.2") {
+    return TLS1_2_VERSION;
+  }
+  if (text == "1.3" || text == "tls1.3" || text == "TLSv1.3") {
+    return TLS1_3_VERSION;
+  }
+  return base::make_error("\"" + std::string(text) + "\" is not a TLS version (use 1.2 or 1.3)");
+}
+
+// SPIFFE verification replaces OpenSSL's: OpenSSL would accept CA leaves, several URI SANs and,
+// with a pooled store, one trust domain vouching for another's IDs (SPIFFE.md §2.3).
+int TlsContext::verify_callback(X509_STORE_CTX* store_ctx, void* arg) {
+  const auto* self = static_cast<const TlsContext*>(arg);
+  PeerOutcome* outcome = outcome_of(store_ctx);
+  if (outcome == nullptr) {
+    // Every SSL we create carries an outcome; anything else is a programming error. Fail closed.
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+  }
+  X509* leaf = X509_STORE_CTX_get0_cert(store_ctx);
+  if (leaf == nullptr) {
+    outcome->rejection = spiffe::Rejection::kNoCertificate;
+    outcome->detail = "peer sent no certificate";
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+  }
+  spiffe::PeerVerification v = spiffe::verify_peer_chain(
+      leaf, X509_STORE_CTX_get0_untrusted(store_ctx), self->snapshot_->bundles,
+      self->clock_->now());
+  outcome->peer_id = v.id;
+  if (!v.ok()) {
+    outcome->rejection = v.rejection;
+    outcome->detail = v.detail;
+    X509_STORE_CTX_set_error(store_ctx, v.rejection == spiffe::Rejection::kExpired
+                                            ? X509_V_ERR_CERT_HAS_EXPIRED
+                                            : X509_V_ERR_CERT_REJECTED);
+    return 0;
+  }
+  policy::Decision d = self->options_->authorizer->authorize(*v.id);
+  if (!d.allowed) {
+    outcome->rejection = spiffe::Rejection::kNotAuthorized;
+    outcome->detail = "peer " + v.id->str() + " is not authorized: " + d.reason;
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_CERT_REJECTED);
+    return 0;
+  }
+  outcome->authorized_by = d.reason;
+  outcome->verified = true;
+  return 1;
+}
+
+ContextProvider::ContextProvider(TlsOptions options, const identity::IdentityStore& store,
+                                 const base::Clock& clock)
+    : options_(std::make_shared<const TlsOptions>(std::move(options))),
+      store_(store),
+      clock_(clock) {}
+
+base::Result<std::shared_ptr<const TlsContext>> ContextProvider::current() {
+  std::shared_ptr<const identity::Snapshot> snapshot = store_.current();
+  if (!snapshot) {
+    return base::make_error("no identity yet (waiting for the identity source)");
+  }
+  std::lock_guard lock(mutex_);
+  if (snapshot == cached_snapshot_ && cached_) {
+    return cached_;
+  }
+  auto built = build(snapshot);
+  if (!built) {
+    return built.error();
+  }
+  cached_snapshot_ = snapshot;
+  cached_ = *built;
+  return cached_;
+}
+
+base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
+    std::shared_ptr<const identity::Snapshot> snapshot) const {
+  auto svid = options_->svid.select(*snapshot);
+  if (!svid) {
+    return svid.error();
+  }
+  const bool server = options_->role == Role::kServer;
+  base::SslCtxPtr ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
+  if (!ctx) {
+    return base::make_error("SSL_CTX_new failed: " + base::drain_openssl_errors());
+  }
+  SSL_CTX* c = ctx.get();
+  SSL_CTX_set_min_proto_version(c, options_->min_version);
+  SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION);
+  if (SSL_CTX_set_ciphersuites(c, options_->tls13_ciphersuites.c_str()) != 1) {
+    return base::make_error("TLS 1.3 cipher suites \"" + options_->tls13_ciphersuites +
+                            "\" are not usable: " + base::drain_openssl_errors());
+  }
+  if (SSL_CTX_set_cipher_list(c, options_->tls12_ciphers.c_str()) != 1) {
+    return base::make_error("TLS 1.2 ciphers \"" + options_->tls12_ciphers +
+                            "\" are not usable: " + base::drain_openssl_errors());
+  }
+  // Every connection is verified and authorized in full: no tickets, no session cache. This also
+  // keeps TLS 1.3 servers from sending NewSessionTicket records, which would stand in the way of
+  // kernel TLS receive offload.
+  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_options(c, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_num_tickets(c, 0);
+  SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  if (options_->ktls != KtlsMode::kOff) {
+    SSL_CTX_set_options(c, SSL_OP_ENABLE_KTLS);
+  }
+
+  const spiffe::X509Svid& s = **svid;
+  if (SSL_CTX_use_certificate(c, s.leaf()) != 1 || SSL_CTX_use_PrivateKey(c, s.key.get()) != 1) {
+    return base::make_error("SVID " + s.id.str() +
+                            " cannot be used: " + base::drain_openssl_errors());
+  }
+  for (size_t i = 1; i < s.chain.size(); ++i) {
+    // add1 takes its own reference.
+    if (SSL_CTX_add1_chain_cert(c, s.chain[i].get()) != 1) {
+      return base::make_error("SVID " + s.id.str() +
+                              " intermediate rejected: " + base::drain_openssl_errors());
+    }
+  }
+  if (SSL_CTX_check_private_key(c) != 1) {
+    return base::make_error("SVID " + s.id.str() + ": private key does not match certificate");
+  }
+
+  auto out = std::shared_ptr<TlsContext>(new TlsContext());
+  out->snapshot_ = std::move(snapshot);
+  out->svid_ = *svid;
+  out->options_ = options_;
+  out->clock_ = &clock_;
+  SSL_CTX_set_verify(c,
+                     server ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER,
+                     nullptr);
+  SSL_CTX_set_cert_verify_callback(c, &TlsContext::verify_callback, out.get());
+  out->ctx_ = std::move(ctx);
+  return std::shared_ptr<const TlsContext>(std::move(out));
+}
+
+}  // namespace spiffe_tunnel::tls

@@ -1,0 +1,234 @@
+#include "session.h"
+
+#include <spdlog/spdlog.h>
+
+#include <asio/co_spawn.hpp>
+#include <asio/connect.hpp>
+#include <asio/detached.hpp>
+#include <asio/post.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include "spiffe_tunnel/pump/pump.h"
+
+namespace spiffe_tunnel::tunnel {
+namespace {
+
+std::string endpoint_string(const asio::ip::tcp::socket& s) {
+  asio::error_code ec;
+  auto ep = s.remote_endpoint(ec);
+  if (ec) {
+    return "?";
+  }
+  return ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
+}  // namespace
+
+Session::Session(Tunnel& tunnel, uint64_t id, asio::ip::tcp::socket downstream)
+    : tunnel_(tunnel),
+      id_(id),
+      peer_address_(endpoint_string(downstream)),
+      accepted_(std::move(downstream)),
+      deadline_(accepted_.get_executor()),
+      idle_timer_(accepted_.get_executor()),
+      started_(std::chrono::steady_clock::now()),
+      last_activity_(started_) {}
+
+std::string Session::prefix() const {
+  return "tunnel=" + tunnel_.options().name + " session=" + std::to_string(id_) +
+         " from=" + peer_address_;
+}
+
+void Session::start() {
+  asio::co_spawn(accepted_.get_executor(), [self = shared_from_this()] { return self->run(); },
+                 asio::detached);
+}
+
+void Session::abort(std::string reason) {
+  asio::post(accepted_.get_executor(), [self = shared_from_this(), reason = std::move(reason)] {
+    if (!self->finished_) {
+      self->timed_out_ = reason;
+      self->close_all();
+    }
+  });
+}
+
+void Session::close_all() {
+  asio::error_code ignored;
+  accepted_.close(ignored);
+  if (tls_) {
+    tls_->close();
+  }
+  if (plain_) {
+    plain_->close();
+  }
+}
+
+void Session::arm_deadline(std::chrono::milliseconds after, std::string what) {
+  deadline_.expires_after(after);
+  deadline_.async_wait([self = shared_from_this(), what = std::move(what)](asio::error_code ec) {
+    if (!ec && !self->finished_) {
+      self->timed_out_ = what;
+      self->close_all();
+    }
+  });
+}
+
+void Session::disarm_deadline() { deadline_.cancel(); }
+
+void Session::arm_idle() {
+  const auto idle = tunnel_.options().idle_timeout;
+  if (idle.count() == 0) {
+    return;
+  }
+  idle_timer_.expires_at(last_activity_ + idle);
+  idle_timer_.async_wait([self = shared_from_this(), idle](asio::error_code ec) {
+    if (ec || self->finished_) {
+      return;
+    }
+    if (std::chrono::steady_clock::now() - self->last_activity_ >= idle) {
+      self->timed_out_ = "idle timeout (" + std::to_string(idle.count() / 1000) + "s)";
+      self->close_all();
+    } else {
+      self->arm_idle();
+    }
+  });
+}
+
+void Session::reject(std::string_view reason_label, const std::string& detail) {
+  tunnel_.metrics().reject(reason_label);
+  spdlog::warn("{} rejected reason={}: {}", prefix(), reason_label, detail);
+}
+
+asio::awaitable<std::unique_ptr<tls::TlsStream>> Session::handshake(asio::ip::tcp::socket socket) {
+  auto ctx = tunnel_.tls().current();
+  if (!ctx) {
+    reject("not_ready", "refusing connection: " + ctx.error().message);
+    co_return nullptr;
+  }
+  auto stream = tls::TlsStream::create(std::move(socket), *ctx);
+  if (!stream) {
+    reject("internal", stream.error().message);
+    co_return nullptr;
+  }
+  tls_ = std::move(*stream);
+  arm_deadline(tunnel_.options().handshake_timeout, "TLS handshake timeout");
+  asio::error_code ec;
+  co_await tls_->handshake(ec);
+  disarm_deadline();
+  if (!ec) {
+    co_return std::move(tls_);
+  }
+  const tls::PeerOutcome& o = tls_->outcome();
+  if (!timed_out_.empty()) {
+    reject("handshake_timeout", timed_out_);
+  } else if (o.rejection != spiffe::Rejection::kNone) {
+    reject(spiffe::rejection_label(o.rejection), o.detail);
+  } else {
+    reject("handshake_error", "TLS handshake failed: " +
+                                  (tls_->error_detail().empty() ? ec.message()
+                                                                : tls_->error_detail()));
+  }
+  co_return nullptr;
+}
+
+asio::awaitable<bool> Session::connect_target(asio::ip::tcp::socket& out) {
+  const TunnelOptions& o = tunnel_.options();
+  arm_deadline(o.connect_timeout, "connect to target timed out");
+  asio::error_code ec;
+  asio::ip::tcp::resolver resolver(out.get_executor());
+  auto endpoints = co_await resolver.async_resolve(o.target_host, o.target_port,
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec) {
+    co_await asio::async_connect(out, endpoints, asio::redirect_error(asio::use_awaitable, ec));
+  }
+  disarm_deadline();
+  if (ec) {
+    reject("target_unreachable", "cannot connect to target " + o.target_host + ":" +
+                                     o.target_port + ": " +
+                                     (timed_out_.empty() ? ec.message() : timed_out_));
+    co_return false;
+  }
+  out.set_option(asio::ip::tcp::no_delay(true), ec);
+  co_return true;
+}
+
+asio::awaitable<bool> Session::open_server() {
+  auto stream = co_await handshake(std::move(accepted_));
+  if (!stream) {
+    co_return false;
+  }
+  tls_ = std::move(stream);
+  asio::ip::tcp::socket target(tls_->socket().get_executor());
+  if (!co_await connect_target(target)) {
+    co_return false;
+  }
+  plain_ = std::make_unique<base::TcpStream>(std::move(target));
+  co_return true;
+}
+
+asio::awaitable<bool> Session::open_client() {
+  asio::ip::tcp::socket target(accepted_.get_executor());
+  if (!co_await connect_target(target)) {
+    co_return false;
+  }
+  plain_ = std::make_unique<base::TcpStream>(std::move(accepted_));
+  auto stream = co_await handshake(std::move(target));
+  if (!stream) {
+    co_return false;
+  }
+  tls_ = std::move(stream);
+  co_return true;
+}
+
+asio::awaitable<void> Session::run() {
+  TunnelMetrics& m = tunnel_.metrics();
+  const bool server = tunnel_.tls().options().role == tls::Role::kServer;
+  asio::error_code ec;
+  accepted_.set_option(asio::ip::tcp::no_delay(true), ec);
+
+  const bool opened = server ? co_await open_server() : co_await open_client();
+  if (opened) {
+    m.established.inc();
+    const tls::PeerOutcome& o = tls_->outcome();
+    const auto path = [](bool k) { return k ? "ktls" : "userspace"; };
+    spdlog::info("{} opened peer={} ({}) {} {} ktls tx={} rx={}", prefix(), o.peer_id->str(),
+                 o.authorized_by, tls_->protocol(), tls_->cipher(),
+                 path(tls_->kernel_writes()), path(tls_->kernel_reads()));
+    pump::PumpOptions po;
+    po.buffer_size = tunnel_.options().buffer_size;
+    po.on_activity = [this] { last_activity_ = std::chrono::steady_clock::now(); };
+    arm_idle();
+    // a = TLS side, b = plain side.
+    pump::PumpResult r = co_await pump::pump_both(*tls_, *plain_, po);
+    m.bytes_in.inc(r.a_to_b.bytes);
+    m.bytes_out.inc(r.b_to_a.bytes);
+    (r.a_to_b.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
+    (r.b_to_a.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - started_)
+                        .count();
+    std::string why;
+    if (!timed_out_.empty()) {
+      why = timed_out_;
+    } else if (!r.a_to_b.clean_end) {
+      why = "peer side " + r.a_to_b.error;
+    } else if (!r.b_to_a.clean_end) {
+      why = "target side " + r.b_to_a.error;
+    } else {
+      why = "closed";
+    }
+    spdlog::info("{} closed peer={} bytes_from_peer={} bytes_to_peer={} duration_ms={} path={}/{} ({})",
+                 prefix(), o.peer_id->str(), r.a_to_b.bytes, r.b_to_a.bytes, ms,
+                 pump::path_name(r.a_to_b.path), pump::path_name(r.b_to_a.path), why);
+  }
+  finished_ = true;
+  deadline_.cancel();
+  idle_timer_.cancel();
+  close_all();
+  m.active.add(-1);
+  tunnel_.on_session_end(id_);
+}
+
+}  // namespace spiffe_tunnel::tunnel

@@ -1,6 +1,7 @@
 #include "cli.h"
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <iostream>
@@ -241,10 +242,12 @@ int run_cli(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  spdlog::set_default_logger(spdlog::stderr_color_mt("spiffe-tunnel"));
   if (!set_log_level(g.log_level)) {
     return fail("flag --log-level: \"" + g.log_level + "\" is not a log level");
   }
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  // Logs go to stderr (journald and kubectl logs take both); stdout is for command output.
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc);
 
   if (*demo) {
     return run_demo(demo_options);

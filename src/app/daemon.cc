@@ -112,6 +112,23 @@ void wait_for_stop(const DaemonHooks& hooks, SystemdNotifier& notifier) {
   }
 }
 
+// Waits for the identity store's first snapshot; false if told to stop first.
+bool wait_for_identity(const identity::IdentityStore& store, const DaemonHooks& hooks) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  while (!store.current()) {
+    timespec ts{0, 50'000'000};
+    const int sig = sigtimedwait(&set, nullptr, &ts);
+    if (sig == SIGINT || sig == SIGTERM || (hooks.should_stop && hooks.should_stop())) {
+      spdlog::info("stopping before the first identity arrived");
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 int run_daemon(const Config& config, const DaemonHooks& hooks) {
@@ -174,6 +191,15 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
           },
   });
 
+  // Listeners are bound (so a port in use fails at startup) but accept nothing until the first
+  // identity arrives: connections wait in the backlog instead of being refused.
+  if (!store.current()) {
+    spdlog::info("waiting for the first identity from {}", source_name);
+    if (!wait_for_identity(store, hooks)) {
+      source->stop();
+      return 0;
+    }
+  }
   pool.start();
   std::vector<uint16_t> ports;
   for (auto& t : tunnels) {

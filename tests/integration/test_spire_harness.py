@@ -76,7 +76,9 @@ def test_federated_peers_echo(td_a, td_b, spire_entries, spiffe_peer, peer_uid):
     assert not res.ok and "unexpected ID" in res.stderr
     other = spiffe_peer.serve(td_b, allow_ids=[td_a.spiffe_id("/not-the-daemon")], uid=peer_uid)
     res = spiffe_peer.dial(td_a, other.addr, expect_ids=[peer_id])
-    assert not res.ok and "bad certificate" in res.stderr
+    # TLS 1.3: the client finishes first; the server's refusal arrives as an alert (or, racing
+    # with our write, as a reset), so the reason is asserted on the server side.
+    assert not res.ok, res.stdout
     other.process.wait_for_line(r"^rejected .*unexpected ID", timeout=5)
 
 
@@ -110,7 +112,7 @@ def test_non_federated_domain_rejected(td_a, td_b, td_c, spire_domain, spire_ent
     d.create_entry("/client", uid=0, federates_with=[td_b])
     d.agent.wait_for_svid("/client")
     res = spiffe_peer.dial(d, srv_b.addr, expect_any=True, message="let me in")
-    assert not res.ok and "bad certificate" in res.stderr
+    assert not res.ok, res.stdout
     srv_b.process.wait_for_line(r'^rejected .*no X\.509 bundle for trust domain "td-d\.test"', timeout=5)
     assert srv_b.accepted() == []
 

@@ -290,15 +290,25 @@ func cmdDial(args []string) int {
 	// With TLS 1.3 the server checks our certificate after the client finished its side of the
 	// handshake, so a rejection by the server shows up on the first read/write below.
 	if _, err := io.WriteString(conn, *message); err != nil {
-		die(exitFail, "write to %s failed: %v", *addr, err)
+		die(exitFail, "write to %s failed: %v", *addr, peerAlert(conn, err))
 	}
 	if err := conn.CloseWrite(); err != nil {
-		die(exitFail, "close-write to %s failed: %v", *addr, err)
+		die(exitFail, "close-write to %s failed: %v", *addr, peerAlert(conn, err))
 	}
 	if _, err := io.Copy(os.Stdout, conn); err != nil {
 		die(exitFail, "read from %s failed: %v", *addr, err)
 	}
 	return exitOK
+}
+
+// peerAlert: a write can fail (EPIPE/ECONNRESET) because the server already rejected our
+// certificate and closed; the TLS alert saying why is usually still in the receive buffer.
+func peerAlert(conn *tls.Conn, writeErr error) error {
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err != nil && strings.Contains(err.Error(), "remote error") {
+		return fmt.Errorf("%w (%v)", err, writeErr)
+	}
+	return writeErr
 }
 
 type svidJSON struct {

@@ -7,6 +7,7 @@
 
 #include "spiffe_tunnel/identity/identity_store.h"
 #include "spiffe_tunnel/policy/authorizer.h"
+#include "spiffe_tunnel/tls/ktls.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tunnel/io_pool.h"
 #include "spiffe_tunnel/tunnel/tunnel.h"
@@ -154,6 +155,16 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
     if (!first) {
       spdlog::error("{}", first.error().message);
       return 1;
+    }
+  }
+
+  for (const auto& t : config.tunnels) {
+    if (t.ktls == "on") {
+      if (auto st = tls::ktls::probe_kernel_tls(); !st) {
+        spdlog::error("tunnel \"{}\": ktls is \"on\" but {}", t.name, st.error().message);
+        return 1;
+      }
+      break;
     }
   }
 

@@ -1,41 +1,160 @@
 #include "spiffe_tunnel/pump/pump.h"
 
-#include <asio/experimental/awaitable_operators.hpp>
+#include <fcntl.h>
+#include <unistd.h>
 
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <cerrno>
+#include <cstring>
 #include <memory>
+
+#include "spiffe_tunnel/base/unique_fd.h"
 
 namespace spiffe_tunnel::pump {
 namespace {
 
+using Socket = asio::ip::tcp::socket;
+
+// Moves one chunk read by read_some() (userspace) to `to`. Returns false when the direction ends.
+asio::awaitable<bool> copy_chunk(base::ByteStream& from, base::ByteStream& to, char* buf,
+                                 std::size_t size, const PumpOptions& options,
+                                 DirectionResult& out) {
+  asio::error_code ec;
+  const std::size_t n = co_await from.read_some({buf, size}, ec);
+  if (ec) {
+    out.error = "read: " + ec.message();
+    co_return false;
+  }
+  if (n == 0) {
+    co_await to.shutdown_write(ec);
+    out.clean_end = !ec;
+    if (ec) {
+      out.error = "shutdown: " + ec.message();
+    }
+    co_return false;
+  }
+  co_await to.write_all({buf, n}, ec);
+  if (ec) {
+    out.error = "write: " + ec.message();
+    co_return false;
+  }
+  out.bytes += n;
+  if (options.on_activity) {
+    options.on_activity();
+  }
+  co_return true;
+}
+
 asio::awaitable<void> copy_userspace(base::ByteStream& from, base::ByteStream& to,
                                      const PumpOptions& options, DirectionResult& out) {
-  // One allocation per direction for the session's life; reads go straight into it and writes
-  // come straight out of it.
+  // One buffer per direction for the session's life; reads go straight into it and writes come
+  // straight out of it.
   auto buf = std::make_unique_for_overwrite<char[]>(options.buffer_size);
-  asio::error_code ec;
+  while (co_await copy_chunk(from, to, buf.get(), options.buffer_size, options, out)) {
+  }
+}
+
+// Drains `pipe_r` (holding `pending` bytes) into `to`'s socket.
+asio::awaitable<bool> drain_pipe(int pipe_r, std::size_t& pending, base::ByteStream& to,
+                                 DirectionResult& out) {
+  Socket& dst = to.socket();
+  while (pending > 0) {
+    const ssize_t n = ::splice(pipe_r, nullptr, dst.native_handle(), nullptr, pending,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE);
+    if (n > 0) {
+      pending -= static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      asio::error_code ec;
+      co_await dst.async_wait(Socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        out.error = "write: " + ec.message();
+        co_return false;
+      }
+      continue;
+    }
+    out.error = std::string("splice to socket: ") + (n == 0 ? "no progress" : std::strerror(errno));
+    co_return false;
+  }
+  co_return true;
+}
+
+// socket → pipe → socket without copying through userspace. When `from` is a kernel TLS socket,
+// splice stops with EINVAL at the first non-data record (alert, post-handshake message): that one
+// record is read through from.read_some(), which handles it, and splicing resumes.
+asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
+                                  const PumpOptions& options, DirectionResult& out) {
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+    // Out of file descriptors: this direction still works, just with copies.
+    co_return co_await copy_userspace(from, to, options, out);
+  }
+  base::UniqueFd pipe_r(fds[0]), pipe_w(fds[1]);
+  // A larger pipe means fewer splice calls per byte; the system limit may refuse it, which is fine.
+  ::fcntl(pipe_w.get(), F_SETPIPE_SZ, static_cast<int>(options.buffer_size));
+  out.path = Path::kSplice;
+  auto record_buf = std::make_unique_for_overwrite<char[]>(kRecordBuffer);
+  Socket& src = from.socket();
   for (;;) {
-    const std::size_t n = co_await from.read_some({buf.get(), options.buffer_size}, ec);
-    if (ec) {
-      out.error = "read: " + ec.message();
-      break;
+    while (from.has_buffered_input()) {
+      if (!co_await copy_chunk(from, to, record_buf.get(), kRecordBuffer, options, out)) {
+        co_return;
+      }
+    }
+    const ssize_t n = ::splice(src.native_handle(), nullptr, pipe_w.get(), nullptr,
+                               options.buffer_size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      std::size_t pending = static_cast<std::size_t>(n);
+      if (!co_await drain_pipe(pipe_r.get(), pending, to, out)) {
+        break;
+      }
+      out.bytes += static_cast<uint64_t>(n);
+      if (options.on_activity) {
+        options.on_activity();
+      }
+      continue;
     }
     if (n == 0) {
+      asio::error_code ec;
       co_await to.shutdown_write(ec);
       out.clean_end = !ec;
       if (ec) {
         out.error = "shutdown: " + ec.message();
       }
-      break;
+      co_return;
     }
-    co_await to.write_all({buf.get(), n}, ec);
-    if (ec) {
-      out.error = "write: " + ec.message();
-      break;
+    const int e = errno;
+    if (e == EAGAIN || e == EINTR) {
+      asio::error_code ec;
+      co_await src.async_wait(Socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        out.error = "read: " + ec.message();
+        break;
+      }
+      continue;
     }
-    out.bytes += n;
-    if (options.on_activity) {
-      options.on_activity();
+    if (e == EINVAL || e == EIO) {
+      // A non-data TLS record is next (kernel TLS delivers those only with recvmsg + cmsg).
+      if (!co_await copy_chunk(from, to, record_buf.get(), kRecordBuffer, options, out)) {
+        co_return;
+      }
+      continue;
     }
+    out.error = std::string("splice from socket: ") + std::strerror(e);
+    break;
+  }
+}
+
+asio::awaitable<void> copy_direction(base::ByteStream& from, base::ByteStream& to,
+                                     const PumpOptions& options, DirectionResult& out) {
+  if (options.allow_splice && from.kernel_reads() && to.kernel_writes()) {
+    co_await copy_splice(from, to, options, out);
+  } else {
+    co_await copy_userspace(from, to, options, out);
   }
   if (!out.clean_end) {
     // An error in one direction ends the session: abort both so the other direction wakes up.
@@ -52,7 +171,7 @@ asio::awaitable<PumpResult> pump_both(base::ByteStream& a, base::ByteStream& b,
                                       const PumpOptions& options) {
   using namespace asio::experimental::awaitable_operators;
   PumpResult r;
-  co_await (copy_userspace(a, b, options, r.a_to_b) && copy_userspace(b, a, options, r.b_to_a));
+  co_await (copy_direction(a, b, options, r.a_to_b) && copy_direction(b, a, options, r.b_to_a));
   co_return r;
 }
 

@@ -1,14 +1,13 @@
 #include "spiffe_tunnel/spiffe/bundle.h"
 
-#include <openssl/err.h>
-#include <openssl/evp.h>
-
 #include <cassert>
 #include <climits>
 #include <cstdlib>
 #include <cstdio>
 #include <string>
 
+#include <openssl/err.h>
+#include <openssl/evp.h>
 #include <nlohmann/json.hpp>
 
 #include "spiffe_tunnel/spiffe/x509_svid.h"

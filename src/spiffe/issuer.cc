@@ -1,13 +1,13 @@
 #include "spiffe_tunnel/spiffe/issuer.h"
 
+#include <string>
+
 #include <openssl/bn.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
-
-#include <string>
 
 namespace spiffe_tunnel::spiffe {
 namespace {

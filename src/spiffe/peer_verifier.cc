@@ -1,9 +1,9 @@
 #include "spiffe_tunnel/spiffe/peer_verifier.h"
 
+#include <string>
+
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
-
-#include <string>
 
 #include "spiffe_tunnel/spiffe/x509_svid.h"
 #include "spiffe/describe.h"

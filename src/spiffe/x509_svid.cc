@@ -1,12 +1,12 @@
 #include "spiffe_tunnel/spiffe/x509_svid.h"
 
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/x509v3.h>
-
 #include <climits>
 #include <ctime>
 #include <string>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 
 #include "spiffe/describe.h"
 

@@ -8,10 +8,65 @@ namespace {
 PeerOutcome* outcome_of(X509_STORE_CTX* store_ctx) {
   auto* ssl = static_cast<SSL*>(
       X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
-  return ssl != nullptr ? static_cast<PeerOutcome*>(SSL_get_app_data(ssl)) : nullptr;
+  auto* state = ssl != nullptr ? static_cast<ConnectionState*>(SSL_get_app_data(ssl)) : nullptr;
+  return state != nullptr ? &state->outcome : nullptr;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
 }
 
 }  // namespace
+
+ConnectionState::~ConnectionState() {
+  OPENSSL_cleanse(peer_traffic_secret.data(), peer_traffic_secret.size());
+}
+
+// OpenSSL 3.0 has no API for TLS 1.3 traffic secrets other than the key log. The peer's
+// application secret is kept (in memory, per connection) only until kernel receive offload is
+// installed; nothing is ever written out.
+void TlsContext::keylog_callback(const SSL* ssl, const char* line) {
+  auto* state = static_cast<ConnectionState*>(SSL_get_app_data(ssl));
+  if (state == nullptr) {
+    return;
+  }
+  const std::string_view wanted =
+      SSL_is_server(ssl) ? "CLIENT_TRAFFIC_SECRET_0 " : "SERVER_TRAFFIC_SECRET_0 ";
+  std::string_view l(line);
+  if (l.substr(0, wanted.size()) != wanted) {
+    return;
+  }
+  const size_t space = l.rfind(' ');
+  std::string_view hex = l.substr(space + 1);
+  state->peer_traffic_secret.clear();
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    const int hi = hex_value(hex[i]);
+    const int lo = hex_value(hex[i + 1]);
+    if (hi < 0 || lo < 0) {
+      state->peer_traffic_secret.clear();
+      return;
+    }
+    state->peer_traffic_secret.push_back(static_cast<unsigned char>(hi << 4 | lo));
+  }
+}
+
+// Watches for a peer's TLS 1.3 KeyUpdate: OpenSSL 3.0 would re-key its own write context but not
+// the kernel's, so with kernel TX offload the connection would silently corrupt. The stream
+// closes the connection instead (see TlsStream::read_some).
+void TlsContext::msg_callback(int write_p, int /*version*/, int content_type, const void* buf,
+                              size_t len, SSL* ssl, void* /*arg*/) {
+  constexpr unsigned char kKeyUpdate = 24;
+  if (write_p != 0 || content_type != SSL3_RT_HANDSHAKE || len == 0 ||
+      static_cast<const unsigned char*>(buf)[0] != kKeyUpdate) {
+    return;
+  }
+  if (auto* state = static_cast<ConnectionState*>(SSL_get_app_data(ssl))) {
+    state->peer_key_update = true;
+  }
+}
 
 std::string_view ktls_mode_name(KtlsMode m) {
   switch (m) {
@@ -132,6 +187,8 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
   SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   if (options_->ktls != KtlsMode::kOff) {
     SSL_CTX_set_options(c, SSL_OP_ENABLE_KTLS);
+    SSL_CTX_set_keylog_callback(c, &TlsContext::keylog_callback);
+    SSL_CTX_set_msg_callback(c, &TlsContext::msg_callback);
   }
 
   const spiffe::X509Svid& s = **svid;

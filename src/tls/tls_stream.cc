@@ -1,5 +1,7 @@
 #include "spiffe_tunnel/tls/tls_stream.h"
 
+#include "spiffe_tunnel/tls/ktls.h"
+
 #include <openssl/err.h>
 #include <sys/socket.h>
 
@@ -22,7 +24,7 @@ base::Result<std::unique_ptr<TlsStream>> TlsStream::create(
   if (ec || SSL_set_fd(s->ssl_.get(), s->socket_.native_handle()) != 1) {
     return base::make_error("cannot bind TLS to socket: " + base::drain_openssl_errors());
   }
-  SSL_set_app_data(s->ssl_.get(), s->outcome_.get());
+  SSL_set_app_data(s->ssl_.get(), s->state_.get());
   const TlsOptions& opts = s->context_->options();
   if (opts.role == Role::kServer) {
     SSL_set_accept_state(s->ssl_.get());
@@ -39,7 +41,7 @@ TlsStream::TlsStream(asio::ip::tcp::socket socket, std::shared_ptr<const TlsCont
     : socket_(std::move(socket)),
       context_(std::move(context)),
       ssl_(SSL_new(context_->ssl_ctx())),
-      outcome_(std::make_unique<PeerOutcome>()) {}
+      state_(std::make_unique<ConnectionState>()) {}
 
 TlsStream::~TlsStream() = default;
 
@@ -98,32 +100,134 @@ asio::awaitable<void> TlsStream::handshake(asio::error_code& ec) {
       if (!ec) {
         ec = asio::error::connection_aborted;
       }
-      if (outcome_->rejection == spiffe::Rejection::kNone && !outcome_->verified &&
+      if (state_->outcome.rejection == spiffe::Rejection::kNone && !state_->outcome.verified &&
           error_detail_.find("peer did not return a certificate") != std::string::npos) {
-        outcome_->rejection = spiffe::Rejection::kNoCertificate;
-        outcome_->detail = "peer sent no client certificate";
+        state_->outcome.rejection = spiffe::Rejection::kNoCertificate;
+        state_->outcome.detail = "peer sent no client certificate";
       }
       co_return;
     }
   }
-  if (!outcome_->verified) {
+  if (!state_->outcome.verified) {
     // The verify callback must have accepted the peer; a handshake that finishes without it
     // (which OpenSSL should never allow with SSL_VERIFY_PEER) is refused.
-    outcome_->rejection = spiffe::Rejection::kNoCertificate;
-    outcome_->detail = "handshake completed without a verified peer certificate";
+    state_->outcome.rejection = spiffe::Rejection::kNoCertificate;
+    state_->outcome.detail = "handshake completed without a verified peer certificate";
     ec = asio::error::access_denied;
     co_return;
   }
+  enable_kernel_offload();
+}
+
+void TlsStream::enable_kernel_offload() {
   ktls_tx_ = BIO_get_ktls_send(SSL_get_wbio(ssl_.get())) != 0;
   ktls_rx_ = BIO_get_ktls_recv(SSL_get_rbio(ssl_.get())) != 0;
+  std::vector<unsigned char>& secret = state_->peer_traffic_secret;
+  if (context_->options().ktls == KtlsMode::kOff) {
+    return;
+  }
+  if (!ktls_tx_) {
+    ktls_detail_ = "OpenSSL did not offload transmit (kernel without tls module, or cipher " +
+                   cipher() + " not offloadable)";
+  }
+  // OpenSSL 3.0 never offloads TLS 1.3 receive: do it here, from the captured traffic secret.
+  if (!ktls_rx_ && SSL_version(ssl_.get()) == TLS1_3_VERSION && ktls_tx_) {
+    if (SSL_has_pending(ssl_.get()) != 0) {
+      // A record already sits in OpenSSL's buffer; the kernel would start at the wrong one.
+      ktls_detail_ = "receive not offloaded: OpenSSL holds buffered records";
+    } else if (secret.empty()) {
+      ktls_detail_ = "receive not offloaded: traffic secret unavailable";
+    } else if (auto st = ktls::install_tls13_rx(socket_.native_handle(), cipher(), secret)) {
+      ktls_rx_ = true;
+      manual_rx_ = true;
+    } else {
+      ktls_detail_ = "receive not offloaded: " + st.error().message;
+    }
+  }
+  OPENSSL_cleanse(secret.data(), secret.size());
+  secret.clear();
+}
+
+// Reads from a socket whose receive side the kernel decrypts: plaintext comes with its record
+// type. Non-data records are handled here, where they arrive (RFC 8446 §4.6, §6).
+asio::awaitable<std::size_t> TlsStream::read_some_kernel(std::span<char> buf,
+                                                         asio::error_code& ec) {
+  for (;;) {
+    ktls::Record rec;
+    const int r = ktls::read_record(socket_.native_handle(), buf, rec);
+    if (r < 0) {
+      const int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK) {
+        co_await socket_.async_wait(asio::ip::tcp::socket::wait_read,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) {
+          co_return 0;
+        }
+        continue;
+      }
+      error_detail_ = e == EBADMSG ? "record authentication failed (bad_record_mac)"
+                                   : std::string("kernel TLS receive: ") + std::strerror(e);
+      ec = asio::error_code(e, asio::system_category());
+      co_return 0;
+    }
+    if (r == 0) {
+      error_detail_ = "peer closed the connection without close_notify";
+      ec = asio::error::connection_reset;
+      co_return 0;
+    }
+    switch (rec.type) {
+      case ktls::kApplicationData:
+        if (rec.size == 0) {
+          continue;
+        }
+        co_return rec.size;
+      case ktls::kAlert:
+        if (rec.size >= 2 && static_cast<uint8_t>(buf[1]) == 0) {
+          co_return 0;  // close_notify: a clean end of the peer's direction
+        }
+        error_detail_ = "peer sent alert " +
+                        ktls::alert_name(rec.size >= 2 ? static_cast<uint8_t>(buf[1]) : 255);
+        ec = asio::error::connection_aborted;
+        co_return 0;
+      case ktls::kHandshake: {
+        constexpr uint8_t kNewSessionTicket = 4;
+        constexpr uint8_t kKeyUpdate = 24;
+        const uint8_t msg = rec.size > 0 ? static_cast<uint8_t>(buf[0]) : 0;
+        if (msg == kNewSessionTicket) {
+          continue;  // sessions are never resumed; a third-party server's ticket is dropped
+        }
+        error_detail_ =
+            msg == kKeyUpdate
+                ? "peer sent a TLS 1.3 KeyUpdate; this connection's receive key lives in the "
+                  "kernel, which cannot be re-keyed here; closing"
+                : "unexpected post-handshake message " + std::to_string(msg);
+        ec = asio::error::connection_aborted;
+        co_return 0;
+      }
+      default:
+        error_detail_ = "unexpected TLS record type " + std::to_string(rec.type);
+        ec = asio::error::connection_aborted;
+        co_return 0;
+    }
+  }
 }
 
 asio::awaitable<std::size_t> TlsStream::read_some(std::span<char> buf, asio::error_code& ec) {
   ec.clear();
+  if (manual_rx_) {
+    co_return co_await read_some_kernel(buf, ec);
+  }
   for (;;) {
     ERR_clear_error();
     size_t n = 0;
     const int ret = SSL_read_ex(ssl_.get(), buf.data(), buf.size(), &n);
+    if (state_->peer_key_update && ktls_tx_) {
+      error_detail_ =
+          "peer sent a TLS 1.3 KeyUpdate; OpenSSL 3.0 cannot re-key kernel transmit offload; "
+          "closing";
+      ec = asio::error::connection_aborted;
+      co_return 0;
+    }
     if (ret == 1) {
       co_return n;
     }
@@ -174,6 +278,10 @@ asio::awaitable<void> TlsStream::shutdown_write(asio::error_code& ec) {
 void TlsStream::close() {
   asio::error_code ignored;
   socket_.close(ignored);
+}
+
+bool TlsStream::has_buffered_input() const {
+  return !manual_rx_ && SSL_has_pending(ssl_.get()) != 0;
 }
 
 std::string TlsStream::protocol() const { return SSL_get_version(ssl_.get()); }

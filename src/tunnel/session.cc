@@ -118,6 +118,13 @@ asio::awaitable<std::unique_ptr<tls::TlsStream>> Session::handshake(asio::ip::tc
   co_await tls_->handshake(ec);
   disarm_deadline();
   if (!ec) {
+    if (tls_->context().options().ktls == tls::KtlsMode::kOn &&
+        !(tls_->kernel_writes() && tls_->kernel_reads())) {
+      reject("ktls_unavailable", "ktls is \"on\" but this connection (" + tls_->protocol() + " " +
+                                     tls_->cipher() + ") was not offloaded both ways: " +
+                                     tls_->ktls_detail());
+      co_return nullptr;
+    }
     co_return std::move(tls_);
   }
   const tls::PeerOutcome& o = tls_->outcome();
@@ -193,11 +200,13 @@ asio::awaitable<void> Session::run() {
     m.established.inc();
     const tls::PeerOutcome& o = tls_->outcome();
     const auto path = [](bool k) { return k ? "ktls" : "userspace"; };
-    spdlog::info("{} opened peer={} ({}) {} {} ktls tx={} rx={}", prefix(), o.peer_id->str(),
+    spdlog::info("{} opened peer={} ({}) {} {} tls tx={} rx={}{}", prefix(), o.peer_id->str(),
                  o.authorized_by, tls_->protocol(), tls_->cipher(),
-                 path(tls_->kernel_writes()), path(tls_->kernel_reads()));
+                 path(tls_->kernel_writes()), path(tls_->kernel_reads()),
+                 tls_->ktls_detail().empty() ? "" : " (" + tls_->ktls_detail() + ")");
     pump::PumpOptions po;
     po.buffer_size = tunnel_.options().buffer_size;
+    po.allow_splice = tls_->context().options().ktls != tls::KtlsMode::kOff;
     po.on_activity = [this] { last_activity_ = std::chrono::steady_clock::now(); };
     arm_idle();
     // a = TLS side, b = plain side.

@@ -5,6 +5,7 @@ SPIRE fixtures (see README.md in this directory for the full API):
   spire_tools    session  Tools(spire_server, spire_agent, spiffe_peer, opa) from the
                           $SPIFFE_TUNNEL_TOOLS cache; builds what is missing with
                           scripts/build-tools.sh; skips only if Go is absent.
+  opa_bin        session  Path of the OPA binary (built on demand).
   spire_root     session  short temp dir (/tmp/st-XXXX) for every socket, config and log.
                           Kept after the run when SPIFFE_TUNNEL_KEEP_TMP=1.
   td_a, td_b     session  TrustDomain (server + agent) for td-a.test / td-b.test, federated
@@ -53,6 +54,17 @@ def spire_tools():
         return locate_tools(build=True)
     except ToolsUnavailable as exc:
         pytest.skip(f"SPIRE integration tests need the Go toolchain: {exc}")
+
+
+@pytest.fixture(scope="session")
+def opa_bin(spire_tools):
+    """Path of the OPA binary (built into the tools cache on first use)."""
+    if spire_tools.opa is not None:
+        return spire_tools.opa
+    try:
+        return locate_tools(build=True, with_opa=True).opa
+    except ToolsUnavailable as exc:
+        pytest.skip(f"OPA is not built and cannot be: {exc}")
 
 
 @pytest.fixture(scope="session")

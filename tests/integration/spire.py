@@ -52,6 +52,9 @@ PEER_SRC = REPO_ROOT / "tests" / "peers" / "spiffe-peer"
 # uid the go-spiffe peer runs as in tests, so its registration entries (unix:uid:1001) differ
 # from the daemon's (unix:uid:0). It does not need to exist in /etc/passwd.
 PEER_UID = 1001
+# uid of the test process itself (root in CI): entries for workloads we start directly, e.g.
+# the daemon under test, use unix:uid:SELF_UID.
+SELF_UID = os.geteuid()
 
 HEALTH_TIMEOUT = 30.0
 SVID_TIMEOUT = 30.0

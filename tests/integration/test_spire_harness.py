@@ -12,7 +12,7 @@ from datetime import datetime
 import pytest
 
 from helpers import HarnessError, wait_for
-from spire import federate
+from spire import SELF_UID, federate
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +45,9 @@ def test_federated_peers_echo(td_a, td_b, spire_entries, spiffe_peer, peer_uid):
     daemon_id, peer_id = td_a.spiffe_id("/daemon"), td_b.spiffe_id("/peer")
 
     t0 = time.monotonic()
-    spire_entries.create(td_a, "/daemon", uid=0, federates_with=[td_b])
+    spire_entries.create(td_a, "/daemon", uid=SELF_UID, federates_with=[td_b])
     td_a.agent.wait_for_svid(daemon_id)
-    timing("entry create -> SVID at workload (uid 0)", time.monotonic() - t0)
+    timing(f"entry create -> SVID at workload (uid {SELF_UID})", time.monotonic() - t0)
     t0 = time.monotonic()
     spire_entries.create(td_b, "/peer", uid=peer_uid, federates_with=[td_a])
     svid = td_b.agent.wait_for_svid(peer_id, uid=peer_uid)
@@ -85,7 +85,7 @@ def test_federated_peers_echo(td_a, td_b, spire_entries, spiffe_peer, peer_uid):
 def test_non_federated_domain_rejected(td_a, td_b, td_c, spire_domain, spire_entries, spiffe_peer,
                                        peer_uid):
     daemon_id = td_a.spiffe_id("/daemon")
-    spire_entries.create(td_a, "/daemon", uid=0, federates_with=[td_b])
+    spire_entries.create(td_a, "/daemon", uid=SELF_UID, federates_with=[td_b])
     spire_entries.create(td_b, "/peer", uid=peer_uid, federates_with=[td_a])
     spire_entries.create(td_c, "/stranger", uid=peer_uid)
     td_a.agent.wait_for_svid(daemon_id)
@@ -109,7 +109,7 @@ def test_non_federated_domain_rejected(td_a, td_b, td_c, spire_domain, spire_ent
     # td-d, so the td-d client verifies the server but the server refuses the client's SVID.
     d = spire_domain("td-d.test")
     d.server.bundle_set(td_b, td_b.server.bundle_show("spiffe"))
-    d.create_entry("/client", uid=0, federates_with=[td_b])
+    d.create_entry("/client", uid=SELF_UID, federates_with=[td_b])
     d.agent.wait_for_svid("/client")
     res = spiffe_peer.dial(d, srv_b.addr, expect_any=True, message="let me in")
     assert not res.ok, res.stdout
@@ -120,7 +120,7 @@ def test_non_federated_domain_rejected(td_a, td_b, td_c, spire_domain, spire_ent
 def test_short_ttl_rotation(td_c, spire_entries):
     """-x509SVIDTTL 30: lifetime 40 s (10 s backdate), the agent renews at ~half life (~10 s)."""
     sid = td_c.spiffe_id("/rotating")
-    spire_entries.create(td_c, "/rotating", uid=0, ttl=30)
+    spire_entries.create(td_c, "/rotating", uid=SELF_UID, ttl=30)
     first = td_c.agent.wait_for_svid(sid)
     assert (_ts(first["not_after"]) - _ts(first["not_before"])).total_seconds() == 40
 
@@ -152,7 +152,7 @@ def test_short_ttl_rotation(td_c, spire_entries):
 def test_agent_restart_reuses_its_svid(spire_domain):
     """stop()/start() keeps data_dir: no second join token, workloads keep their entries."""
     d = spire_domain("td-r.test")
-    d.create_entry("/w", uid=0)
+    d.create_entry("/w", uid=SELF_UID)
     d.agent.wait_for_svid("/w")
     d.agent.stop()
     assert not d.agent.healthcheck()
@@ -172,8 +172,8 @@ def test_static_federation(spire_domain, spiffe_peer):
     x, y = spire_domain("td-x.test"), spire_domain("td-y.test")
     federate(x, y, mode="static")
     assert x.server.has_bundle_for(y) and y.server.has_bundle_for(x)
-    x.create_entry("/x", uid=0, federates_with=[y])
-    y.create_entry("/y", uid=0, federates_with=[x])
+    x.create_entry("/x", uid=SELF_UID, federates_with=[y])
+    y.create_entry("/y", uid=SELF_UID, federates_with=[x])
     x.agent.wait_for_svid("/x")
     y.agent.wait_for_svid("/y")
     srv = spiffe_peer.serve(y, allow_ids=[x.spiffe_id("/x")])

@@ -1,9 +1,8 @@
 #include "spiffe_tunnel/spiffe/bundle.h"
 
-#include <openssl/evp.h>
-
 #include <string>
 
+#include <openssl/evp.h>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 

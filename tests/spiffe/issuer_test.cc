@@ -2,7 +2,6 @@
 
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
-
 #include <catch2/catch.hpp>
 
 #include "spiffe/test_pki.h"

@@ -1,9 +1,8 @@
 #include "spiffe_tunnel/spiffe/peer_verifier.h"
 
-#include <openssl/x509v3.h>
-
 #include <chrono>
 
+#include <openssl/x509v3.h>
 #include <catch2/catch.hpp>
 
 #include "spiffe/test_pki.h"
@@ -32,6 +31,17 @@ void set_eku(X509* leaf, std::initializer_list<int> nids, const Issuer& issuer) 
   REQUIRE(X509_add1_ext_i2d(leaf, NID_ext_key_usage, eku, 0, X509V3_ADD_REPLACE) == 1);
   EXTENDED_KEY_USAGE_free(eku);
   resign(leaf, issuer.key());
+}
+
+// Makes `ca` (with key `ca_key`) the issuer of the SVID's leaf and appends it to the chain.
+// The leaf's AKI is dropped so chain building finds `ca` by name alone.
+void move_under(X509Svid& svid, spiffe_tunnel::base::X509Ptr ca, EVP_PKEY* ca_key) {
+  X509* leaf = svid.leaf();
+  REQUIRE(X509_set_issuer_name(leaf, X509_get_subject_name(ca.get())) == 1);
+  X509_EXTENSION_free(
+      X509_delete_ext(leaf, X509_get_ext_by_NID(leaf, NID_authority_key_identifier, -1)));
+  resign(leaf, ca_key);
+  svid.chain.push_back(std::move(ca));
 }
 
 void require_rejected(const PeerVerification& v, Rejection why, const std::string& detail) {
@@ -252,10 +262,7 @@ TEST_CASE("rejects a leaf whose intermediate has expired") {
   REQUIRE(mid.ok());
   // A leaf signed by the expired intermediate's key.
   X509Svid svid = make_svid(root, "spiffe://a.test/web");
-  X509_set_issuer_name(svid.leaf(), X509_get_subject_name(mid->get()));
-  X509_delete_ext(svid.leaf(), X509_get_ext_by_NID(svid.leaf(), NID_authority_key_identifier, -1));
-  resign(svid.leaf(), key->get());
-  svid.chain.push_back(std::move(*mid));
+  move_under(svid, std::move(*mid), key->get());
   require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kExpired, "at depth 1");
 }
 
@@ -348,10 +355,7 @@ TEST_CASE("rejects a chain whose intermediate is not a CA") {
   auto mid = root.issue(not_ca, mid_key->get());
   REQUIRE(mid.ok());
   X509Svid svid = make_svid(root, "spiffe://a.test/web");
-  X509_set_issuer_name(svid.leaf(), X509_get_subject_name(mid->get()));
-  X509_delete_ext(svid.leaf(), X509_get_ext_by_NID(svid.leaf(), NID_authority_key_identifier, -1));
-  resign(svid.leaf(), mid_key->get());
-  svid.chain.push_back(std::move(*mid));
+  move_under(svid, std::move(*mid), mid_key->get());
   require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kChainInvalid,
                    "peer spiffe://a.test/web");
 }
@@ -369,10 +373,7 @@ TEST_CASE("rejects a chain whose intermediate is a CA without keyUsage") {
   auto mid = root.issue(ca, mid_key->get());
   REQUIRE(mid.ok());
   X509Svid svid = make_svid(root, "spiffe://a.test/web");
-  X509_set_issuer_name(svid.leaf(), X509_get_subject_name(mid->get()));
-  X509_delete_ext(svid.leaf(), X509_get_ext_by_NID(svid.leaf(), NID_authority_key_identifier, -1));
-  resign(svid.leaf(), mid_key->get());
-  svid.chain.push_back(std::move(*mid));
+  move_under(svid, std::move(*mid), mid_key->get());
   const PeerVerification v = verify(svid, bundle_set_of({&root}));
   require_rejected(v, Rejection::kChainInvalid, "keyUsage lacks keyCertSign");
   CHECK_THAT(v.detail, Contains("intermediate"));

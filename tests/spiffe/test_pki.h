@@ -3,14 +3,13 @@
 // domains, and throwaway PKIs built with Issuer. Every helper fails the running test (REQUIRE)
 // instead of returning an error.
 
-#include <openssl/x509.h>
-
 #include <chrono>
 #include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include <openssl/x509.h>
 #include <catch2/catch.hpp>
 
 #include "spiffe_tunnel/base/openssl.h"

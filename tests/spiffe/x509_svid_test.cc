@@ -1,9 +1,8 @@
 #include "spiffe_tunnel/spiffe/x509_svid.h"
 
-#include <openssl/pem.h>
-
 #include <chrono>
 
+#include <openssl/pem.h>
 #include <catch2/catch.hpp>
 
 #include "spiffe/test_pki.h"

@@ -38,6 +38,9 @@ class ByteStream {
   // offloaded to kTLS), so bytes may be spliced straight into / out of the socket.
   virtual bool kernel_writes() const = 0;
   virtual bool kernel_reads() const = 0;
+  // True when bytes already sit in a userspace buffer of the stream (e.g. OpenSSL's), which must
+  // be read with read_some() before splicing from the socket.
+  virtual bool has_buffered_input() const { return false; }
 };
 
 // Plain TCP.

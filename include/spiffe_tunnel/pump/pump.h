@@ -31,8 +31,13 @@ struct PumpResult {
   DirectionResult b_to_a;
 };
 
+// Large enough for one TLS record (16 KiB plaintext) and its header.
+inline constexpr std::size_t kRecordBuffer = 16 * 1024 + 256;
+
 struct PumpOptions {
   std::size_t buffer_size = 256 * 1024;
+  // Splice a direction when the kernel owns both its ends' record layers (plain TCP, or TLS
+  // offloaded with kTLS). Otherwise, or when false, copy through userspace.
   bool allow_splice = true;
   // Called after every chunk moved, for idle tracking. May be empty.
   std::function<void()> on_activity;

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "spiffe_tunnel/base/clock.h"
 #include "spiffe_tunnel/base/openssl.h"
@@ -54,6 +55,18 @@ struct PeerOutcome {
   bool verified = false;       // the callback ran and accepted
 };
 
+// Per-connection state OpenSSL callbacks write into (SSL app data). Owned by the TlsStream.
+struct ConnectionState {
+  PeerOutcome outcome;
+  // The peer's TLS 1.3 application traffic secret 0, captured for installing kernel receive
+  // offload, then wiped.
+  std::vector<unsigned char> peer_traffic_secret;
+  // The peer sent a TLS 1.3 KeyUpdate (seen by OpenSSL on the userspace receive path).
+  bool peer_key_update = false;
+
+  ~ConnectionState();
+};
+
 // One immutable SSL_CTX built from one snapshot.
 class TlsContext {
  public:
@@ -65,6 +78,9 @@ class TlsContext {
  private:
   friend class ContextProvider;
   static int verify_callback(X509_STORE_CTX* store_ctx, void* arg);
+  static void keylog_callback(const SSL* ssl, const char* line);
+  static void msg_callback(int write_p, int version, int content_type, const void* buf,
+                           size_t len, SSL* ssl, void* arg);
 
   base::SslCtxPtr ctx_;
   std::shared_ptr<const identity::Snapshot> snapshot_;

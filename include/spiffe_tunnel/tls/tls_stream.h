@@ -23,11 +23,13 @@ class TlsStream final : public base::ByteStream {
   // outcome()/error_detail() say why.
   asio::awaitable<void> handshake(asio::error_code& ec);
 
-  const PeerOutcome& outcome() const { return *outcome_; }
+  const PeerOutcome& outcome() const { return state_->outcome; }
   // The last TLS-level error as a sentence, "" if none.
   const std::string& error_detail() const { return error_detail_; }
   std::string protocol() const;  // "TLSv1.3"
   std::string cipher() const;    // "TLS_AES_128_GCM_SHA256"
+  // Why kernel offload was not used for a direction, "" when it was or was not wanted.
+  const std::string& ktls_detail() const { return ktls_detail_; }
   const TlsContext& context() const { return *context_; }
 
   // base::ByteStream
@@ -38,6 +40,7 @@ class TlsStream final : public base::ByteStream {
   asio::ip::tcp::socket& socket() override { return socket_; }
   bool kernel_writes() const override { return ktls_tx_; }
   bool kernel_reads() const override { return ktls_rx_; }
+  bool has_buffered_input() const override;
 
  private:
   TlsStream(asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context);
@@ -48,8 +51,14 @@ class TlsStream final : public base::ByteStream {
   asio::ip::tcp::socket socket_;
   std::shared_ptr<const TlsContext> context_;
   base::SslPtr ssl_;
-  std::unique_ptr<PeerOutcome> outcome_;
+  // Offloads what OpenSSL left in userspace; runs once after the handshake.
+  void enable_kernel_offload();
+  asio::awaitable<std::size_t> read_some_kernel(std::span<char> buf, asio::error_code& ec);
+
+  std::unique_ptr<ConnectionState> state_;
+  bool manual_rx_ = false;  // we installed TLS 1.3 RX: OpenSSL must not read any more
   std::string error_detail_;
+  std::string ktls_detail_;
   bool ktls_tx_ = false;
   bool ktls_rx_ = false;
 };

@@ -1,0 +1,194 @@
+#include "spiffe_tunnel/tls/ktls.h"
+
+#include <linux/tls.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/kdf.h>
+#include <openssl/params.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+
+#include "spiffe_tunnel/base/unique_fd.h"
+
+#ifndef SOL_TLS
+#define SOL_TLS 282
+#endif
+#ifndef TCP_ULP
+#define TCP_ULP 31
+#endif
+
+namespace spiffe_tunnel::tls::ktls {
+namespace {
+
+std::string errno_text(int e) { return std::strerror(e); }
+
+// HKDF-Expand-Label(secret, label, "", length) from RFC 8446 §7.1.
+base::Status hkdf_expand_label(const char* digest, std::span<const unsigned char> secret,
+                               const std::string& label, unsigned char* out, size_t length) {
+  std::vector<unsigned char> info;
+  const std::string full = "tls13 " + label;
+  info.push_back(static_cast<unsigned char>(length >> 8));
+  info.push_back(static_cast<unsigned char>(length & 0xff));
+  info.push_back(static_cast<unsigned char>(full.size()));
+  info.insert(info.end(), full.begin(), full.end());
+  info.push_back(0);  // empty context
+
+  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+  if (kdf == nullptr) {
+    return base::make_error("HKDF is not available in this OpenSSL");
+  }
+  EVP_KDF_CTX* ctx = EVP_KDF_CTX_new(kdf);
+  EVP_KDF_free(kdf);
+  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(digest), 0),
+      OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY,
+                                        const_cast<unsigned char*>(secret.data()), secret.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
+      OSSL_PARAM_construct_end()};
+  const int ok = ctx != nullptr && EVP_KDF_derive(ctx, out, length, params) == 1;
+  EVP_KDF_CTX_free(ctx);
+  if (!ok) {
+    return base::make_error("HKDF-Expand-Label(" + label + ") failed");
+  }
+  return {};
+}
+
+// Everything the kernel needs for one cipher, filled from the traffic secret.
+template <typename Info>
+base::Status fill(Info& info, uint16_t cipher_type, const char* digest,
+                  std::span<const unsigned char> secret, size_t salt_size) {
+  std::memset(&info, 0, sizeof(info));
+  info.info.version = TLS_1_3_VERSION;
+  info.info.cipher_type = cipher_type;
+  std::array<unsigned char, 12> iv{};
+  auto st = hkdf_expand_label(digest, secret, "key", info.key, sizeof(info.key));
+  if (st) {
+    st = hkdf_expand_label(digest, secret, "iv", iv.data(), iv.size());
+  }
+  if (!st) {
+    return st;
+  }
+  // The 12-byte TLS 1.3 nonce base is split into the kernel's salt (implicit part) and iv.
+  std::memcpy(info.salt, iv.data(), salt_size);
+  std::memcpy(info.iv, iv.data() + salt_size, sizeof(info.iv));
+  OPENSSL_cleanse(iv.data(), iv.size());
+  return {};
+}
+
+template <typename Info>
+base::Status set_rx(int fd, Info& info) {
+  const int rc = ::setsockopt(fd, SOL_TLS, TLS_RX, &info, sizeof(info));
+  const int e = errno;
+  OPENSSL_cleanse(&info, sizeof(info));
+  if (rc != 0) {
+    return base::make_error("setsockopt(TLS_RX): " + errno_text(e));
+  }
+  return {};
+}
+
+}  // namespace
+
+base::Status probe_kernel_tls() {
+  base::UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(listener.get(), 1) != 0 ||
+      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    return base::make_error("cannot open a loopback socket to probe kernel TLS: " +
+                            errno_text(errno));
+  }
+  base::UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return base::make_error("cannot connect a loopback socket to probe kernel TLS: " +
+                            errno_text(errno));
+  }
+  base::UniqueFd server(::accept(listener.get(), nullptr, nullptr));
+  // The ULP can only be attached to an established socket.
+  if (::setsockopt(client.get(), SOL_TCP, TCP_ULP, "tls", sizeof("tls")) != 0) {
+    const int e = errno;
+    return base::make_error("the kernel refuses TCP_ULP \"tls\" (" + errno_text(e) +
+                            "); load the tls module (modprobe tls) or use ktls: auto/off");
+  }
+  return {};
+}
+
+base::Status install_tls13_rx(int fd, const std::string& cipher_name,
+                              std::span<const unsigned char> secret) {
+  // The ULP may already be attached (OpenSSL did it for TX); EEXIST is fine.
+  if (::setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof("tls")) != 0 && errno != EEXIST) {
+    return base::make_error("TCP_ULP tls: " + errno_text(errno));
+  }
+  if (cipher_name == "TLS_AES_128_GCM_SHA256") {
+    tls12_crypto_info_aes_gcm_128 info;
+    auto st = fill(info, TLS_CIPHER_AES_GCM_128, "SHA256", secret, TLS_CIPHER_AES_GCM_128_SALT_SIZE);
+    return st ? set_rx(fd, info) : st;
+  }
+  if (cipher_name == "TLS_AES_256_GCM_SHA384") {
+    tls12_crypto_info_aes_gcm_256 info;
+    auto st = fill(info, TLS_CIPHER_AES_GCM_256, "SHA384", secret, TLS_CIPHER_AES_GCM_256_SALT_SIZE);
+    return st ? set_rx(fd, info) : st;
+  }
+  if (cipher_name == "TLS_CHACHA20_POLY1305_SHA256") {
+    tls12_crypto_info_chacha20_poly1305 info;
+    // ChaCha20-Poly1305 takes the whole 12-byte nonce base as iv and no salt.
+    auto st = fill(info, TLS_CIPHER_CHACHA20_POLY1305, "SHA256", secret, 0);
+    return st ? set_rx(fd, info) : st;
+  }
+  return base::make_error("cipher " + cipher_name + " has no kernel TLS receive offload");
+}
+
+int read_record(int fd, std::span<char> buf, Record& out) {
+  char control[CMSG_SPACE(sizeof(unsigned char))];
+  iovec iov{buf.data(), buf.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  const ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+  if (n < 0) {
+    return -1;
+  }
+  if (n == 0 && msg.msg_controllen == 0) {
+    return 0;
+  }
+  out.type = kApplicationData;
+  out.size = static_cast<std::size_t>(n);
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE) {
+      out.type = *reinterpret_cast<unsigned char*>(CMSG_DATA(c));
+    }
+  }
+  return 1;
+}
+
+std::string alert_name(uint8_t d) {
+  switch (d) {
+    case 0: return "close_notify";
+    case 10: return "unexpected_message";
+    case 20: return "bad_record_mac";
+    case 22: return "record_overflow";
+    case 40: return "handshake_failure";
+    case 42: return "bad_certificate";
+    case 46: return "certificate_unknown";
+    case 48: return "unknown_ca";
+    case 50: return "decode_error";
+    case 51: return "decrypt_error";
+    case 80: return "internal_error";
+    case 90: return "user_canceled";
+    default: return "alert " + std::to_string(d);
+  }
+}
+
+}  // namespace spiffe_tunnel::tls::ktls

@@ -1,0 +1,46 @@
+#pragma once
+// Backoff: the delays between Workload API reconnection attempts -- exponential from `initial`,
+// doubling up to `max`, each with ±20% jitter so that many workloads behind one restarted agent
+// do not reconnect in lockstep. Owned by one thread; not thread-safe.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <random>
+
+namespace spiffe_tunnel::workload {
+
+class Backoff {
+ public:
+  Backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max,
+          uint64_t seed = std::random_device{}())
+      : initial_(std::max(initial, std::chrono::milliseconds(1))),
+        max_(std::max(max, initial_)),
+        current_(initial_),
+        rng_(seed) {}
+
+  // The next delay (jittered), then doubles the base up to the cap.
+  std::chrono::milliseconds next() {
+    const auto d = jitter(current_);
+    current_ = std::min(current_ * 2, max_);
+    return d;
+  }
+  // A delay at the cap (jittered), for errors that retrying soon will not fix.
+  std::chrono::milliseconds at_cap() { return jitter(max_); }
+  // Starts over from `initial` (after a good message).
+  void reset() { current_ = initial_; }
+
+ private:
+  std::chrono::milliseconds jitter(std::chrono::milliseconds base) {
+    std::uniform_real_distribution<double> factor(0.8, 1.2);
+    return std::chrono::milliseconds(
+        std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(base.count()) * factor(rng_))));
+  }
+
+  std::chrono::milliseconds initial_;
+  std::chrono::milliseconds max_;
+  std::chrono::milliseconds current_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace spiffe_tunnel::workload

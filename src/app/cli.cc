@@ -28,7 +28,7 @@ struct TunnelFlags {
   std::string svid, svid_hint;
   std::vector<std::string> peer_ids, peer_tds, peer_patterns;
   bool allow_any = false;
-  std::string tls_min = "1.3", cipher_suites, ciphers, ktls = "auto", server_name;
+  std::string tls_min = "1.3", tls_max = "1.3", cipher_suites, ciphers, ktls = "auto", server_name;
   std::string handshake_timeout = "10s", connect_timeout = "10s", idle_timeout = "0";
   std::size_t max_connections = 10000;
 };
@@ -70,6 +70,7 @@ void add_tunnel_flags(CLI::App* cmd, TunnelFlags& f, bool server) {
   cmd->add_flag("--allow-any-peer-in-bundles", f.allow_any,
                 "Accept any peer whose SVID verifies against a held bundle (no ID check)");
   cmd->add_option("--tls-min-version", f.tls_min, "Lowest TLS version: 1.3 (default) or 1.2");
+  cmd->add_option("--tls-max-version", f.tls_max, "Highest TLS version: 1.3 (default) or 1.2");
   cmd->add_option("--cipher-suites", f.cipher_suites, "TLS 1.3 cipher suites, OpenSSL syntax");
   cmd->add_option("--ciphers", f.ciphers, "TLS 1.2 ciphers, OpenSSL syntax");
   cmd->add_option("--ktls", f.ktls, "Kernel TLS offload: auto, on or off")
@@ -165,6 +166,7 @@ base::Result<Config> to_config(const TunnelFlags& f, const GlobalFlags& g, bool 
   }
   t.allow_any_peer = f.allow_any;
   t.tls_min_version = f.tls_min;
+  t.tls_max_version = f.tls_max;
   t.tls13_ciphersuites = f.cipher_suites;
   t.tls12_ciphers = f.ciphers;
   t.ktls = f.ktls;

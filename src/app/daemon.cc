@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "spiffe_tunnel/identity/expiry_watch.h"
 #include "spiffe_tunnel/identity/identity_store.h"
 #include "spiffe_tunnel/policy/authorizer.h"
 #include "spiffe_tunnel/tls/ktls.h"
@@ -12,6 +13,7 @@
 #include "spiffe_tunnel/tunnel/io_pool.h"
 #include "spiffe_tunnel/tunnel/tunnel.h"
 #include "spiffe_tunnel/workload/files_source.h"
+#include "spiffe_tunnel/workload/workload_api_source.h"
 #include "systemd_notify.h"
 
 namespace spiffe_tunnel::app {
@@ -20,15 +22,27 @@ namespace {
 using config::Config;
 using config::TunnelConfig;
 
-std::unique_ptr<workload::IdentitySource> make_source(const Config& c) {
-  if (c.identity.kind == config::IdentityConfig::Kind::kFiles) {
-    workload::FilesSourceOptions o;
-    o.cert_file = c.identity.cert_file;
-    o.key_file = c.identity.key_file;
-    o.bundle_files = c.identity.bundle_files;
-    return std::make_unique<workload::FilesSource>(std::move(o));
+base::Result<std::unique_ptr<workload::IdentitySource>> make_source(const Config& c) {
+  switch (c.identity.kind) {
+    case config::IdentityConfig::Kind::kFiles: {
+      workload::FilesSourceOptions o;
+      o.cert_file = c.identity.cert_file;
+      o.key_file = c.identity.key_file;
+      o.bundle_files = c.identity.bundle_files;
+      return std::unique_ptr<workload::IdentitySource>(
+          std::make_unique<workload::FilesSource>(std::move(o)));
+    }
+    case config::IdentityConfig::Kind::kWorkloadApi: {
+      auto source = workload::WorkloadApiSource::create({.address = c.identity.workload_api});
+      if (!source) {
+        return source.error();
+      }
+      return std::unique_ptr<workload::IdentitySource>(std::move(*source));
+    }
+    case config::IdentityConfig::Kind::kNone:
+      break;
   }
-  return nullptr;
+  return base::make_error("no identity source is configured");
 }
 
 base::Result<tls::TlsOptions> make_tls_options(const TunnelConfig& t) {
@@ -51,6 +65,11 @@ base::Result<tls::TlsOptions> make_tls_options(const TunnelConfig& t) {
     return v.error();
   }
   o.min_version = *v;
+  auto max = tls::parse_tls_version(t.tls_max_version);
+  if (!max) {
+    return max.error();
+  }
+  o.max_version = *max;
   if (!t.tls13_ciphersuites.empty()) {
     o.tls13_ciphersuites = t.tls13_ciphersuites;
   }
@@ -86,8 +105,10 @@ std::shared_ptr<const identity::Snapshot> to_snapshot(workload::X509Context ctx,
   return s;
 }
 
-// Blocks until SIGINT/SIGTERM (or hooks.should_stop), pinging the systemd watchdog meanwhile.
-void wait_for_stop(const DaemonHooks& hooks, SystemdNotifier& notifier) {
+// Blocks until SIGINT/SIGTERM (or hooks.should_stop), pinging the systemd watchdog and checking
+// the identity's expiry meanwhile.
+void wait_for_stop(const DaemonHooks& hooks, SystemdNotifier& notifier,
+                   identity::ExpiryWatch& expiry) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -100,6 +121,7 @@ void wait_for_stop(const DaemonHooks& hooks, SystemdNotifier& notifier) {
     ts.tv_nsec = (tick.count() % 1000) * 1'000'000;
     const int sig = sigtimedwait(&set, nullptr, &ts);
     notifier.watchdog();
+    expiry.check();
     if (sig == SIGINT || sig == SIGTERM) {
       spdlog::info("received {}, draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
       return;
@@ -143,12 +165,13 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
   signal(SIGPIPE, SIG_IGN);
 
   identity::IdentityStore store;
-  std::unique_ptr<workload::IdentitySource> source = make_source(config);
-  if (!source) {
-    spdlog::error("identity source {} is not available in this build",
-                  config.identity.workload_api);
+  identity::ExpiryWatch expiry(store, base::SystemClock::instance());
+  auto made_source = make_source(config);
+  if (!made_source) {
+    spdlog::error("identity: {}", made_source.error().message);
     return 1;
   }
+  std::unique_ptr<workload::IdentitySource> source = std::move(*made_source);
   if (auto* files = dynamic_cast<workload::FilesSource*>(source.get())) {
     // Fail fast on a bad initial set; later changes are only warned about.
     auto first = files->load();
@@ -192,13 +215,13 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
   const std::string source_name = source->describe();
   source->start({
       .on_update =
-          [&store, source_name](workload::X509Context ctx) {
-            store.publish(to_snapshot(std::move(ctx), source_name));
+          [&expiry, source_name](workload::X509Context ctx) {
+            expiry.publish(to_snapshot(std::move(ctx), source_name));
           },
       .on_revoked =
-          [&store](const std::string& reason) {
+          [&expiry](const std::string& reason) {
             spdlog::error("identity revoked: {}; refusing new connections", reason);
-            store.withdraw();
+            expiry.withdraw();
           },
   });
 
@@ -223,7 +246,7 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
     hooks.on_listening(ports);
   }
 
-  wait_for_stop(hooks, notifier);
+  wait_for_stop(hooks, notifier, expiry);
   notifier.stopping();
   for (auto& t : tunnels) {
     t->stop();

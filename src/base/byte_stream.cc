@@ -7,6 +7,11 @@
 
 namespace spiffe_tunnel::base {
 
+TcpStream::TcpStream(asio::ip::tcp::socket socket) : socket_(std::move(socket)) {
+  asio::error_code ignored;
+  socket_.non_blocking(true, ignored);
+}
+
 asio::awaitable<std::size_t> TcpStream::read_some(std::span<char> buf, asio::error_code& ec) {
   ec.clear();
   std::size_t n = co_await socket_.async_read_some(asio::buffer(buf.data(), buf.size()),

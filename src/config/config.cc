@@ -213,9 +213,10 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
     ST_TRY(read_peers(r, n[peers_key], ctx + " " + peers_key, t));
   }
   if (const auto tl = n["tls"]) {
-    ST_TRY(r.only_keys(tl, {"min_version", "cipher_suites", "ciphers", "ktls", "server_name"},
+    ST_TRY(r.only_keys(tl, {"min_version", "max_version", "cipher_suites", "ciphers", "ktls", "server_name"},
                        ctx + " tls"));
     if (tl["min_version"]) t.tls_min_version = tl["min_version"].Scalar();
+    if (tl["max_version"]) t.tls_max_version = tl["max_version"].Scalar();
     if (tl["cipher_suites"]) t.tls13_ciphersuites = tl["cipher_suites"].Scalar();
     if (tl["ciphers"]) t.tls12_ciphers = tl["ciphers"].Scalar();
     if (tl["ktls"]) t.ktls = tl["ktls"].Scalar();
@@ -457,9 +458,14 @@ base::Status validate(const Config& c) {
     if (t.svid_id && t.svid_hint) {
       return make_error(ctx + ": choose the SVID by id or by hint, not both");
     }
-    if (t.tls_min_version != "1.2" && t.tls_min_version != "1.3") {
-      return make_error(ctx + ": TLS minimum version \"" + t.tls_min_version +
-                        "\" is not 1.2 or 1.3");
+    for (const auto& v : {t.tls_min_version, t.tls_max_version}) {
+      if (v != "1.2" && v != "1.3") {
+        return make_error(ctx + ": TLS version \"" + v + "\" is not 1.2 or 1.3");
+      }
+    }
+    if (t.tls_min_version > t.tls_max_version) {
+      return make_error(ctx + ": TLS minimum version " + t.tls_min_version +
+                        " is above the maximum " + t.tls_max_version);
     }
     if (t.ktls != "auto" && t.ktls != "on" && t.ktls != "off") {
       return make_error(ctx + ": ktls \"" + t.ktls + "\" is not auto, on or off");

@@ -25,7 +25,8 @@ asio::awaitable<bool> copy_chunk(base::ByteStream& from, base::ByteStream& to, c
   asio::error_code ec;
   const std::size_t n = co_await from.read_some({buf, size}, ec);
   if (ec) {
-    out.error = "read: " + ec.message();
+    const std::string detail = from.last_error();
+    out.error = "read: " + (detail.empty() ? ec.message() : detail);
     co_return false;
   }
   if (n == 0) {
@@ -38,7 +39,8 @@ asio::awaitable<bool> copy_chunk(base::ByteStream& from, base::ByteStream& to, c
   }
   co_await to.write_all({buf, n}, ec);
   if (ec) {
-    out.error = "write: " + ec.message();
+    const std::string detail = to.last_error();
+    out.error = "write: " + (detail.empty() ? ec.message() : detail);
     co_return false;
   }
   out.bytes += n;
@@ -57,13 +59,15 @@ asio::awaitable<void> copy_userspace(base::ByteStream& from, base::ByteStream& t
   }
 }
 
-// Drains `pipe_r` (holding `pending` bytes) into `to`'s socket.
+// Drains `pipe_r` (holding `pending` bytes) into `to`'s socket. No SPLICE_F_MORE: on a kernel
+// TLS socket it holds back the partial record until more data comes, which stalls interactive
+// traffic.
 asio::awaitable<bool> drain_pipe(int pipe_r, std::size_t& pending, base::ByteStream& to,
                                  DirectionResult& out) {
   Socket& dst = to.socket();
   while (pending > 0) {
     const ssize_t n = ::splice(pipe_r, nullptr, dst.native_handle(), nullptr, pending,
-                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE);
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       pending -= static_cast<std::size_t>(n);
       continue;
@@ -119,12 +123,9 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
       continue;
     }
     if (n == 0) {
-      asio::error_code ec;
-      co_await to.shutdown_write(ec);
-      out.clean_end = !ec;
-      if (ec) {
-        out.error = "shutdown: " + ec.message();
-      }
+      // End of the TCP stream. Whether that is a clean end (TCP, or TLS after close_notify) or a
+      // truncation (TLS without close_notify) is the stream's call: ask it with one read.
+      co_await copy_chunk(from, to, record_buf.get(), kRecordBuffer, options, out);
       co_return;
     }
     const int e = errno;
@@ -150,14 +151,17 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
 }
 
 asio::awaitable<void> copy_direction(base::ByteStream& from, base::ByteStream& to,
-                                     const PumpOptions& options, DirectionResult& out) {
+                                     const PumpOptions& options, DirectionResult& out,
+                                     bool* session_aborted) {
   if (options.allow_splice && from.kernel_reads() && to.kernel_writes()) {
     co_await copy_splice(from, to, options, out);
   } else {
     co_await copy_userspace(from, to, options, out);
   }
-  if (!out.clean_end) {
+  if (!out.clean_end && !*session_aborted) {
     // An error in one direction ends the session: abort both so the other direction wakes up.
+    *session_aborted = true;
+    out.failed_first = true;
     from.close();
     to.close();
   }
@@ -171,7 +175,9 @@ asio::awaitable<PumpResult> pump_both(base::ByteStream& a, base::ByteStream& b,
                                       const PumpOptions& options) {
   using namespace asio::experimental::awaitable_operators;
   PumpResult r;
-  co_await (copy_direction(a, b, options, r.a_to_b) && copy_direction(b, a, options, r.b_to_a));
+  bool aborted = false;
+  co_await (copy_direction(a, b, options, r.a_to_b, &aborted) &&
+            copy_direction(b, a, options, r.b_to_a, &aborted));
   co_return r;
 }
 

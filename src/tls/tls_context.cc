@@ -168,7 +168,7 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
   }
   SSL_CTX* c = ctx.get();
   SSL_CTX_set_min_proto_version(c, options_->min_version);
-  SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION);
+  SSL_CTX_set_max_proto_version(c, options_->max_version);
   if (SSL_CTX_set_ciphersuites(c, options_->tls13_ciphersuites.c_str()) != 1) {
     return base::make_error("TLS 1.3 cipher suites \"" + options_->tls13_ciphersuites +
                             "\" are not usable: " + base::drain_openssl_errors());

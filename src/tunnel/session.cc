@@ -221,10 +221,10 @@ asio::awaitable<void> Session::run() {
     std::string why;
     if (!timed_out_.empty()) {
       why = timed_out_;
-    } else if (!r.a_to_b.clean_end) {
-      why = "peer side " + r.a_to_b.error;
-    } else if (!r.b_to_a.clean_end) {
-      why = "target side " + r.b_to_a.error;
+    } else if (r.a_to_b.failed_first) {
+      why = std::string(server ? "peer→target " : "remote→app ") + r.a_to_b.error;
+    } else if (r.b_to_a.failed_first) {
+      why = std::string(server ? "target→peer " : "app→remote ") + r.b_to_a.error;
     } else {
       why = "closed";
     }

@@ -33,8 +33,8 @@ class Backoff {
  private:
   std::chrono::milliseconds jitter(std::chrono::milliseconds base) {
     std::uniform_real_distribution<double> factor(0.8, 1.2);
-    return std::chrono::milliseconds(
-        std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(base.count()) * factor(rng_))));
+    const double ms = static_cast<double>(base.count()) * factor(rng_);
+    return std::chrono::milliseconds(std::max<int64_t>(1, static_cast<int64_t>(ms)));
   }
 
   std::chrono::milliseconds initial_;

@@ -41,12 +41,16 @@ class ByteStream {
   // True when bytes already sit in a userspace buffer of the stream (e.g. OpenSSL's), which must
   // be read with read_some() before splicing from the socket.
   virtual bool has_buffered_input() const { return false; }
+  // The last protocol-level error as a sentence (e.g. "peer sent alert bad_record_mac"), or "".
+  virtual std::string last_error() const { return {}; }
 };
 
 // Plain TCP.
 class TcpStream final : public ByteStream {
  public:
-  explicit TcpStream(asio::ip::tcp::socket socket) : socket_(std::move(socket)) {}
+  // Puts the socket in non-blocking mode: splice() honours the descriptor's O_NONBLOCK, not only
+  // SPLICE_F_NONBLOCK, and a blocking splice would stall the whole io_context.
+  explicit TcpStream(asio::ip::tcp::socket socket);
 
   asio::awaitable<std::size_t> read_some(std::span<char> buf, asio::error_code& ec) override;
   asio::awaitable<void> write_all(std::span<const char> buf, asio::error_code& ec) override;

@@ -42,6 +42,7 @@ struct TunnelConfig {
   bool allow_any_peer = false;
 
   std::string tls_min_version = "1.3";
+  std::string tls_max_version = "1.3";
   std::string tls13_ciphersuites;  // "" = default
   std::string tls12_ciphers;       // "" = default
   std::string ktls = "auto";       // auto | on | off

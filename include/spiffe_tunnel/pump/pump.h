@@ -24,6 +24,7 @@ struct DirectionResult {
   Path path = Path::kUserspace;
   bool clean_end = false;  // ended with end-of-stream, not an error
   std::string error;       // why it ended, when not clean
+  bool failed_first = false;  // this direction's error ended the session
 };
 
 struct PumpResult {

@@ -34,6 +34,7 @@ struct TlsOptions {
   identity::SvidSelector svid;
   std::shared_ptr<const policy::Authorizer> authorizer;  // required
   int min_version = TLS1_3_VERSION;                      // TLS1_2_VERSION or TLS1_3_VERSION
+  int max_version = TLS1_3_VERSION;
   // TLS 1.3 suites in preference order (AES-GCM first: it has AES-NI and kTLS everywhere).
   std::string tls13_ciphersuites =
       "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";

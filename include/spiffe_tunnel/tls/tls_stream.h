@@ -41,6 +41,7 @@ class TlsStream final : public base::ByteStream {
   bool kernel_writes() const override { return ktls_tx_; }
   bool kernel_reads() const override { return ktls_rx_; }
   bool has_buffered_input() const override;
+  std::string last_error() const override { return error_detail_; }
 
  private:
   TlsStream(asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context);

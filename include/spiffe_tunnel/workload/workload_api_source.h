@@ -55,11 +55,13 @@ class WorkloadApiSource final : public IdentitySource {
   std::string describe() const override;
 
  private:
-  struct StreamEnd;
-  class Connection;
-
   WorkloadApiSource(WorkloadApiOptions options, std::string target);
   void run();
+  // Registers the call that stop() cancels; false when stopping.
+  bool begin_call(grpc::ClientContext* call);
+  void end_call();
+  // Sleeps for `delay` unless stop() comes first; false when stopping.
+  bool wait_for_retry(std::chrono::milliseconds delay);
 
   const WorkloadApiOptions options_;  // address resolved
   const std::string target_;          // gRPC target
@@ -68,8 +70,8 @@ class WorkloadApiSource final : public IdentitySource {
 
   std::mutex mutex_;
   std::condition_variable cv_;
-  bool stopping_ = false;                     // guarded by mutex_
-  grpc::ClientContext* call_ = nullptr;        // guarded by mutex_; the stream in flight
+  bool stopping_ = false;                // guarded by mutex_
+  grpc::ClientContext* call_ = nullptr;  // guarded by mutex_; the stream in flight, if any
 };
 
 }  // namespace spiffe_tunnel::workload

@@ -1,0 +1,262 @@
+"""Runs inside a User-Mode Linux guest (see test_ktls_uml.py): a client and a server tunnel with a
+backend on the guest's loopback, for one TLS configuration per case. Prints one JSON object per
+case on stdout; the host-side test asserts on them.
+
+Usage: python3 ktls_scenario.py CASE [CASE...]   where CASE is a name from CASES or a special
+scenario: halfclose, reset, s_server_nst_keyupdate, ktls_on_without_module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from daemon import Backend, Daemon, exchange  # noqa: E402
+from pki import CA  # noqa: E402
+
+MIB = 1 << 20
+STARTED: list = []  # daemons of the running case, for the error report
+SIZE = int(os.environ.get("KTLS_SCENARIO_MIB", "64")) * MIB
+
+CASES = {
+    "tls13-aes128gcm": ["--cipher-suites", "TLS_AES_128_GCM_SHA256"],
+    "tls13-aes256gcm": ["--cipher-suites", "TLS_AES_256_GCM_SHA384"],
+    "tls13-chacha20": ["--cipher-suites", "TLS_CHACHA20_POLY1305_SHA256"],
+    "tls12-aes128gcm": ["--tls-min-version", "1.2", "--tls-max-version", "1.2",
+                        "--ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+    "ktls-off": ["--cipher-suites", "TLS_AES_128_GCM_SHA256", "--ktls", "off"],
+}
+
+
+def tls_stat() -> dict:
+    try:
+        text = Path("/proc/net/tls_stat").read_text()
+    except FileNotFoundError:
+        return {}
+    return {k: int(v) for k, v in (line.split() for line in text.splitlines() if line.strip())}
+
+
+class Site:
+    def __init__(self, root: Path):
+        self.root = root
+        self.ca_a, self.ca_b = CA("a.test"), CA("b.test")
+        self.a_bundle = self.ca_a.write_bundle(root / "a.pem")
+        self.b_bundle = self.ca_b.write_bundle(root / "b.pem")
+        self.client = self.ca_a.issue("spiffe://a.test/client").write(root, "client")
+        self.server = self.ca_b.issue("spiffe://b.test/server").write(root, "server")
+
+    def bundles(self):
+        return ["--bundle", f"a.test={self.a_bundle}", "--bundle", f"b.test={self.b_bundle}"]
+
+    def server_tunnel(self, target_port, extra):
+        d = Daemon(["--threads", "1", "server", "--listen", "127.0.0.1:0",
+                    "--target", f"127.0.0.1:{target_port}", "--cert", self.server[0],
+                    "--key", self.server[1], *self.bundles(),
+                    "--allow-id", "spiffe://a.test/client", *extra], name="server")
+        STARTED.append(d)
+        return d, d.wait_listening()
+
+    def client_tunnel(self, target_port, extra, expect="spiffe://b.test/server"):
+        d = Daemon(["--threads", "1", "client", "--listen", "127.0.0.1:0",
+                    "--target", f"127.0.0.1:{target_port}", "--cert", self.client[0],
+                    "--key", self.client[1], *self.bundles(), "--expect-id", expect, *extra],
+                   name="client")
+        STARTED.append(d)
+        return d, d.wait_listening()
+
+
+def bulk(port: int, size: int) -> dict:
+    block = os.urandom(MIB)
+    want = hashlib.sha256()
+    for _ in range(size // MIB):
+        want.update(block)
+    got = hashlib.sha256()
+    n = 0
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=300) as s:
+        def send():
+            for _ in range(size // MIB):
+                s.sendall(block)
+            s.shutdown(socket.SHUT_WR)
+        t = threading.Thread(target=send)
+        t.start()
+        while True:
+            data = s.recv(MIB)
+            if not data:
+                break
+            got.update(data)
+            n += len(data)
+        t.join()
+    return {"bytes_back": n, "intact": n == size and got.hexdigest() == want.hexdigest(),
+            "seconds": round(time.monotonic() - start, 2)}
+
+
+def paths(d: Daemon) -> list:
+    return re.findall(r"tls tx=(\w+) rx=(\w+)", d.log)
+
+
+def run_bulk_case(site: Site, name: str) -> dict:
+    backend = Backend("echo")
+    extra = CASES[name]
+    server, sport = site.server_tunnel(backend.port, extra)
+    client, cport = site.client_tunnel(sport, extra)
+    before = tls_stat()
+    result = bulk(cport, SIZE)
+    after = tls_stat()
+    server.wait_for(r" closed peer=", timeout=30)
+    client.wait_for(r" closed peer=", timeout=30)
+    client.stop(), server.stop(), backend.close()
+    return {"case": name, **result,
+            "tls_stat_delta": {k: after.get(k, 0) - before.get(k, 0) for k in after},
+            "server_tls": paths(server), "client_tls": paths(client),
+            "server_closed": re.findall(r" closed .* path=(\S+) \((.*)\)", server.log),
+            "client_closed": re.findall(r" closed .* path=(\S+) \((.*)\)", client.log),
+            "backend_bytes": backend.bytes_received}
+
+
+def run_halfclose(site: Site) -> dict:
+    backend = Backend("digest")
+    server, sport = site.server_tunnel(backend.port, [])
+    client, cport = site.client_tunnel(sport, [])
+    payload = os.urandom(3 * MIB + 17)
+    reply = exchange(cport, payload).decode()
+    server.wait_for(r" closed peer=", timeout=30)
+    client.stop(), server.stop(), backend.close()
+    return {"case": "halfclose",
+            "ok": reply == f"{hashlib.sha256(payload).hexdigest()} {len(payload)}",
+            "server_tls": paths(server), "client_tls": paths(client)}
+
+
+def run_reset(site: Site, extra: list, name: str) -> dict:
+    backend = Backend("echo")
+    server, sport = site.server_tunnel(backend.port, extra)
+    client, cport = site.client_tunnel(sport, extra)
+    s = socket.create_connection(("127.0.0.1", cport), timeout=30)
+    s.sendall(b"x" * 100000)
+    got = 0
+    while got < 100000:
+        got += len(s.recv(65536))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()  # RST
+    client_line = client.wait_for(r" closed peer=.*\((.*)\)", timeout=30).group(1)
+    server_line = server.wait_for(r" closed peer=.*\((.*)\)", timeout=30).group(1)
+    # The tunnels keep serving after a reset.
+    after = exchange(cport, b"still alive")
+    client.stop(), server.stop(), backend.close()
+    return {"case": name, "client_reason": client_line, "server_reason": server_line,
+            "still_alive": after == b"still alive", "server_tls": paths(server),
+            "server_opened": re.findall(r" opened .*", server.log)}
+
+
+def run_s_server(site: Site, root: Path) -> dict:
+    """openssl s_server (kTLS on, session tickets on) behind our client tunnel: its
+    NewSessionTickets must be dropped, its KeyUpdate must close the session cleanly."""
+    conf = root / "ktls.cnf"
+    conf.write_text("openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = sd\n"
+                    "[sd]\nOptions = KTLS\n")
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    port = ls.getsockname()[1]
+    ls.close()
+    env = dict(os.environ, OPENSSL_CONF=str(conf))
+    srv = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-naccept", "1", "-tls1_3",
+         "-cert", str(site.server[0]), "-key", str(site.server[1]),
+         "-CAfile", str(site.a_bundle), "-Verify", "2", "-num_tickets", "2"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    out = {"case": "s_server_nst_keyupdate"}
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    # That probe used up -naccept 1; start the real one.
+    srv.kill()
+    srv.wait()
+    srv = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-naccept", "1", "-tls1_3",
+         "-cert", str(site.server[0]), "-key", str(site.server[1]),
+         "-CAfile", str(site.a_bundle), "-Verify", "2", "-num_tickets", "2"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    time.sleep(1.0)
+    client, cport = site.client_tunnel(port, [])
+    s = socket.create_connection(("127.0.0.1", cport), timeout=20)
+    s.sendall(b"ping from the app\n")
+    client.wait_for(r" opened peer=", timeout=20)
+    time.sleep(0.5)
+    srv.stdin.write("hello from s_server\n")
+    srv.stdin.flush()
+    data = b""
+    deadline = time.monotonic() + 20
+    while b"hello from s_server" not in data and time.monotonic() < deadline:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    out["data_after_tickets"] = b"hello from s_server\n" in data
+    srv.stdin.write("k\n")  # s_server command: send a KeyUpdate
+    srv.stdin.flush()
+    reason = client.wait_for(r" closed peer=.*\((.*)\)", timeout=20).group(1)
+    out["close_reason"] = reason
+    try:
+        rest = s.recv(4096)
+        out["app_after_keyupdate"] = rest.decode(errors="replace")
+    except OSError as e:
+        out["app_after_keyupdate"] = f"error {e.errno}"
+    s.close()
+    srv.kill()
+    out["s_server_output"] = srv.communicate()[0][-2000:]
+    out["client_tls"] = paths(client)
+    client.stop()
+    return out
+
+
+def run_ktls_on(site: Site) -> dict:
+    d = Daemon(["server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:1",
+                "--cert", site.server[0], "--key", site.server[1], *site.bundles(),
+                "--allow-id", "spiffe://a.test/client", "--ktls", "on"], name="server")
+    rc = d.wait_exit(timeout=30)
+    return {"case": "ktls_on_without_module", "rc": rc, "log": d.log}
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="ktls-"))
+    site = Site(root)
+    for case in sys.argv[1:]:
+        try:
+            if case in CASES:
+                r = run_bulk_case(site, case)
+            elif case == "halfclose":
+                r = run_halfclose(site)
+            elif case == "reset":
+                r = run_reset(site, [], "reset")
+            elif case == "reset-userspace":
+                r = run_reset(site, ["--ktls", "off"], "reset-userspace")
+            elif case == "s_server_nst_keyupdate":
+                r = run_s_server(site, root)
+            elif case == "ktls_on_without_module":
+                r = run_ktls_on(site)
+            else:
+                r = {"case": case, "error": "unknown case"}
+        except Exception as e:  # reported to the host-side test, which fails on it
+            r = {"case": case, "error": f"{type(e).__name__}: {e}",
+                 "logs": {d.name: d.log[-3000:] for d in STARTED}}
+            for d in STARTED:
+                d.stop()
+        STARTED.clear()
+        print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

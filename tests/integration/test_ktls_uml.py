@@ -1,0 +1,119 @@
+"""The kernel TLS data path, proven in a User-Mode Linux guest (this host's kernel has no kTLS).
+
+One guest boot runs every case of ktls_scenario.py; the assertions here read its JSON results:
+64 MiB each way intact per cipher, /proc/net/tls_stat TX and RX counters rising for both tunnel
+ends, both directions on kTLS + splice; the same with --ktls off and without the tls module on
+the userspace path; close_notify, half-close and reset on both paths; a third-party
+openssl s_server's session tickets dropped and its KeyUpdate closing the session cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from uml import requires_uml, uml_run
+
+pytestmark = requires_uml
+
+HERE = Path(__file__).resolve().parent
+MIB = int(os.environ.get("KTLS_SCENARIO_MIB", "64"))
+OFFLOAD_CASES = ["tls13-aes128gcm", "tls13-aes256gcm", "tls13-chacha20", "tls12-aes128gcm"]
+
+
+def _run(cases, tls_module=True, timeout=900):
+    cmd = [sys.executable, str(HERE / "ktls_scenario.py"), *cases]
+    if not tls_module:
+        # The kernel would load tls on the first TCP_ULP request; forbid module loading so the
+        # guest behaves like a kernel without kTLS.
+        cmd = ["bash", "-c", 'echo /bin/false > /proc/sys/kernel/modprobe && exec "$@"', "-", *cmd]
+    r = uml_run(cmd,
+                env={"KTLS_SCENARIO_MIB": str(MIB)}, tls_module=tls_module, timeout=timeout,
+                mem="1G")
+    results = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("{"):
+            d = json.loads(line)
+            results[d["case"]] = d
+    assert r.returncode == 0 and set(results) == set(cases), \
+        f"rc={r.returncode}\nstdout:\n{r.stdout[-4000:]}\nstderr:\n{r.stderr[-4000:]}"
+    for d in results.values():
+        assert "error" not in d, json.dumps(d, indent=1)
+    return results
+
+
+@pytest.fixture(scope="module")
+def with_module():
+    return _run(OFFLOAD_CASES + ["ktls-off", "halfclose", "reset", "reset-userspace",
+                                 "s_server_nst_keyupdate"])
+
+
+@pytest.fixture(scope="module")
+def without_module():
+    return _run(["tls13-aes128gcm", "halfclose", "reset", "ktls_on_without_module"],
+                tls_module=False)
+
+
+@pytest.mark.parametrize("case", OFFLOAD_CASES)
+def test_bulk_transfer_is_offloaded_both_ways(with_module, case):
+    r = with_module[case]
+    assert r["intact"] and r["bytes_back"] == MIB << 20 and r["backend_bytes"] == MIB << 20
+    # One TX and one RX kTLS socket per tunnel end.
+    assert r["tls_stat_delta"]["TlsTxSw"] >= 2, r
+    assert r["tls_stat_delta"]["TlsRxSw"] >= 2, r
+    assert r["tls_stat_delta"]["TlsDecryptError"] == 0
+    assert r["server_tls"] == [["ktls", "ktls"]] and r["client_tls"] == [["ktls", "ktls"]]
+    assert r["server_closed"] == [["ktls+splice/ktls+splice", "closed"]]
+    assert r["client_closed"] == [["ktls+splice/ktls+splice", "closed"]]
+    print(f"{case}: {MIB} MiB each way in {r['seconds']}s inside UML")
+
+
+def test_ktls_off_uses_userspace(with_module):
+    r = with_module["ktls-off"]
+    assert r["intact"]
+    assert r["tls_stat_delta"].get("TlsTxSw", 0) == 0 and r["tls_stat_delta"].get("TlsRxSw", 0) == 0
+    assert r["server_closed"] == [["userspace/userspace", "closed"]]
+    assert r["client_closed"] == [["userspace/userspace", "closed"]]
+
+
+def test_without_tls_module_falls_back_to_userspace(without_module):
+    r = without_module["tls13-aes128gcm"]
+    assert r["intact"] and r["tls_stat_delta"] == {}
+    assert r["server_tls"] == [["userspace", "userspace"]]
+    assert r["server_closed"] == [["userspace/userspace", "closed"]]
+
+
+def test_ktls_on_refuses_to_start_without_module(without_module):
+    r = without_module["ktls_on_without_module"]
+    assert r["rc"] == 1
+    assert 'ktls is "on"' in r["log"] and "modprobe tls" in r["log"]
+
+
+@pytest.mark.parametrize("fixture", ["with_module", "without_module"])
+def test_half_close_on_both_paths(request, fixture):
+    r = request.getfixturevalue(fixture)["halfclose"]
+    assert r["ok"]
+    expected = "ktls" if fixture == "with_module" else "userspace"
+    assert r["server_tls"] == [[expected, expected]]
+
+
+@pytest.mark.parametrize("fixture,case", [("with_module", "reset"),
+                                          ("with_module", "reset-userspace"),
+                                          ("without_module", "reset")])
+def test_app_reset_closes_the_pair_and_tunnels_keep_serving(request, fixture, case):
+    r = request.getfixturevalue(fixture)[case]
+    assert "Connection reset by peer" in r["client_reason"]
+    assert "without close_notify" in r["server_reason"]
+    assert r["still_alive"]
+
+
+def test_third_party_tickets_dropped_and_keyupdate_closes(with_module):
+    r = with_module["s_server_nst_keyupdate"]
+    assert r["client_tls"] == [["ktls", "ktls"]]
+    assert r["data_after_tickets"], "data after the server's NewSessionTickets did not arrive"
+    assert "KeyUpdate" in r["close_reason"]
+    assert r["app_after_keyupdate"] in ("", "error 104")

@@ -1,0 +1,593 @@
+#include "spiffe_tunnel/workload/workload_api_source.h"
+
+#include <grpcpp/grpcpp.h>
+#include <stdlib.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "spiffe/test_pki.h"
+#include "workload/backoff.h"
+#include "workload/fake_workload_api.h"
+#include "workload/x509_svid_response.h"
+
+using namespace spiffe_tunnel;
+using namespace spiffe_tunnel::spiffe::testing;
+using spiffe_tunnel::workload::testing::FakeWorkloadApi;
+using workload::WorkloadApiSource;
+using Catch::Matchers::Contains;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr auto kWait = std::chrono::seconds(5);
+
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = kWait) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      return false;
+    }
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  return true;
+}
+
+// A fresh directory for the agent socket, removed at the end of the test.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "wlapi-XXXXXX").string();
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string socket() const { return (path / "agent.sock").string(); }
+};
+
+// Collects what the source delivers; read it only through the accessors.
+class Recorder {
+ public:
+  workload::SourceCallbacks callbacks() {
+    return {
+        .on_update =
+            [this](workload::X509Context ctx) {
+              std::lock_guard lock(mutex_);
+              updates_.push_back(std::move(ctx));
+            },
+        .on_revoked =
+            [this](const std::string& reason) {
+              std::lock_guard lock(mutex_);
+              revocations_.push_back(reason);
+            },
+    };
+  }
+  size_t updates() const {
+    std::lock_guard lock(mutex_);
+    return updates_.size();
+  }
+  size_t revocations() const {
+    std::lock_guard lock(mutex_);
+    return revocations_.size();
+  }
+  workload::X509Context update(size_t i) const {
+    std::lock_guard lock(mutex_);
+    return updates_.at(i);
+  }
+  std::string revocation(size_t i) const {
+    std::lock_guard lock(mutex_);
+    return revocations_.at(i);
+  }
+  bool wait_updates(size_t n) const {
+    return eventually([&] { return updates() >= n; });
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::vector<workload::X509Context> updates_;
+  std::vector<std::string> revocations_;
+};
+
+X509SVID entry_of(const spiffe::X509Svid& svid, const spiffe::Issuer& root,
+                  const std::string& hint = "") {
+  X509SVID e;
+  e.set_spiffe_id(svid.id.str());
+  e.set_x509_svid(der_of(svid.chain));
+  e.set_x509_svid_key(pkcs8_der_of(svid.key.get()));
+  e.set_bundle(der_of(root.certificate()));
+  e.set_hint(hint);
+  return e;
+}
+
+// A small trust domain with one workload SVID, and responses built from it.
+struct Agent {
+  spiffe::Issuer root = make_root("a.test");
+  spiffe::X509Svid web = make_svid(root, "spiffe://a.test/web");
+  spiffe::X509Svid db = make_svid(root, "spiffe://a.test/db");
+
+  X509SVIDResponse response_for(const spiffe::X509Svid& svid) const {
+    X509SVIDResponse r;
+    *r.add_svids() = entry_of(svid, root);
+    return r;
+  }
+};
+
+std::unique_ptr<WorkloadApiSource> make_source(const std::string& address) {
+  auto source = WorkloadApiSource::create(
+      {.address = address, .initial_backoff = milliseconds(20), .max_backoff = milliseconds(100)});
+  INFO((source ? "" : source.error().message));
+  REQUIRE(source.ok());
+  return std::move(*source);
+}
+
+std::string leaf_id(const workload::X509Context& ctx, size_t i = 0) {
+  return ctx.svids.at(i)->id.str();
+}
+
+}  // namespace
+
+// --- Addresses -----------------------------------------------------------------------------
+
+TEST_CASE("maps Workload API addresses to gRPC targets") {
+  const std::vector<std::pair<std::string, std::string>> table = {
+      {"unix:///run/spire/agent.sock", "unix:/run/spire/agent.sock"},
+      {"UNIX:///tmp/a.sock", "unix:/tmp/a.sock"},
+      {"unix:///tmp/my%20dir/a.sock", "unix:/tmp/my%20dir/a.sock"},
+      {"tcp://127.0.0.1:8000", "ipv4:127.0.0.1:8000"},
+      {"tcp://[::1]:8000", "ipv6:[::1]:8000"},
+      {"tcp://[2001:db8::5]:65535", "ipv6:[2001:db8::5]:65535"},
+  };
+  for (const auto& [address, target] : table) {
+    INFO(address);
+    auto got = WorkloadApiSource::grpc_target(address);
+    REQUIRE(got.ok());
+    CHECK(*got == target);
+  }
+}
+
+TEST_CASE("rejects addresses SPIFFE forbids, saying why") {
+  const std::vector<std::pair<std::string, std::string>> table = {
+      {"", "empty"},
+      {"/run/spire/agent.sock", "no scheme"},
+      {"http://127.0.0.1:80", "scheme \"http\""},
+      {"unix:agent.sock", "three slashes"},
+      {"unix:/run/agent.sock", "three slashes"},
+      {"unix://host/run/agent.sock", "host part"},
+      {"unix://run/agent.sock", "host part"},
+      {"unix://", "host part"},
+      {"unix:///", "does not name a socket"},
+      {"unix:///run/spire/", "does not name a socket"},
+      {"unix:////run/agent.sock", "'//'"},
+      {"unix:///run/agent.sock?x=1", "query"},
+      {"unix:///run/agent.sock#frag", "fragment"},
+      {"unix:///run/a%zz.sock", "%XX"},
+      {"unix:///run/a b.sock", "spaces"},
+      {"tcp://localhost:8000", "not a host name"},
+      {"tcp://spire.example.org:8000", "not a host name"},
+      {"tcp://127.0.0.1", "no port"},
+      {"tcp://127.0.0.1:", "invalid port"},
+      {"tcp://127.0.0.1:0", "invalid port"},
+      {"tcp://127.0.0.1:70000", "invalid port"},
+      {"tcp://127.0.0.1:80x", "invalid port"},
+      {"tcp://127.0.0.1:8000/foo", "has a path"},
+      {"tcp://127.0.0.1:8000/", "has a path"},
+      {"tcp://user@127.0.0.1:8000", "user information"},
+      {"tcp://[::1:8000", "closing ']'"},
+      {"tcp://[::1]", "no port"},
+      {"tcp://[zz::1]:80", "invalid IPv6"},
+      {"tcp:127.0.0.1:8000", "tcp://IP:port"},
+  };
+  for (const auto& [address, why] : table) {
+    INFO(address);
+    auto got = WorkloadApiSource::grpc_target(address);
+    REQUIRE_FALSE(got.ok());
+    CHECK_THAT(got.error().message, Contains(why));
+  }
+}
+
+TEST_CASE("create() falls back to SPIFFE_ENDPOINT_SOCKET and names it in errors") {
+  const char* saved = getenv("SPIFFE_ENDPOINT_SOCKET");
+  const std::string saved_value = saved ? saved : "";
+
+  unsetenv("SPIFFE_ENDPOINT_SOCKET");
+  auto none = WorkloadApiSource::create({});
+  REQUIRE_FALSE(none.ok());
+  CHECK_THAT(none.error().message, Contains("SPIFFE_ENDPOINT_SOCKET"));
+
+  setenv("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock", 1);
+  auto from_env = WorkloadApiSource::create({});
+  REQUIRE(from_env.ok());
+  CHECK((*from_env)->describe() == "workload-api unix:///run/spire/agent.sock");
+
+  auto explicit_wins = WorkloadApiSource::create({.address = "tcp://127.0.0.1:9"});
+  REQUIRE(explicit_wins.ok());
+  CHECK((*explicit_wins)->describe() == "workload-api tcp://127.0.0.1:9");
+
+  setenv("SPIFFE_ENDPOINT_SOCKET", "unix:relative.sock", 1);
+  auto bad_env = WorkloadApiSource::create({});
+  REQUIRE_FALSE(bad_env.ok());
+  CHECK_THAT(bad_env.error().message, Contains("SPIFFE_ENDPOINT_SOCKET: Workload API address"));
+
+  auto bad_option = WorkloadApiSource::create({.address = "tcp://localhost:1"});
+  REQUIRE_FALSE(bad_option.ok());
+  CHECK_THAT(bad_option.error().message, Contains("Workload API address \"tcp://localhost:1\""));
+  CHECK_THAT(bad_option.error().message, !Contains("SPIFFE_ENDPOINT_SOCKET"));
+
+  if (saved) {
+    setenv("SPIFFE_ENDPOINT_SOCKET", saved_value.c_str(), 1);
+  } else {
+    unsetenv("SPIFFE_ENDPOINT_SOCKET");
+  }
+}
+
+// --- Backoff -------------------------------------------------------------------------------
+
+TEST_CASE("backoff doubles with ±20% jitter up to the cap and starts over after reset") {
+  workload::Backoff backoff(milliseconds(1000), milliseconds(30000), /*seed=*/42);
+  const std::vector<int> bases = {1000, 2000, 4000, 8000, 16000, 30000, 30000};
+  for (int base : bases) {
+    const auto d = backoff.next().count();
+    INFO(base << " → " << d);
+    CHECK(d >= base * 8 / 10);
+    CHECK(d <= base * 12 / 10);
+  }
+  backoff.reset();
+  const auto d = backoff.next().count();
+  CHECK(d >= 800);
+  CHECK(d <= 1200);
+  CHECK(backoff.at_cap().count() >= 24000);
+}
+
+// --- Responses -----------------------------------------------------------------------------
+
+TEST_CASE("a response is parsed whole or rejected with the entry and reason") {
+  Agent agent;
+  SECTION("key of another SVID") {
+    X509SVIDResponse r = agent.response_for(agent.web);
+    r.mutable_svids(0)->set_x509_svid_key(pkcs8_der_of(agent.db.key.get()));
+    auto ctx = workload::parse_x509_svid_response(r);
+    REQUIRE_FALSE(ctx.ok());
+    CHECK_THAT(ctx.error().message, Contains("SVID #1 (spiffe://a.test/web)"));
+  }
+  SECTION("spiffe_id that is not the certificate's") {
+    X509SVIDResponse r = agent.response_for(agent.web);
+    r.mutable_svids(0)->set_spiffe_id("spiffe://a.test/db");
+    auto ctx = workload::parse_x509_svid_response(r);
+    REQUIRE_FALSE(ctx.ok());
+    CHECK_THAT(ctx.error().message, Contains("holds spiffe://a.test/web"));
+  }
+  SECTION("empty own bundle") {
+    X509SVIDResponse r = agent.response_for(agent.web);
+    r.mutable_svids(0)->clear_bundle();
+    auto ctx = workload::parse_x509_svid_response(r);
+    REQUIRE_FALSE(ctx.ok());
+    CHECK_THAT(ctx.error().message, Contains("mandatory field"));
+  }
+  SECTION("federated key that is not a trust domain") {
+    X509SVIDResponse r = agent.response_for(agent.web);
+    (*r.mutable_federated_bundles())["spiffe://Bad.TD"] = der_of(agent.root.certificate());
+    auto ctx = workload::parse_x509_svid_response(r);
+    REQUIRE_FALSE(ctx.ok());
+    CHECK_THAT(ctx.error().message, Contains("federated bundle key \"spiffe://Bad.TD\""));
+  }
+  SECTION("garbage federated bundle") {
+    X509SVIDResponse r = agent.response_for(agent.web);
+    (*r.mutable_federated_bundles())["spiffe://b.test"] = "\x30\x03junk";
+    auto ctx = workload::parse_x509_svid_response(r);
+    REQUIRE_FALSE(ctx.ok());
+    CHECK_THAT(ctx.error().message, Contains("federated bundle for b.test"));
+  }
+}
+
+// --- Against a fake agent ------------------------------------------------------------------
+
+TEST_CASE("delivers every SVID, its bundle and the federated bundles of a response") {
+  TempDir dir;
+  FakeWorkloadApi fake(dir.socket());
+  REQUIRE(fake.serving());
+  const spiffe::Issuer root_a = make_root("a.test");
+  const spiffe::Issuer mid_a = make_intermediate(root_a);
+  const spiffe::Issuer root_b = make_root("b.test");
+  const spiffe::Issuer root_c = make_root("c.test");
+  const auto internal = make_svid(mid_a, "spiffe://a.test/internal");
+  const auto external = make_svid(root_a, "spiffe://a.test/external");
+  const auto shadowed = make_svid(root_a, "spiffe://a.test/shadowed");
+
+  X509SVIDResponse r;
+  *r.add_svids() = entry_of(internal, root_a, "internal");
+  *r.add_svids() = entry_of(external, root_a, "external");
+  *r.add_svids() = entry_of(shadowed, root_a, "internal");  // repeated hint: the first wins
+  (*r.mutable_federated_bundles())["spiffe://b.test"] = der_of(root_b.certificate());
+  (*r.mutable_federated_bundles())["c.test"] = der_of(root_c.certificate());
+  (*r.mutable_federated_bundles())["spiffe://d.test"] = "";  // legal: trusts nothing
+  fake.send(r);
+
+  Recorder rec;
+  auto source = make_source(fake.address());
+  source->start(rec.callbacks());
+  REQUIRE(rec.wait_updates(1));
+  const auto ctx = rec.update(0);
+  REQUIRE(ctx.svids.size() == 2);
+  CHECK(leaf_id(ctx, 0) == "spiffe://a.test/internal");
+  CHECK(ctx.svids[0]->hint == "internal");
+  REQUIRE(ctx.svids[0]->chain.size() == 2);
+  CHECK(X509_cmp(ctx.svids[0]->chain[1].get(), mid_a.certificate()) == 0);
+  CHECK(EVP_PKEY_eq(ctx.svids[0]->key.get(), internal.key.get()) == 1);
+  CHECK(leaf_id(ctx, 1) == "spiffe://a.test/external");
+  CHECK(ctx.svids[1]->hint == "external");
+
+  CHECK(ctx.bundles.size() == 4);
+  const auto* a = ctx.bundles.find(td_of("a.test"));
+  const auto* b = ctx.bundles.find(td_of("b.test"));
+  const auto* c = ctx.bundles.find(td_of("c.test"));
+  const auto* d = ctx.bundles.find(td_of("d.test"));
+  REQUIRE(a);
+  REQUIRE(b);
+  REQUIRE(c);
+  REQUIRE(d);
+  REQUIRE(a->authorities().size() == 1);
+  CHECK(X509_cmp(a->authorities()[0].get(), root_a.certificate()) == 0);
+  CHECK(X509_cmp(b->authorities()[0].get(), root_b.certificate()) == 0);
+  CHECK(X509_cmp(c->authorities()[0].get(), root_c.certificate()) == 0);
+  CHECK(d->authorities().empty());
+  source->stop();
+  CHECK(fake.header_rejections() == 0);
+  CHECK(rec.revocations() == 0);
+}
+
+TEST_CASE("discards broken responses and keeps the last good identity") {
+  TempDir dir;
+  FakeWorkloadApi fake(dir.socket());
+  Agent agent;
+  X509SVIDResponse broken = agent.response_for(agent.db);
+  SECTION("malformed certificate DER") {
+    broken.mutable_svids(0)->set_x509_svid("\x30\x82\x01\x00not a certificate");
+  }
+  SECTION("key that does not match the certificate") {
+    broken.mutable_svids(0)->set_x509_svid_key(pkcs8_der_of(agent.web.key.get()));
+  }
+  SECTION("malformed key DER") {
+    broken.mutable_svids(0)->set_x509_svid_key("\x30\x01");
+  }
+  SECTION("no SVID at all") {
+    broken.clear_svids();
+  }
+  fake.send(agent.response_for(agent.web));
+  fake.send(broken);
+  fake.send(agent.response_for(agent.web));  // same as the first: proves nothing was swapped in
+
+  Recorder rec;
+  auto source = make_source(fake.address());
+  source->start(rec.callbacks());
+  REQUIRE(rec.wait_updates(1));
+  REQUIRE(eventually([&] { return fake.script_done(); }));
+  // The broken response reached the client before the repeat; the repeat of the last good
+  // response is recognised as unchanged, so nothing but the first update was published.
+  fake.send(agent.response_for(agent.db));
+  REQUIRE(rec.wait_updates(2));
+  source->stop();
+  CHECK(rec.updates() == 2);
+  CHECK(leaf_id(rec.update(0)) == "spiffe://a.test/web");
+  CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
+  CHECK(rec.revocations() == 0);
+  CHECK(fake.calls() == 1);  // a bad message does not end the stream
+}
+
+TEST_CASE("tolerates duplicate identical responses without publishing again") {
+  TempDir dir;
+  FakeWorkloadApi fake(dir.socket());
+  Agent agent;
+  for (int i = 0; i < 5; ++i) {
+    fake.send(agent.response_for(agent.web));
+  }
+  fake.send(agent.response_for(agent.db));
+  Recorder rec;
+  auto source = make_source(fake.address());
+  source->start(rec.callbacks());
+  REQUIRE(rec.wait_updates(2));
+  source->stop();
+  CHECK(rec.updates() == 2);
+  CHECK(leaf_id(rec.update(0)) == "spiffe://a.test/web");
+  CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
+}
+
+TEST_CASE("reconnects after the stream fails with Unavailable and delivers again") {
+  TempDir dir;
+  FakeWorkloadApi fake(dir.socket());
+  Agent agent;
+  fake.send(agent.response_for(agent.web));
+  fake.end_stream({grpc::StatusCode::UNAVAILABLE, "agent is shutting down"});
+  fake.send(agent.response_for(agent.db));
+  Recorder rec;
+  auto source = make_source(fake.address());
+  source->start(rec.callbacks());
+  REQUIRE(rec.wait_updates(2));
+  source->stop();
+  CHECK(fake.calls() == 2);
+  CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
+  CHECK(rec.revocations() == 0);
+  CHECK(fake.header_rejections() == 0);  // the header went out once on each call
+}
+
+TEST_CASE("after a reconnect, the same identity again is not published twice") {
+  TempDir dir;
+  FakeWorkloadApi fake(dir.socket());
+  Agent agent;
+  fake.send(agent.response_for(agent.web));
+  fake.end_stream({grpc::StatusCode::UNAVAILABLE, "agent restarting"});
+  fake.send(agent.response_for(agent.web));
+  fake.send(agent.response_for(agent.db));
+  Recorder rec;
+  auto source = make_source(fake.address());
+  source->start(rec.callbacks());
+  REQUIRE(rec.wait_updates(2));
+  source->stop();
+  CHECK(fake.calls() == 2);
+  CHECK(rec.updates() == 2);
+  CHECK(leaf_id(rec.update(0)) == "spiffe://a.test/web");
+  CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
+}
+
+TEST_CASE("keeps retrying while the agent is down and resumes when it is back") {
+  TempDir dir;
+  Agent agent;
+  Recorder rec;
+  // No agent yet: the socket does not exist.
+  auto source = make_source("unix://" + dir.socket());
+  source->start(rec.callbacks());
+  std::this_thread::sleep_for(milliseconds(150));
+  {
+    FakeWorkloadApi fake(dir.socket());
+    fake.send(agent.response_for(agent.web));
+    REQUIRE(rec.wait_updates(1));
+  }  // the agent goes away mid-stream
+  std::this_thread::sleep_for(milliseconds(150));
+  CHECK(rec.revocations() == 0);  // losing the agent is not a revocation
+  FakeWorkloadApi restarted(dir.socket());
+  restarted.send(agent.response_for(agent.db));
+  REQUIRE(rec.wait_updates(2));
+  source->stop();
+  CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
+}
+
+TEST_CASE("PermissionDenied after identities were delivered revokes them") {
+  TempDir dir;
+  FakeWorkloadApi fake(dir.socket());
+  Agent agent;
+  fake.send(agent.response_for(agent.web));
+  fake.end_stream({grpc::StatusCode::PERMISSION_DENIED, "no identity issued"});
+  Recorder rec;
+  auto source = make_source(fake.address());
+  source->start(rec.callbacks());
+  REQUIRE(rec.wait_updates(1));
+  REQUIRE(eventually([&] { return rec.revocations() == 1; }));
+  CHECK_THAT(rec.revocation(0), Contains("PermissionDenied"));
+  CHECK_THAT(rec.revocation(0), Contains("no identity issued"));
+  // Re-registered: the same identity comes back and is published again.
+  fake.send(agent.response_for(agent.web));
+  REQUIRE(rec.wait_updates(2));
+  source->stop();
+  CHECK(rec.revocations() == 1);
+  CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/web");
+}
+
+TEST_CASE("PermissionDenied before any identity means not registered yet") {
+  TempDir dir;
+  FakeWorkloadApi fake(dir.socket());
+  Agent agent;
+  fake.reject_calls_with(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "no identity issued"));
+  Recorder rec;
+  auto source = make_source(fake.address());
+  source->start(rec.callbacks());
+  REQUIRE(eventually([&] { return fake.calls() >= 3; }));
+  CHECK(rec.revocations() == 0);
+  fake.reject_calls_with(std::nullopt);
+  fake.send(agent.response_for(agent.web));
+  REQUIRE(rec.wait_updates(1));
+  source->stop();
+  CHECK(rec.revocations() == 0);
+}
+
+TEST_CASE("InvalidArgument is reported but never stops the source") {
+  TempDir dir;
+  FakeWorkloadApi fake(dir.socket());
+  Agent agent;
+  fake.reject_calls_with(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad request"));
+  Recorder rec;
+  auto source = make_source(fake.address());
+  source->start(rec.callbacks());
+  REQUIRE(eventually([&] { return fake.calls() >= 3; }));
+  fake.reject_calls_with(std::nullopt);
+  fake.send(agent.response_for(agent.web));
+  REQUIRE(rec.wait_updates(1));
+  source->stop();
+}
+
+TEST_CASE("the fake agent, like SPIRE, rejects calls without exactly one security header") {
+  TempDir dir;
+  FakeWorkloadApi fake(dir.socket());
+  Agent agent;
+  auto stub = SpiffeWorkloadAPI::NewStub(
+      grpc::CreateChannel("unix:" + dir.socket(), grpc::InsecureChannelCredentials()));
+  auto call = [&](int headers, const std::string& value) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    for (int i = 0; i < headers; ++i) {
+      ctx.AddMetadata("workload.spiffe.io", value);
+    }
+    auto reader = stub->FetchX509SVID(&ctx, X509SVIDRequest());
+    X509SVIDResponse r;
+    const bool got = reader->Read(&r);
+    const grpc::Status status = reader->Finish();
+    return std::make_pair(got, status.error_code());
+  };
+  CHECK(call(0, "true") == std::make_pair(false, grpc::StatusCode::INVALID_ARGUMENT));
+  CHECK(call(2, "true") == std::make_pair(false, grpc::StatusCode::INVALID_ARGUMENT));
+  CHECK(call(1, "yes") == std::make_pair(false, grpc::StatusCode::INVALID_ARGUMENT));
+  CHECK(fake.header_rejections() == 3);
+  fake.send(agent.response_for(agent.web));
+  fake.end_stream(grpc::Status::OK);
+  CHECK(call(1, "true") == std::make_pair(true, grpc::StatusCode::OK));
+
+  // So a source that gets an identity from it sent the header exactly once.
+  Recorder rec;
+  fake.send(agent.response_for(agent.web));
+  auto source = make_source(fake.address());
+  source->start(rec.callbacks());
+  REQUIRE(rec.wait_updates(1));
+  source->stop();
+  CHECK(fake.header_rejections() == 3);
+}
+
+TEST_CASE("stop() returns promptly while streaming, while retrying, and twice") {
+  TempDir dir;
+  Agent agent;
+  Recorder rec;
+  SECTION("streaming") {
+    FakeWorkloadApi fake(dir.socket());
+    fake.send(agent.response_for(agent.web));
+    auto source = make_source(fake.address());
+    source->start(rec.callbacks());
+    REQUIRE(rec.wait_updates(1));
+    REQUIRE(fake.open_streams() == 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    source->stop();
+    CHECK(std::chrono::steady_clock::now() - t0 < milliseconds(500));
+    source->stop();
+    CHECK(eventually([&] { return fake.open_streams() == 0; }));
+  }
+  SECTION("waiting for the first message") {
+    FakeWorkloadApi fake(dir.socket());
+    auto source = make_source(fake.address());
+    source->start(rec.callbacks());
+    REQUIRE(eventually([&] { return fake.open_streams() == 1; }));
+    const auto t0 = std::chrono::steady_clock::now();
+    source->stop();
+    CHECK(std::chrono::steady_clock::now() - t0 < milliseconds(500));
+  }
+  SECTION("backing off with a long delay") {
+    auto source = WorkloadApiSource::create({.address = "unix://" + dir.socket(),
+                                             .initial_backoff = std::chrono::seconds(60),
+                                             .max_backoff = std::chrono::seconds(60)});
+    REQUIRE(source.ok());
+    (*source)->start(rec.callbacks());
+    std::this_thread::sleep_for(milliseconds(100));
+    const auto t0 = std::chrono::steady_clock::now();
+    (*source)->stop();
+    CHECK(std::chrono::steady_clock::now() - t0 < milliseconds(500));
+  }
+  SECTION("never started") {
+    auto source = make_source("unix://" + dir.socket());
+    source->stop();
+    source->stop();
+  }
+  CHECK(rec.revocations() == 0);
+}

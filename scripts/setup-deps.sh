@@ -12,7 +12,7 @@ build_pkgs=(
 test_pkgs=(
   python3 python3-pytest iproute2 socat user-mode-linux kmod procps psmisc
 )
-bench_pkgs=(stunnel4 haproxy nginx-light iperf3 python3-matplotlib)
+bench_pkgs=(stunnel4 haproxy nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
 
 want=("${build_pkgs[@]}" "${test_pkgs[@]}")
 if [[ "${1:-}" == "--bench" ]]; then want+=("${bench_pkgs[@]}"); fi

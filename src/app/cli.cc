@@ -215,6 +215,8 @@ int run_cli(int argc, char** argv) {
       "  demo:   make throwaway trust domains and show a tunnel pair working",
       "spiffe-tunnel"};
   app.require_subcommand(1);
+  // Global flags (--log-level, --admin, --threads) may also follow the subcommand.
+  app.fallthrough();
   app.set_version_flag("--version", "spiffe-tunnel 0.1.0");
   GlobalFlags g;
   app.add_option("--log-level", g.log_level, "trace, debug, info, warn, error")

@@ -5,6 +5,9 @@
 
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
+#include "spiffe_tunnel/admin/admin_server.h"
 #include "spiffe_tunnel/identity/expiry_watch.h"
 #include "spiffe_tunnel/identity/identity_store.h"
 #include "spiffe_tunnel/policy/authorizer.h"
@@ -152,6 +155,79 @@ bool wait_for_identity(const identity::IdentityStore& store, const DaemonHooks& 
   return true;
 }
 
+// One line per tunnel: whether it can take connections now, and if not, why.
+admin::Readiness readiness(const identity::IdentityStore& store,
+                           const std::vector<std::unique_ptr<tunnel::Tunnel>>& tunnels) {
+  admin::Readiness r{static_cast<bool>(store.current()), ""};
+  if (!r.ready) {
+    r.detail = "no identity yet\n";
+  }
+  for (const auto& t : tunnels) {
+    const bool ok = t->ready();
+    r.ready = r.ready && ok;
+    r.detail += "tunnel " + t->options().name + ": " + t->readiness_detail() + "\n";
+  }
+  return r;
+}
+
+std::string status_json(const identity::IdentityStore& store,
+                        const std::vector<std::unique_ptr<tunnel::Tunnel>>& tunnels) {
+  nlohmann::json j;
+  auto snap = store.current();
+  j["identity"]["ready"] = static_cast<bool>(snap);
+  if (snap) {
+    j["identity"]["source"] = snap->source;
+    for (const auto& s : snap->svids) {
+      j["identity"]["svids"].push_back(
+          {{"spiffe_id", s->id.str()},
+           {"hint", s->hint},
+           {"serial", base::serial_hex(s->leaf())},
+           {"not_after_unix", std::chrono::duration_cast<std::chrono::seconds>(
+                                  s->not_after().time_since_epoch())
+                                  .count()}});
+    }
+    for (const auto& td : snap->bundles.trust_domains()) {
+      j["identity"]["trust_domains"].push_back(td.name());
+    }
+  }
+  for (const auto& t : tunnels) {
+    const auto ep = t->local_endpoint();
+    j["tunnels"].push_back({{"name", t->options().name},
+                            {"listen", ep.address().to_string() + ":" + std::to_string(ep.port())},
+                            {"target", t->options().target_host + ":" + t->options().target_port},
+                            {"ready", t->ready()},
+                            {"detail", t->readiness_detail()},
+                            {"active_sessions", t->active_sessions()}});
+  }
+  return j.dump(2) + "\n";
+}
+
+// Publishes identity gauges alongside every snapshot change.
+struct IdentityMetrics {
+  explicit IdentityMetrics(base::MetricsRegistry& r)
+      : updates(r.counter("spiffe_tunnel_identity_updates_total",
+                          "Identity snapshots received from the identity source.")),
+        revocations(r.counter("spiffe_tunnel_identity_revocations_total",
+                              "Times the identity source withdrew every identity.")),
+        ready(r.gauge("spiffe_tunnel_identity_ready", "1 when an identity snapshot is held.")),
+        svids(r.gauge("spiffe_tunnel_identity_svids", "SVIDs in the current snapshot.")),
+        expiry(r.gauge("spiffe_tunnel_identity_expiry_timestamp_seconds",
+                       "notAfter of the earliest-expiring SVID held, as a Unix time.")) {}
+  void observe(const std::shared_ptr<const identity::Snapshot>& s) {
+    ready.set(s ? 1 : 0);
+    svids.set(s ? static_cast<int64_t>(s->svids.size()) : 0);
+    expiry.set(s ? std::chrono::duration_cast<std::chrono::seconds>(
+                       s->earliest_expiry().time_since_epoch())
+                       .count()
+                 : 0);
+  }
+  base::Counter& updates;
+  base::Counter& revocations;
+  base::Gauge& ready;
+  base::Gauge& svids;
+  base::Gauge& expiry;
+};
+
 }  // namespace
 
 int run_daemon(const Config& config, const DaemonHooks& hooks) {
@@ -212,14 +288,39 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
     tunnels.push_back(std::move(*tunnel));
   }
 
+  std::unique_ptr<admin::AdminServer> admin_server;
+  if (!config.admin_listen.empty()) {
+    auto hp = config::parse_host_port(config.admin_listen);
+    if (!hp) {
+      spdlog::error("admin listen address: {}", hp.error().message);
+      return 1;
+    }
+    auto made = admin::AdminServer::create(
+        hp->host, hp->port, metrics,
+        {.readiness = [&store, &tunnels] { return readiness(store, tunnels); },
+         .status_json = [&store, &tunnels] { return status_json(store, tunnels); }});
+    if (!made) {
+      spdlog::error("{}", made.error().message);
+      return 1;
+    }
+    admin_server = std::move(*made);
+    admin_server->start();
+  }
+
+  IdentityMetrics identity_metrics(metrics);
+  store.subscribe([&identity_metrics](const std::shared_ptr<const identity::Snapshot>& s) {
+    identity_metrics.observe(s);
+  });
   const std::string source_name = source->describe();
   source->start({
       .on_update =
-          [&expiry, source_name](workload::X509Context ctx) {
+          [&expiry, &identity_metrics, source_name](workload::X509Context ctx) {
+            identity_metrics.updates.inc();
             expiry.publish(to_snapshot(std::move(ctx), source_name));
           },
       .on_revoked =
-          [&expiry](const std::string& reason) {
+          [&expiry, &identity_metrics](const std::string& reason) {
+            identity_metrics.revocations.inc();
             spdlog::error("identity revoked: {}; refusing new connections", reason);
             expiry.withdraw();
           },
@@ -231,6 +332,9 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
     spdlog::info("waiting for the first identity from {}", source_name);
     if (!wait_for_identity(store, hooks)) {
       source->stop();
+      if (admin_server) {
+        admin_server->stop();
+      }
       return 0;
     }
   }
@@ -270,6 +374,9 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   source->stop();
+  if (admin_server) {
+    admin_server->stop();
+  }
   pool.stop();
   tunnels.clear();
   spdlog::info("stopped");

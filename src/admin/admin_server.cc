@@ -1,0 +1,158 @@
+#include "spiffe_tunnel/admin/admin_server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <asio/read_until.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/streambuf.hpp>
+#include <asio/write.hpp>
+
+namespace spiffe_tunnel::admin {
+namespace {
+
+std::string http_response(int code, const std::string& reason, const std::string& content_type,
+                          const std::string& body) {
+  return "HTTP/1.1 " + std::to_string(code) + " " + reason + "\r\nContent-Type: " + content_type +
+         "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
+         body;
+}
+
+// One request on one connection: read the head (bounded in size and time), answer, close.
+class Exchange : public std::enable_shared_from_this<Exchange> {
+ public:
+  Exchange(asio::ip::tcp::socket socket,
+           std::function<std::string(const std::string&, const std::string&)> respond)
+      : socket_(std::move(socket)),
+        timer_(socket_.get_executor()),
+        buf_(8192),
+        respond_(std::move(respond)) {}
+
+  void start() {
+    auto self = shared_from_this();
+    timer_.expires_after(std::chrono::seconds(5));
+    timer_.async_wait([self](asio::error_code ec) {
+      if (!ec) {
+        asio::error_code ignored;
+        self->socket_.close(ignored);
+      }
+    });
+    asio::async_read_until(socket_, buf_, "\r\n\r\n", [self](asio::error_code ec, std::size_t) {
+      std::string reply;
+      if (ec) {
+        reply = http_response(400, "Bad Request", "text/plain", "bad request\n");
+      } else {
+        std::istream in(&self->buf_);
+        std::string method, target, version;
+        in >> method >> target >> version;
+        reply = self->respond_(method, target);
+      }
+      self->reply_ = std::move(reply);
+      asio::async_write(self->socket_, asio::buffer(self->reply_),
+                        [self](asio::error_code, std::size_t) {
+                          asio::error_code ignored;
+                          self->socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+                          self->socket_.close(ignored);
+                          self->timer_.cancel();
+                        });
+    });
+  }
+
+ private:
+  asio::ip::tcp::socket socket_;
+  asio::steady_timer timer_;
+  asio::streambuf buf_;
+  std::string reply_;
+  std::function<std::string(const std::string&, const std::string&)> respond_;
+};
+
+}  // namespace
+
+AdminServer::AdminServer(const base::MetricsRegistry& metrics, AdminHooks hooks)
+    : metrics_(metrics), hooks_(std::move(hooks)) {}
+
+AdminServer::~AdminServer() { stop(); }
+
+base::Result<std::unique_ptr<AdminServer>> AdminServer::create(const std::string& host,
+                                                               uint16_t port,
+                                                               const base::MetricsRegistry& metrics,
+                                                               AdminHooks hooks) {
+  std::unique_ptr<AdminServer> s(new AdminServer(metrics, std::move(hooks)));
+  const std::string where = "admin endpoint " + host + ":" + std::to_string(port);
+  asio::error_code ec;
+  auto address = asio::ip::make_address(host, ec);
+  if (ec) {
+    return base::make_error(where + ": \"" + host + "\" is not an IP address");
+  }
+  asio::ip::tcp::endpoint ep(address, port);
+  s->acceptor_.open(ep.protocol(), ec);
+  if (!ec) {
+    s->acceptor_.set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
+  }
+  if (!ec) {
+    s->acceptor_.bind(ep, ec);
+  }
+  if (!ec) {
+    s->acceptor_.listen(64, ec);
+  }
+  if (ec) {
+    return base::make_error(where + ": " + ec.message());
+  }
+  s->local_ = s->acceptor_.local_endpoint();
+  return s;
+}
+
+void AdminServer::start() {
+  spdlog::info("admin: serving /metrics /healthz /readyz /status on {}:{}",
+               local_.address().to_string(), local_.port());
+  accept_next();
+  thread_ = std::thread([this] { io_.run(); });
+}
+
+void AdminServer::stop() {
+  io_.stop();
+  if (thread_.joinable()) {
+    thread_.join();
+  }
+}
+
+void AdminServer::accept_next() {
+  acceptor_.async_accept([this](asio::error_code ec, asio::ip::tcp::socket socket) {
+    if (ec == asio::error::operation_aborted) {
+      return;
+    }
+    if (!ec) {
+      std::make_shared<Exchange>(std::move(socket),
+                                 [this](const std::string& m, const std::string& p) {
+                                   return respond(m, p);
+                                 })
+          ->start();
+    }
+    accept_next();
+  });
+}
+
+std::string AdminServer::respond(const std::string& method, const std::string& target) const {
+  const std::string path = target.substr(0, target.find('?'));
+  if (method != "GET" && method != "HEAD") {
+    return http_response(405, "Method Not Allowed", "text/plain", "only GET\n");
+  }
+  if (path == "/metrics") {
+    return http_response(200, "OK", "text/plain; version=0.0.4", metrics_.render());
+  }
+  if (path == "/healthz") {
+    return http_response(200, "OK", "text/plain", "ok\n");
+  }
+  if (path == "/readyz") {
+    Readiness r = hooks_.readiness ? hooks_.readiness() : Readiness{true, "ready"};
+    return r.ready ? http_response(200, "OK", "text/plain", r.detail)
+                   : http_response(503, "Service Unavailable", "text/plain", r.detail);
+  }
+  if (path == "/status") {
+    return http_response(200, "OK", "application/json",
+                         hooks_.status_json ? hooks_.status_json() : "{}");
+  }
+  return http_response(404, "Not Found", "text/plain",
+                       "not found; try /metrics /healthz /readyz /status\n");
+}
+
+}  // namespace spiffe_tunnel::admin

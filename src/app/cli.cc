@@ -69,21 +69,28 @@ void add_tunnel_flags(CLI::App* cmd, TunnelFlags& f, bool server) {
                       ": '*' one segment or within a segment, '**' any depth (repeatable)");
   cmd->add_flag("--allow-any-peer-in-bundles", f.allow_any,
                 "Accept any peer whose SVID verifies against a held bundle (no ID check)");
-  cmd->add_option("--tls-min-version", f.tls_min, "Lowest TLS version: 1.3 (default) or 1.2");
-  cmd->add_option("--tls-max-version", f.tls_max, "Highest TLS version: 1.3 (default) or 1.2");
+  cmd->add_option("--tls-min-version", f.tls_min, "Lowest TLS version: 1.2 or 1.3")
+      ->capture_default_str();
+  cmd->add_option("--tls-max-version", f.tls_max, "Highest TLS version: 1.2 or 1.3")
+      ->capture_default_str();
   cmd->add_option("--cipher-suites", f.cipher_suites, "TLS 1.3 cipher suites, OpenSSL syntax");
   cmd->add_option("--ciphers", f.ciphers, "TLS 1.2 ciphers, OpenSSL syntax");
   cmd->add_option("--ktls", f.ktls, "Kernel TLS offload: auto, on or off")
-      ->check(CLI::IsMember({"auto", "on", "off"}));
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
   if (!server) {
     cmd->add_option("--server-name", f.server_name, "SNI to send to the remote");
   }
-  cmd->add_option("--handshake-timeout", f.handshake_timeout, "TLS handshake limit (e.g. 10s)");
-  cmd->add_option("--connect-timeout", f.connect_timeout, "Target connect limit (e.g. 10s)");
+  cmd->add_option("--handshake-timeout", f.handshake_timeout, "TLS handshake limit (e.g. 10s)")
+      ->capture_default_str();
+  cmd->add_option("--connect-timeout", f.connect_timeout, "Target connect limit (e.g. 10s)")
+      ->capture_default_str();
   cmd->add_option("--idle-timeout", f.idle_timeout,
-                  "Close a session idle this long (e.g. 1h); 0 = never");
+                  "Close a session idle this long (e.g. 1h); 0 = never")
+      ->capture_default_str();
   cmd->add_option("--max-connections", f.max_connections, "Open sessions at most")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
 }
 
 base::Result<Config> to_config(const TunnelFlags& f, const GlobalFlags& g, bool server) {

@@ -19,6 +19,11 @@ SPIRE fixtures (see README.md in this directory for the full API):
   spiffe_peer    function SpiffePeer: .serve(td_or_agent, ...) / .dial(td_or_agent, addr, ...);
                           servers are stopped after the test.
 
+Daemon fixtures (section "daemon" below):
+
+  tunnel_daemons function DaemonSet: .start(args, env=, name=) -> daemon.Daemon (spiffe-tunnel);
+                          stopped by PID after the test, log tails attached to failures.
+
 Fixtures for the daemon binary belong in their own section below (or in a separate plugin
 module listed in pytest_plugins) -- keep this file a table of contents.
 """
@@ -160,7 +165,18 @@ def pytest_runtest_makereport(item, call):
         if isinstance(value, TrustDomain):
             for path in (value.server.log_path, value.agent.log_path):
                 report.sections.append((f"{name}: {path.name}", log_tail(path, 25)))
+        elif callable(getattr(value, "report_sections", None)):  # e.g. daemon.DaemonSet
+            report.sections.extend((f"{name}: {title}", text) for title, text in value.report_sections())
 
 
 # =========================================================================== daemon
-# (fixtures for the spiffe-tunnel daemon binary go here)
+# The binary is build/release/spiffe-tunnel or $SPIFFE_TUNNEL_BIN (daemon.binary()). Module-scoped
+# daemons build their own daemon.DaemonSet; a fixture value with report_sections() gets its log
+# tails attached to a failing test's report (pytest_runtest_makereport above).
+
+@pytest.fixture
+def tunnel_daemons():
+    from daemon import DaemonSet
+    daemons = DaemonSet()
+    yield daemons
+    daemons.stop_all()

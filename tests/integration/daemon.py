@@ -80,6 +80,26 @@ class Daemon:
         """Waits for the first tunnel's listener and returns its port."""
         return int(self.wait_for(r"listening on [^ ]+:(\d+)", timeout).group(1))
 
+    def mark(self) -> int:
+        """Index of the next log line: pass it as wait_for(start=...) / count(start=...)."""
+        with self._cv:
+            return len(self.lines)
+
+    def count(self, pattern: str, start: int = 0) -> int:
+        """How many log lines from index `start` on match the regex."""
+        rx = re.compile(pattern)
+        with self._cv:
+            return sum(1 for line in self.lines[start:] if rx.search(line))
+
+    def tail(self, lines: int = 60) -> str:
+        with self._cv:
+            return "\n".join(self.lines[-lines:])
+
+    def wait_tunnel_port(self, tunnel: str, timeout: float = 15.0) -> int:
+        """Port of the named tunnel's listener (for `run -c` daemons with several tunnels)."""
+        rx = rf"tunnel={re.escape(tunnel)} mode=\S+ listening on [^ ]+:(\d+)"
+        return int(self.wait_for(rx, timeout).group(1))
+
     def wait_exit(self, timeout: float = 15.0) -> int:
         rc = self.proc.wait(timeout=timeout)
         self._reader.join(timeout=5)
@@ -177,4 +197,112 @@ def exchange(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
             if not data:
                 break
             chunks.append(data)
+        return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------- log and stream helpers
+# (used by test_workload_api.py; generic enough for any daemon test)
+
+class DaemonSet:
+    """Daemons started for one test (fixture `tunnel_daemons`) or one module; stop_all() stops
+    each by its PID. report_sections() gives their log tails for a failing test's report."""
+
+    def __init__(self) -> None:
+        self.daemons: list[Daemon] = []
+
+    def start(self, args: Sequence[str], env: Optional[dict] = None, name: str = "daemon") -> Daemon:
+        d = Daemon(args, env=env, name=name)
+        self.daemons.append(d)
+        return d
+
+    def stop_all(self) -> None:
+        for d in reversed(self.daemons):
+            d.stop()
+        self.daemons.clear()
+
+    def report_sections(self) -> list[tuple[str, str]]:
+        return [(f"spiffe-tunnel {d.name} (pid {d.proc.pid}, rc={d.proc.poll()})", d.tail(40))
+                for d in self.daemons]
+
+
+class EchoStream:
+    """A long transfer through an echo path: a sender thread writes `chunk`-sized random blocks
+    every `interval` seconds until finish(); a reader thread hashes what comes back.
+
+        s = EchoStream(port); ...; sent, sent_sha, got, got_sha = s.finish()
+    finish() half-closes, waits for EOF and returns byte counts and SHA-256 hex digests of both
+    directions, so a test can assert that nothing was lost, duplicated or reordered.
+    """
+
+    def __init__(self, port: int, chunk: int = 64 << 10, interval: float = 0.05,
+                 timeout: float = 60.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.chunk, self.interval = chunk, interval
+        self.sent = self.received = 0
+        self._sent_sha, self._recv_sha = hashlib.sha256(), hashlib.sha256()
+        self._stop = threading.Event()
+        self.error: Optional[BaseException] = None
+        self._sender = threading.Thread(target=self._send, daemon=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._sender.start()
+
+    def _send(self) -> None:
+        block = os.urandom(self.chunk * 4)
+        i = 0
+        try:
+            while not self._stop.is_set():
+                off = (i % 4) * self.chunk
+                data = block[off:off + self.chunk] + i.to_bytes(8, "big")  # no two chunks alike
+                self.sock.sendall(data)
+                self._sent_sha.update(data)
+                self.sent += len(data)
+                i += 1
+                self._stop.wait(self.interval)
+        except OSError as exc:
+            self.error = exc
+
+    def _read(self) -> None:
+        try:
+            while True:
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    return
+                self._recv_sha.update(data)
+                self.received += len(data)
+        except OSError as exc:
+            self.error = self.error or exc
+
+    def finish(self, timeout: float = 60.0) -> tuple[int, str, int, str]:
+        self._stop.set()
+        self._sender.join(timeout)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.error = self.error or exc
+        self._reader.join(timeout)
+        alive = self._reader.is_alive()
+        self.sock.close()
+        if alive:
+            raise AssertionError(f"no EOF within {timeout}s after sending {self.sent} bytes "
+                                 f"(received {self.received})")
+        return self.sent, self._sent_sha.hexdigest(), self.received, self._recv_sha.hexdigest()
+
+
+def echo_roundtrip(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
+    """Like exchange(), but sends from a thread, so large payloads through an echo path cannot
+    deadlock on full socket buffers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        def send() -> None:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        chunks = []
+        while True:
+            data = s.recv(1 << 20)
+            if not data:
+                break
+            chunks.append(data)
+        t.join(timeout)
         return b"".join(chunks)

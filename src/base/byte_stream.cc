@@ -23,6 +23,22 @@ asio::awaitable<std::size_t> TcpStream::read_some(std::span<char> buf, asio::err
   co_return n;
 }
 
+std::size_t TcpStream::try_read(std::span<char> buf, asio::error_code& ec) {
+  ec.clear();
+  const std::size_t n = socket_.read_some(asio::buffer(buf.data(), buf.size()), ec);
+  if (ec == asio::error::eof) {
+    ec.clear();
+    return 0;
+  }
+  return n;
+}
+
+asio::awaitable<void> TcpStream::wait_readable(asio::error_code& ec) {
+  ec.clear();
+  co_await socket_.async_wait(asio::ip::tcp::socket::wait_read,
+                              asio::redirect_error(asio::use_awaitable, ec));
+}
+
 asio::awaitable<void> TcpStream::write_all(std::span<const char> buf, asio::error_code& ec) {
   ec.clear();
   co_await asio::async_write(socket_, asio::buffer(buf.data(), buf.size()),

@@ -9,7 +9,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <memory>
+#include <vector>
 
 #include "spiffe_tunnel/base/unique_fd.h"
 
@@ -50,13 +52,105 @@ asio::awaitable<bool> copy_chunk(base::ByteStream& from, base::ByteStream& to, c
   co_return true;
 }
 
+// Pump buffers are taken from a per-thread free list only while a direction has data to move,
+// so an idle session holds none (memory per idle connection is the sockets, the SSL object and
+// the coroutine frames).
+class BufferPool {
+ public:
+  static std::unique_ptr<char[]> acquire(std::size_t size) {
+    auto& free = list(size);
+    if (!free.empty()) {
+      auto b = std::move(free.back());
+      free.pop_back();
+      return b;
+    }
+    return std::make_unique_for_overwrite<char[]>(size);
+  }
+  static void release(std::unique_ptr<char[]> b, std::size_t size) {
+    auto& free = list(size);
+    if (b && free.size() < kKeep) {
+      free.push_back(std::move(b));
+    }
+  }
+
+ private:
+  static constexpr std::size_t kKeep = 16;
+  static std::vector<std::unique_ptr<char[]>>& list(std::size_t size) {
+    // One list per buffer size in use on this thread (in practice one).
+    thread_local std::vector<std::pair<std::size_t, std::vector<std::unique_ptr<char[]>>>> lists;
+    for (auto& [s, l] : lists) {
+      if (s == size) {
+        return l;
+      }
+    }
+    return lists.emplace_back(size, std::vector<std::unique_ptr<char[]>>{}).second;
+  }
+};
+
+// Reads what `from` has now into one buffer -- several TLS records per write on the other side --
+// and writes it on; waits for readability, holding no buffer, when there is nothing.
 asio::awaitable<void> copy_userspace(base::ByteStream& from, base::ByteStream& to,
                                      const PumpOptions& options, DirectionResult& out) {
-  // One buffer per direction for the session's life; reads go straight into it and writes come
-  // straight out of it.
-  auto buf = std::make_unique_for_overwrite<char[]>(options.buffer_size);
-  while (co_await copy_chunk(from, to, buf.get(), options.buffer_size, options, out)) {
+  const std::size_t size = std::max(options.buffer_size, kRecordBuffer * 2);
+  std::unique_ptr<char[]> buf;
+  asio::error_code ec;
+  for (;;) {
+    if (!buf) {
+      buf = BufferPool::acquire(size);
+    }
+    std::size_t filled = 0;
+    bool eof = false;
+    for (;;) {
+      const std::size_t n = from.try_read({buf.get() + filled, size - filled}, ec);
+      if (ec) {
+        break;
+      }
+      if (n == 0) {
+        eof = true;
+        break;
+      }
+      filled += n;
+      if (size - filled < kRecordBuffer) {
+        break;
+      }
+    }
+    const bool would_block = ec == asio::error::would_block;
+    if (ec && !would_block) {
+      const std::string detail = from.last_error();
+      out.error = "read: " + (detail.empty() ? ec.message() : detail);
+      break;
+    }
+    if (filled > 0) {
+      asio::error_code wec;
+      co_await to.write_all({buf.get(), filled}, wec);
+      if (wec) {
+        const std::string detail = to.last_error();
+        out.error = "write: " + (detail.empty() ? wec.message() : detail);
+        break;
+      }
+      out.bytes += filled;
+      if (options.on_activity) {
+        options.on_activity();
+      }
+    }
+    if (eof) {
+      co_await to.shutdown_write(ec);
+      out.clean_end = !ec;
+      if (ec) {
+        out.error = "shutdown: " + ec.message();
+      }
+      break;
+    }
+    if (would_block) {
+      BufferPool::release(std::move(buf), size);
+      co_await from.wait_readable(ec);
+      if (ec) {
+        out.error = "read: " + ec.message();
+        break;
+      }
+    }
   }
+  BufferPool::release(std::move(buf), size);
 }
 
 // Drains `pipe_r` (holding `pending` bytes) into `to`'s socket. No SPLICE_F_MORE: on a kernel
@@ -92,20 +186,37 @@ asio::awaitable<bool> drain_pipe(int pipe_r, std::size_t& pending, base::ByteStr
 // record is read through from.read_some(), which handles it, and splicing resumes.
 asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
                                   const PumpOptions& options, DirectionResult& out) {
+  out.path = Path::kSplice;
+  // The pipe is made when the first data comes, so idle sessions hold no pipe descriptors.
+  if (!from.has_buffered_input()) {
+    asio::error_code ec;
+    co_await from.wait_readable(ec);
+    if (ec) {
+      out.error = "read: " + ec.message();
+      co_return;
+    }
+  }
   int fds[2];
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
     // Out of file descriptors: this direction still works, just with copies.
+    out.path = Path::kUserspace;
     co_return co_await copy_userspace(from, to, options, out);
   }
   base::UniqueFd pipe_r(fds[0]), pipe_w(fds[1]);
   // A larger pipe means fewer splice calls per byte; the system limit may refuse it, which is fine.
   ::fcntl(pipe_w.get(), F_SETPIPE_SZ, static_cast<int>(options.buffer_size));
-  out.path = Path::kSplice;
-  auto record_buf = std::make_unique_for_overwrite<char[]>(kRecordBuffer);
+  // For the rare record that splice refuses (alerts, tickets); allocated on first use.
+  std::unique_ptr<char[]> record_buf;
+  auto record = [&record_buf] {
+    if (!record_buf) {
+      record_buf = std::make_unique_for_overwrite<char[]>(kRecordBuffer);
+    }
+    return record_buf.get();
+  };
   Socket& src = from.socket();
   for (;;) {
     while (from.has_buffered_input()) {
-      if (!co_await copy_chunk(from, to, record_buf.get(), kRecordBuffer, options, out)) {
+      if (!co_await copy_chunk(from, to, record(), kRecordBuffer, options, out)) {
         co_return;
       }
     }
@@ -125,7 +236,7 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
     if (n == 0) {
       // End of the TCP stream. Whether that is a clean end (TCP, or TLS after close_notify) or a
       // truncation (TLS without close_notify) is the stream's call: ask it with one read.
-      co_await copy_chunk(from, to, record_buf.get(), kRecordBuffer, options, out);
+      co_await copy_chunk(from, to, record(), kRecordBuffer, options, out);
       co_return;
     }
     const int e = errno;
@@ -140,7 +251,7 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
     }
     if (e == EINVAL || e == EIO) {
       // A non-data TLS record is next (kernel TLS delivers those only with recvmsg + cmsg).
-      if (!co_await copy_chunk(from, to, record_buf.get(), kRecordBuffer, options, out)) {
+      if (!co_await copy_chunk(from, to, record(), kRecordBuffer, options, out)) {
         co_return;
       }
       continue;

@@ -184,7 +184,9 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
   SSL_CTX_set_options(c, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                              SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_num_tickets(c, 0);
-  SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // RELEASE_BUFFERS: an idle session holds no 16 KiB read/write buffers (memory per connection).
+  SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                          SSL_MODE_RELEASE_BUFFERS);
   if (options_->ktls != KtlsMode::kOff) {
     SSL_CTX_set_options(c, SSL_OP_ENABLE_KTLS);
     SSL_CTX_set_keylog_callback(c, &TlsContext::keylog_callback);

@@ -45,25 +45,19 @@ TlsStream::TlsStream(asio::ip::tcp::socket socket, std::shared_ptr<const TlsCont
 
 TlsStream::~TlsStream() = default;
 
-asio::awaitable<bool> TlsStream::wait_for_retry(int ret, asio::error_code& ec, bool* eof) {
+bool TlsStream::classify(int ret, asio::error_code& ec) {
+  want_write_ = false;
   const int err = SSL_get_error(ssl_.get(), ret);
   switch (err) {
     case SSL_ERROR_WANT_READ:
-      co_await socket_.async_wait(asio::ip::tcp::socket::wait_read,
-                                  asio::redirect_error(asio::use_awaitable, ec));
-      co_return !ec;
+      return true;
     case SSL_ERROR_WANT_WRITE:
-      co_await socket_.async_wait(asio::ip::tcp::socket::wait_write,
-                                  asio::redirect_error(asio::use_awaitable, ec));
-      co_return !ec;
+      want_write_ = true;
+      return true;
     case SSL_ERROR_ZERO_RETURN:
-      if (eof != nullptr) {
-        *eof = true;
-        co_return false;
-      }
       error_detail_ = "peer closed the TLS session";
       ec = asio::error::eof;
-      co_return false;
+      return false;
     case SSL_ERROR_SYSCALL: {
       const int saved = errno;
       std::string queued = base::drain_openssl_errors();
@@ -71,7 +65,7 @@ asio::awaitable<bool> TlsStream::wait_for_retry(int ret, asio::error_code& ec, b
                                  : "connection closed by peer" + (queued.empty() ? "" : ": " + queued);
       ec = saved != 0 ? asio::error_code(saved, asio::system_category())
                       : asio::error::connection_reset;
-      co_return false;
+      return false;
     }
     default: {
       const unsigned long code = ERR_peek_last_error();
@@ -83,9 +77,22 @@ asio::awaitable<bool> TlsStream::wait_for_retry(int ret, asio::error_code& ec, b
         error_detail_ = queued.empty() ? "TLS error" : queued;
         ec = asio::error::connection_aborted;
       }
-      co_return false;
+      return false;
     }
   }
+}
+
+asio::awaitable<bool> TlsStream::wait_for_retry(int ret, asio::error_code& ec, bool* eof) {
+  if (!classify(ret, ec)) {
+    if (ec == asio::error::eof && eof != nullptr) {
+      *eof = true;
+    }
+    co_return false;
+  }
+  co_await socket_.async_wait(
+      want_write_ ? asio::ip::tcp::socket::wait_write : asio::ip::tcp::socket::wait_read,
+      asio::redirect_error(asio::use_awaitable, ec));
+  co_return !ec;
 }
 
 asio::awaitable<void> TlsStream::handshake(asio::error_code& ec) {
@@ -150,45 +157,40 @@ void TlsStream::enable_kernel_offload() {
 
 // Reads from a socket whose receive side the kernel decrypts: plaintext comes with its record
 // type. Non-data records are handled here, where they arrive (RFC 8446 §4.6, §6).
-asio::awaitable<std::size_t> TlsStream::read_some_kernel(std::span<char> buf,
-                                                         asio::error_code& ec) {
+std::size_t TlsStream::try_read_kernel(std::span<char> buf, asio::error_code& ec) {
   for (;;) {
     ktls::Record rec;
     const int r = ktls::read_record(socket_.native_handle(), buf, rec);
     if (r < 0) {
       const int e = errno;
       if (e == EAGAIN || e == EWOULDBLOCK) {
-        co_await socket_.async_wait(asio::ip::tcp::socket::wait_read,
-                                    asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) {
-          co_return 0;
-        }
-        continue;
+        ec = asio::error::would_block;
+        return 0;
       }
       error_detail_ = e == EBADMSG ? "record authentication failed (bad_record_mac)"
                                    : std::string("kernel TLS receive: ") + std::strerror(e);
       ec = asio::error_code(e, asio::system_category());
-      co_return 0;
+      return 0;
     }
     if (r == 0) {
       error_detail_ = "peer closed the connection without close_notify";
       ec = asio::error::connection_reset;
-      co_return 0;
+      return 0;
     }
     switch (rec.type) {
       case ktls::kApplicationData:
         if (rec.size == 0) {
           continue;
         }
-        co_return rec.size;
+        return rec.size;
       case ktls::kAlert:
         if (rec.size >= 2 && static_cast<uint8_t>(buf[1]) == 0) {
-          co_return 0;  // close_notify: a clean end of the peer's direction
+          return 0;  // close_notify: a clean end of the peer's direction
         }
         error_detail_ = "peer sent alert " +
                         ktls::alert_name(rec.size >= 2 ? static_cast<uint8_t>(buf[1]) : 255);
         ec = asio::error::connection_aborted;
-        co_return 0;
+        return 0;
       case ktls::kHandshake: {
         constexpr uint8_t kNewSessionTicket = 4;
         constexpr uint8_t kKeyUpdate = 24;
@@ -202,40 +204,61 @@ asio::awaitable<std::size_t> TlsStream::read_some_kernel(std::span<char> buf,
                   "kernel, which cannot be re-keyed here; closing"
                 : "unexpected post-handshake message " + std::to_string(msg);
         ec = asio::error::connection_aborted;
-        co_return 0;
+        return 0;
       }
       default:
         error_detail_ = "unexpected TLS record type " + std::to_string(rec.type);
         ec = asio::error::connection_aborted;
-        co_return 0;
+        return 0;
     }
   }
 }
 
-asio::awaitable<std::size_t> TlsStream::read_some(std::span<char> buf, asio::error_code& ec) {
+std::size_t TlsStream::try_read(std::span<char> buf, asio::error_code& ec) {
   ec.clear();
   if (manual_rx_) {
-    co_return co_await read_some_kernel(buf, ec);
+    return try_read_kernel(buf, ec);
   }
+  ERR_clear_error();
+  size_t n = 0;
+  const int ret = SSL_read_ex(ssl_.get(), buf.data(), buf.size(), &n);
+  if (state_->peer_key_update && ktls_tx_) {
+    error_detail_ =
+        "peer sent a TLS 1.3 KeyUpdate; OpenSSL 3.0 cannot re-key kernel transmit offload; "
+        "closing";
+    ec = asio::error::connection_aborted;
+    return 0;
+  }
+  if (ret == 1) {
+    want_write_ = false;
+    return n;
+  }
+  if (classify(ret, ec)) {
+    ec = asio::error::would_block;
+  } else if (ec == asio::error::eof) {
+    ec.clear();  // close_notify: end of stream
+  }
+  return 0;
+}
+
+asio::awaitable<void> TlsStream::wait_readable(asio::error_code& ec) {
+  ec.clear();
+  if (!manual_rx_ && SSL_has_pending(ssl_.get()) != 0) {
+    co_return;
+  }
+  co_await socket_.async_wait(
+      want_write_ ? asio::ip::tcp::socket::wait_write : asio::ip::tcp::socket::wait_read,
+      asio::redirect_error(asio::use_awaitable, ec));
+}
+
+asio::awaitable<std::size_t> TlsStream::read_some(std::span<char> buf, asio::error_code& ec) {
   for (;;) {
-    ERR_clear_error();
-    size_t n = 0;
-    const int ret = SSL_read_ex(ssl_.get(), buf.data(), buf.size(), &n);
-    if (state_->peer_key_update && ktls_tx_) {
-      error_detail_ =
-          "peer sent a TLS 1.3 KeyUpdate; OpenSSL 3.0 cannot re-key kernel transmit offload; "
-          "closing";
-      ec = asio::error::connection_aborted;
-      co_return 0;
-    }
-    if (ret == 1) {
+    const std::size_t n = try_read(buf, ec);
+    if (ec != asio::error::would_block) {
       co_return n;
     }
-    bool eof = false;
-    if (!co_await wait_for_retry(ret, ec, &eof)) {
-      if (eof) {
-        ec.clear();
-      }
+    co_await wait_readable(ec);
+    if (ec) {
       co_return 0;
     }
   }

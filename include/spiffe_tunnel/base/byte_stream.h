@@ -22,6 +22,13 @@ class ByteStream {
   // TLS close_notify).
   virtual asio::awaitable<std::size_t> read_some(std::span<char> buf, asio::error_code& ec) = 0;
 
+  // Reads what is available now without waiting: bytes read, or 0 with `ec` =
+  // asio::error::would_block when nothing is ready, or 0 with no error at end of stream.
+  virtual std::size_t try_read(std::span<char> buf, asio::error_code& ec) = 0;
+
+  // Waits until try_read() can make progress (data, end of stream or an error).
+  virtual asio::awaitable<void> wait_readable(asio::error_code& ec) = 0;
+
   // Writes all of `buf`.
   virtual asio::awaitable<void> write_all(std::span<const char> buf, asio::error_code& ec) = 0;
 
@@ -53,6 +60,8 @@ class TcpStream final : public ByteStream {
   explicit TcpStream(asio::ip::tcp::socket socket);
 
   asio::awaitable<std::size_t> read_some(std::span<char> buf, asio::error_code& ec) override;
+  std::size_t try_read(std::span<char> buf, asio::error_code& ec) override;
+  asio::awaitable<void> wait_readable(asio::error_code& ec) override;
   asio::awaitable<void> write_all(std::span<const char> buf, asio::error_code& ec) override;
   asio::awaitable<void> shutdown_write(asio::error_code& ec) override;
   void close() override;

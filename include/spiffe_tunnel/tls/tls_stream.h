@@ -34,6 +34,8 @@ class TlsStream final : public base::ByteStream {
 
   // base::ByteStream
   asio::awaitable<std::size_t> read_some(std::span<char> buf, asio::error_code& ec) override;
+  std::size_t try_read(std::span<char> buf, asio::error_code& ec) override;
+  asio::awaitable<void> wait_readable(asio::error_code& ec) override;
   asio::awaitable<void> write_all(std::span<const char> buf, asio::error_code& ec) override;
   asio::awaitable<void> shutdown_write(asio::error_code& ec) override;
   void close() override;
@@ -54,10 +56,15 @@ class TlsStream final : public base::ByteStream {
   base::SslPtr ssl_;
   // Offloads what OpenSSL left in userspace; runs once after the handshake.
   void enable_kernel_offload();
-  asio::awaitable<std::size_t> read_some_kernel(std::span<char> buf, asio::error_code& ec);
+  // try_read() on a socket whose receive side the kernel decrypts (manual TLS 1.3 offload).
+  std::size_t try_read_kernel(std::span<char> buf, asio::error_code& ec);
+  // Classifies a failed OpenSSL call outside a coroutine: true when it only has to wait (for
+  // reading, or for writing when `want_write_` is set); false with ec set (eof for close_notify).
+  bool classify(int ret, asio::error_code& ec);
 
   std::unique_ptr<ConnectionState> state_;
   bool manual_rx_ = false;  // we installed TLS 1.3 RX: OpenSSL must not read any more
+  bool want_write_ = false; // the last read needs the socket writable (TLS post-handshake)
   std::string error_detail_;
   std::string ktls_detail_;
   bool ktls_tx_ = false;

@@ -160,7 +160,7 @@ admin::Readiness readiness(const identity::IdentityStore& store,
                            const std::vector<std::unique_ptr<tunnel::Tunnel>>& tunnels) {
   admin::Readiness r{static_cast<bool>(store.current()), ""};
   if (!r.ready) {
-    r.detail = "no identity yet\n";
+    r.detail = "no identity held (not received yet, revoked or expired)\n";
   }
   for (const auto& t : tunnels) {
     const bool ok = t->ready();

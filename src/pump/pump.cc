@@ -74,7 +74,7 @@ class BufferPool {
   }
 
  private:
-  static constexpr std::size_t kKeep = 16;
+  static constexpr std::size_t kKeep = 4;
   static std::vector<std::unique_ptr<char[]>>& list(std::size_t size) {
     // One list per buffer size in use on this thread (in practice one).
     thread_local std::vector<std::pair<std::size_t, std::vector<std::unique_ptr<char[]>>>> lists;

@@ -140,7 +140,9 @@ ContextProvider::ContextProvider(TlsOptions options, const identity::IdentitySto
 base::Result<std::shared_ptr<const TlsContext>> ContextProvider::current() {
   std::shared_ptr<const identity::Snapshot> snapshot = store_.current();
   if (!snapshot) {
-    return base::make_error("no identity yet (waiting for the identity source)");
+    return base::make_error(
+        "no identity held: none has arrived from the identity source yet, or it was revoked or "
+        "has expired");
   }
   std::lock_guard lock(mutex_);
   if (snapshot == cached_snapshot_ && cached_) {

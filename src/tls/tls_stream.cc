@@ -13,6 +13,11 @@
 
 namespace spiffe_tunnel::tls {
 
+namespace {
+// OpenSSL's read buffer with read-ahead: room for several 16 KiB records per read().
+constexpr size_t kReadAheadBuffer = 64 * 1024;
+}  // namespace
+
 base::Result<std::unique_ptr<TlsStream>> TlsStream::create(
     asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context) {
   std::unique_ptr<TlsStream> s(new TlsStream(std::move(socket), std::move(context)));
@@ -124,6 +129,15 @@ asio::awaitable<void> TlsStream::handshake(asio::error_code& ec) {
     co_return;
   }
   enable_kernel_offload();
+  if (!ktls_rx_) {
+    // Userspace receive: let OpenSSL read several records per read() instead of a 5-byte header
+    // and then the body. Only now, after the handshake: buffered records would keep the kernel
+    // from taking over receive.
+    SSL_set_default_read_buffer_len(ssl_.get(), kReadAheadBuffer);
+    SSL_set_read_ahead(ssl_.get(), 1);
+  }
+  // The handshake leaves OpenSSL's record buffers allocated; an idle session should not hold them.
+  SSL_free_buffers(ssl_.get());
 }
 
 void TlsStream::enable_kernel_offload() {
@@ -234,6 +248,10 @@ std::size_t TlsStream::try_read(std::span<char> buf, asio::error_code& ec) {
     return n;
   }
   if (classify(ret, ec)) {
+    // OpenSSL keeps its ~17 KiB read buffer while it waits for the next record, even with
+    // SSL_MODE_RELEASE_BUFFERS; hand it back so that idle sessions cost little memory. A partial
+    // record in the buffer makes this a no-op.
+    SSL_free_buffers(ssl_.get());
     ec = asio::error::would_block;
   } else if (ec == asio::error::eof) {
     ec.clear();  // close_notify: end of stream

@@ -78,7 +78,7 @@ def test_not_ready_until_identity_arrives(tmp_path):
         aport = admin_port(d)
         assert get(aport, "/healthz")[0] == 200
         code, body = get(aport, "/readyz")
-        assert code == 503 and "no identity yet" in body
+        assert code == 503 and "no identity held" in body
         code, metrics = get(aport, "/metrics")
         assert "spiffe_tunnel_identity_ready 0" in metrics or "spiffe_tunnel_identity_ready" \
             not in metrics

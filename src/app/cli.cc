@@ -28,6 +28,7 @@ struct TunnelFlags {
   std::string svid, svid_hint;
   std::vector<std::string> peer_ids, peer_tds, peer_patterns;
   bool allow_any = false;
+  std::string opa_url, opa_timeout = "2s";
   std::string tls_min = "1.3", tls_max = "1.3", cipher_suites, ciphers, ktls = "auto", server_name;
   std::string handshake_timeout = "10s", connect_timeout = "10s", idle_timeout = "0";
   std::size_t max_connections = 10000;
@@ -69,6 +70,10 @@ void add_tunnel_flags(CLI::App* cmd, TunnelFlags& f, bool server) {
                       ": '*' one segment or within a segment, '**' any depth (repeatable)");
   cmd->add_flag("--allow-any-peer-in-bundles", f.allow_any,
                 "Accept any peer whose SVID verifies against a held bundle (no ID check)");
+  cmd->add_option("--opa-url", f.opa_url,
+                  "Also ask OPA: data API URL, e.g. http://127.0.0.1:8181/v1/data/tunnels/authz/allow");
+  cmd->add_option("--opa-timeout", f.opa_timeout, "Limit for one OPA decision; no answer denies")
+      ->capture_default_str();
   cmd->add_option("--tls-min-version", f.tls_min, "Lowest TLS version: 1.2 or 1.3")
       ->capture_default_str();
   cmd->add_option("--tls-max-version", f.tls_max, "Highest TLS version: 1.2 or 1.3")
@@ -172,6 +177,12 @@ base::Result<Config> to_config(const TunnelFlags& f, const GlobalFlags& g, bool 
     t.peer_patterns.push_back(s);
   }
   t.allow_any_peer = f.allow_any;
+  t.opa_url = f.opa_url;
+  auto opa_timeout = config::parse_duration(f.opa_timeout);
+  if (!opa_timeout) {
+    return opa_timeout.error().wrap("flag --opa-timeout");
+  }
+  t.opa_timeout = *opa_timeout;
   t.tls_min_version = f.tls_min;
   t.tls_max_version = f.tls_max;
   t.tls13_ciphersuites = f.cipher_suites;

@@ -61,8 +61,11 @@ base::Result<tls::TlsOptions> make_tls_options(const TunnelConfig& t) {
     }
     patterns.push_back(*parsed);
   }
+  // With OPA as the only rule, every verified peer passes the list and OPA decides.
+  const bool only_opa = !t.opa_url.empty() && t.peer_ids.empty() &&
+                        t.peer_trust_domains.empty() && patterns.empty();
   o.authorizer = std::make_shared<const policy::AllowListAuthorizer>(
-      t.peer_ids, t.peer_trust_domains, std::move(patterns), t.allow_any_peer);
+      t.peer_ids, t.peer_trust_domains, std::move(patterns), t.allow_any_peer || only_opa);
   auto v = tls::parse_tls_version(t.tls_min_version);
   if (!v) {
     return v.error();
@@ -96,6 +99,11 @@ tunnel::TunnelOptions make_tunnel_options(const TunnelConfig& t) {
   o.connect_timeout = t.connect_timeout;
   o.idle_timeout = t.idle_timeout;
   o.max_connections = t.max_connections;
+  if (!t.opa_url.empty()) {
+    // The URL was validated with the configuration.
+    auto opa = policy::OpaClient::create({t.opa_url, t.opa_timeout, t.opa_cache_ttl});
+    o.opa = std::shared_ptr<policy::OpaClient>(std::move(opa.value()));
+  }
   return o;
 }
 

@@ -161,12 +161,37 @@ asio::awaitable<bool> Session::connect_target(asio::ip::tcp::socket& out) {
   co_return true;
 }
 
+asio::awaitable<bool> Session::ask_opa() {
+  const auto& opa = tunnel_.options().opa;
+  if (!opa) {
+    co_return true;
+  }
+  const tls::PeerOutcome& o = tls_->outcome();
+  // A named input: GCC 12 mishandles temporaries that live across a co_await.
+  policy::OpaInput input{tunnel_.options().name,
+                         tunnel_.tls().options().role == tls::Role::kServer ? "server" : "client",
+                         *o.peer_id, tls_->context().svid().id.str()};
+  policy::OpaDecision d = co_await opa->decide(std::move(input));
+  if (d.error) {
+    reject("opa_unavailable", "peer " + o.peer_id->str() + " refused: " + d.reason);
+    co_return false;
+  }
+  if (!d.allowed) {
+    reject("not_authorized", "peer " + o.peer_id->str() + ": " + d.reason);
+    co_return false;
+  }
+  co_return true;
+}
+
 asio::awaitable<bool> Session::open_server() {
   auto stream = co_await handshake(std::move(accepted_));
   if (!stream) {
     co_return false;
   }
   tls_ = std::move(stream);
+  if (!co_await ask_opa()) {
+    co_return false;
+  }
   asio::ip::tcp::socket target(tls_->socket().get_executor());
   if (!co_await connect_target(target)) {
     co_return false;
@@ -186,7 +211,7 @@ asio::awaitable<bool> Session::open_client() {
     co_return false;
   }
   tls_ = std::move(stream);
-  co_return true;
+  co_return co_await ask_opa();
 }
 
 asio::awaitable<void> Session::run() {

@@ -32,6 +32,8 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<bool> open_client();
   asio::awaitable<std::unique_ptr<tls::TlsStream>> handshake(asio::ip::tcp::socket socket);
   asio::awaitable<bool> connect_target(asio::ip::tcp::socket& out);
+  // The tunnel's OPA decision for the verified peer; true when there is none to ask.
+  asio::awaitable<bool> ask_opa();
 
   // Closes everything if not cancelled within `after`.
   void arm_deadline(std::chrono::milliseconds after, std::string what);

@@ -40,6 +40,10 @@ struct TunnelConfig {
   std::vector<spiffe::TrustDomain> peer_trust_domains;
   std::vector<std::string> peer_patterns;  // validated by policy::IdPattern::parse
   bool allow_any_peer = false;
+  // Optional OPA decision after the rules above (or instead of them): the data API URL.
+  std::string opa_url;
+  std::chrono::milliseconds opa_timeout{2000};
+  std::chrono::milliseconds opa_cache_ttl{30000};
 
   std::string tls_min_version = "1.3";
   std::string tls_max_version = "1.3";

@@ -19,6 +19,7 @@
 
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/base/result.h"
+#include "spiffe_tunnel/policy/opa_client.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tunnel/io_pool.h"
 
@@ -35,6 +36,8 @@ struct TunnelOptions {
   std::chrono::milliseconds idle_timeout{0};  // 0: no idle limit
   std::size_t max_connections = 10000;
   std::size_t buffer_size = 256 * 1024;
+  // Asked after the handshake verified and authorized the peer; null: no OPA step.
+  std::shared_ptr<policy::OpaClient> opa;
 };
 
 // Counters of one tunnel, registered under the tunnel's name. See docs/metrics.md.

@@ -1,0 +1,161 @@
+#include "spiffe_tunnel/policy/opa_client.h"
+
+#include <nlohmann/json.hpp>
+
+#include <asio/connect.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/read.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+namespace spiffe_tunnel::policy {
+namespace {
+
+constexpr std::size_t kMaxResponse = 64 * 1024;
+
+std::string cache_key(const OpaInput& in) { return in.tunnel + '\n' + in.peer.str(); }
+
+}  // namespace
+
+base::Status parse_opa_url(const std::string& url, std::string& host, std::string& port,
+                           std::string& path) {
+  const std::string q = "OPA URL \"" + url + "\"";
+  constexpr std::string_view kScheme = "http://";
+  if (url.rfind(kScheme, 0) != 0) {
+    return base::make_error(q + " must start with http:// (OPA runs beside the daemon)");
+  }
+  const size_t slash = url.find('/', kScheme.size());
+  const std::string authority = url.substr(kScheme.size(), slash - kScheme.size());
+  path = slash == std::string::npos ? "/" : url.substr(slash);
+  const size_t colon = authority.rfind(':');
+  if (authority.empty() || colon == std::string::npos || colon + 1 == authority.size()) {
+    return base::make_error(q + " needs host:port");
+  }
+  host = authority.substr(0, colon);
+  port = authority.substr(colon + 1);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (port.find_first_not_of("0123456789") != std::string::npos) {
+    return base::make_error(q + ": port \"" + port + "\" is not a number");
+  }
+  if (path.rfind("/v1/data", 0) != 0) {
+    return base::make_error(q + ": the path must be a data API path (/v1/data/<package>/<rule>)");
+  }
+  return {};
+}
+
+base::Result<std::unique_ptr<OpaClient>> OpaClient::create(OpaOptions options) {
+  std::unique_ptr<OpaClient> c(new OpaClient(std::move(options)));
+  auto st = parse_opa_url(c->options_.url, c->host_, c->port_, c->path_);
+  if (!st) {
+    return st.error();
+  }
+  return c;
+}
+
+asio::awaitable<OpaDecision> OpaClient::decide(OpaInput input) {
+  const std::string key = cache_key(input);
+  const auto now = std::chrono::steady_clock::now();
+  if (options_.cache_ttl.count() > 0) {
+    std::lock_guard lock(mutex_);
+    auto it = cache_.find(key);
+    if (it != cache_.end() && it->second.expires > now) {
+      co_return OpaDecision{it->second.allowed, false,
+                            it->second.allowed ? "OPA allowed (cached)" : "OPA denied (cached)"};
+    }
+  }
+  OpaDecision d = co_await query(input);
+  if (!d.error && options_.cache_ttl.count() > 0) {
+    std::lock_guard lock(mutex_);
+    if (cache_.size() >= options_.cache_entries) {
+      cache_.clear();  // simple bound: decisions are cheap to re-fetch
+    }
+    cache_[key] = Entry{d.allowed, now + options_.cache_ttl};
+  }
+  co_return d;
+}
+
+asio::awaitable<OpaDecision> OpaClient::query(const OpaInput& input) {
+  using namespace asio::experimental::awaitable_operators;
+  auto executor = co_await asio::this_coro::executor;
+  nlohmann::json body = {{"input",
+                          {{"tunnel", input.tunnel},
+                           {"mode", input.mode},
+                           {"peer_spiffe_id", input.peer.str()},
+                           {"peer_trust_domain", input.peer.trust_domain().name()},
+                           {"peer_path", input.peer.path()},
+                           {"local_spiffe_id", input.local_id}}}};
+  const std::string payload = body.dump();
+  const std::string request = "POST " + path_ + " HTTP/1.1\r\nHost: " + host_ + ":" + port_ +
+                              "\r\nContent-Type: application/json\r\nContent-Length: " +
+                              std::to_string(payload.size()) + "\r\nConnection: close\r\n\r\n" +
+                              payload;
+
+  asio::ip::tcp::socket socket(executor);
+  std::string response;
+  asio::error_code ec;
+  auto exchange = [&]() -> asio::awaitable<void> {
+    asio::ip::tcp::resolver resolver(executor);
+    auto endpoints = co_await resolver.async_resolve(host_, port_,
+                                                     asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      co_return;
+    }
+    co_await asio::async_connect(socket, endpoints, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      co_return;
+    }
+    co_await asio::async_write(socket, asio::buffer(request),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      co_return;
+    }
+    char buf[4096];
+    for (;;) {
+      asio::error_code rec;
+      const std::size_t n = co_await socket.async_read_some(
+          asio::buffer(buf), asio::redirect_error(asio::use_awaitable, rec));
+      response.append(buf, n);
+      if (rec || response.size() > kMaxResponse) {
+        break;
+      }
+    }
+  };
+  asio::steady_timer timer(executor);
+  timer.expires_after(options_.timeout);
+  auto which = co_await (exchange() || timer.async_wait(asio::use_awaitable));
+  if (which.index() == 1) {
+    co_return OpaDecision{false, true,
+                          "OPA at " + options_.url + " did not answer within " +
+                              std::to_string(options_.timeout.count()) + " ms"};
+  }
+  if (ec) {
+    co_return OpaDecision{false, true, "OPA at " + options_.url + " unreachable: " + ec.message()};
+  }
+  const size_t status_end = response.find("\r\n");
+  const size_t head_end = response.find("\r\n\r\n");
+  if (status_end == std::string::npos || head_end == std::string::npos) {
+    co_return OpaDecision{false, true, "OPA answered something that is not HTTP"};
+  }
+  const std::string status = response.substr(0, status_end);
+  if (status.find(" 200 ") == std::string::npos) {
+    co_return OpaDecision{false, true, "OPA answered \"" + status + "\""};
+  }
+  // OPA answers with Content-Length; chunked encoding is not used for data API responses.
+  auto json = nlohmann::json::parse(response.substr(head_end + 4), nullptr, false);
+  if (json.is_discarded() || !json.is_object()) {
+    co_return OpaDecision{false, true, "OPA answered invalid JSON"};
+  }
+  if (!json.contains("result")) {
+    co_return OpaDecision{false, false, "OPA policy rule is undefined for this input (denied)"};
+  }
+  const bool allowed = json["result"].is_boolean() && json["result"].get<bool>();
+  co_return OpaDecision{allowed, false, allowed ? "OPA allowed" : "OPA denied"};
+}
+
+}  // namespace spiffe_tunnel::policy

@@ -1,0 +1,126 @@
+"""OPA decisions with a real OPA server (opa run --server): allowed and denied peers, a policy
+that changes live (within the cache TTL rules), and OPA unreachable failing closed."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from daemon import Backend, Daemon, exchange
+from helpers import free_port
+from pki import CA
+from test_files_tunnels import CLIENT_ID, bundles, pki, start_client  # noqa: F401 (fixture)
+
+POLICY = """package tunnels.authz
+
+default allow := false
+
+allow if {
+    input.tunnel == "kafka-in"
+    input.mode == "server"
+    input.peer_spiffe_id in data.tunnels.allowed
+}
+"""
+
+
+@pytest.fixture
+def opa(opa_bin, tmp_path):
+    (tmp_path / "policy.rego").write_text(POLICY)
+    (tmp_path / "data.json").write_text('{"tunnels": {"allowed": ["%s"]}}' % CLIENT_ID)
+    port = free_port()
+    proc = subprocess.Popen([str(opa_bin), "run", "--server", "--addr", f"127.0.0.1:{port}",
+                             "--log-level", "error", "--skip-version-check",
+                             str(tmp_path / "policy.rego"), str(tmp_path / "data.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("OPA did not start")
+            time.sleep(0.1)
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+def start_opa_server(pki, backend, opa_url, *extra):
+    cert, key = pki["server"]
+    d = Daemon(["server", "--name", "kafka-in", "--listen", "127.0.0.1:0",
+                "--target", f"127.0.0.1:{backend.port}", "--cert", cert, "--key", key,
+                *bundles(pki, "a.test", "b.test"), "--opa-url", opa_url, *extra], name="server")
+    return d, d.wait_listening()
+
+
+def test_opa_allows_and_denies(pki, opa, tmp_path):
+    backend = Backend("echo")
+    url = f"http://127.0.0.1:{opa}/v1/data/tunnels/authz/allow"
+    server, sport = start_opa_server(pki, backend, url)
+    try:
+        client, cport = start_client(pki, sport)
+        assert exchange(cport, b"opa says yes") == b"opa says yes"
+        client.stop()
+        # Verified by the bundle, but not in OPA's data: denied, backend untouched.
+        other = pki["ca"]["a.test"].issue("spiffe://a.test/not-in-policy").write(tmp_path, "o")
+        before = backend.connections
+        client2, cport2 = start_client(pki, sport, cert_key=other)
+        try:
+            reply = exchange(cport2, b"opa says no")
+        except ConnectionResetError:
+            reply = b""
+        assert reply == b""
+        server.wait_for(r"rejected reason=not_authorized: peer spiffe://a.test/not-in-policy: "
+                        r"OPA denied")
+        assert backend.connections == before
+        client2.stop()
+    finally:
+        server.stop()
+        backend.close()
+
+
+def test_opa_unreachable_fails_closed(pki):
+    backend = Backend("echo")
+    url = f"http://127.0.0.1:{free_port()}/v1/data/tunnels/authz/allow"  # nothing listens
+    server, sport = start_opa_server(pki, backend, url, "--opa-timeout", "500ms")
+    try:
+        client, cport = start_client(pki, sport)
+        try:
+            reply = exchange(cport, b"x")
+        except ConnectionResetError:
+            reply = b""
+        assert reply == b""
+        server.wait_for(r"rejected reason=opa_unavailable: .*unreachable")
+        assert backend.connections == 0
+        client.stop()
+    finally:
+        server.stop()
+        backend.close()
+
+
+def test_opa_silent_times_out_and_denies(pki):
+    backend = Backend("echo")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts, never answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1/data/x/allow"
+    server, sport = start_opa_server(pki, backend, url, "--opa-timeout", "300ms")
+    try:
+        client, cport = start_client(pki, sport)
+        try:
+            exchange(cport, b"x", timeout=10)
+        except ConnectionResetError:
+            pass
+        server.wait_for(r"rejected reason=opa_unavailable: .*did not answer within 300 ms")
+        assert backend.connections == 0
+        client.stop()
+    finally:
+        server.stop()
+        backend.close()
+        silent.close()

@@ -44,7 +44,8 @@ Tunnel::Tunnel(TunnelOptions options, std::unique_ptr<tls::ContextProvider> tls,
       tls_(std::move(tls)),
       pool_(pool),
       metrics_(metrics, options_.name),
-      acceptor_(pool.at(0)) {}
+      acceptor_(pool.at(0)),
+      accept_backoff_(pool.at(0)) {}
 
 Tunnel::~Tunnel() { stop(); }
 
@@ -97,8 +98,17 @@ void Tunnel::accept_next() {
       if (ec == asio::error::operation_aborted || stopped_) {
         return;
       }
-      // EMFILE and friends: log, back off briefly by re-arming on the next turn.
-      spdlog::warn("tunnel={} accept failed: {}", options_.name, ec.message());
+      // EMFILE and friends: retrying at once would spin; pause, then accept again. Sessions
+      // that end meanwhile free descriptors.
+      spdlog::warn("tunnel={} accept failed: {}; pausing accepts for 100 ms", options_.name,
+                   ec.message());
+      accept_backoff_.expires_after(std::chrono::milliseconds(100));
+      accept_backoff_.async_wait([this](asio::error_code wec) {
+        if (!wec) {
+          accept_next();
+        }
+      });
+      return;
     } else {
       metrics_.accepted.inc();
       if (static_cast<std::size_t>(metrics_.active.value()) >= options_.max_connections) {
@@ -128,6 +138,7 @@ void Tunnel::stop() {
   }
   asio::post(acceptor_.get_executor(), [this] {
     asio::error_code ignored;
+    accept_backoff_.cancel();
     acceptor_.close(ignored);
   });
 }

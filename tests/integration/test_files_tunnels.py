@@ -365,3 +365,24 @@ def test_file_rotation_during_transfer(pki, tmp_path):
         client.stop()
         server.stop()
         backend.close()
+
+
+def test_out_of_file_descriptors_pauses_accepts_and_recovers(pki):
+    """EMFILE on accept must not spin or crash: accepts pause, and resume once descriptors free."""
+    backend = Backend("echo")
+    server, sport = start_server(pki, backend.port, "--handshake-timeout", "30s")
+    client, cport = start_client(pki, sport)
+    try:
+        subprocess.run(["prlimit", f"--pid={server.proc.pid}", "--nofile=40:40"], check=True)
+        hogs = []
+        for _ in range(60):  # plain TCP that never speaks TLS: each holds a descriptor
+            hogs.append(socket.create_connection(("127.0.0.1", sport), timeout=5))
+        server.wait_for(r"accept failed: Too many open files; pausing accepts", timeout=15)
+        for h in hogs:
+            h.close()
+        assert exchange(cport, b"after EMFILE") == b"after EMFILE"
+        assert server.proc.poll() is None
+    finally:
+        client.stop()
+        server.stop()
+        backend.close()

@@ -8,6 +8,7 @@
 // read from any thread.
 
 #include <asio/ip/tcp.hpp>
+#include <asio/steady_timer.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -94,6 +95,7 @@ class Tunnel {
   IoPool& pool_;
   TunnelMetrics metrics_;
   asio::ip::tcp::acceptor acceptor_;
+  asio::steady_timer accept_backoff_;
   asio::ip::tcp::endpoint local_;
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_session_id_{1};

@@ -5,16 +5,20 @@
 #include <grpcpp/grpcpp.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <spdlog/spdlog.h>
 
 #include <cassert>
+#include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <optional>
 
 #include "workload.grpc.pb.h"
 #include "workload/backoff.h"
 #include "workload/endpoint.h"
-#include "workload/x509_svid_response.h"
+#include "workload/stream_log.h"
+#include "workload/x509_context_merger.h"
+#include "workload/x509_responses.h"
 
 namespace spiffe_tunnel::workload {
 namespace {
@@ -24,55 +28,6 @@ using std::chrono::milliseconds;
 constexpr char kEnvVar[] = "SPIFFE_ENDPOINT_SOCKET";
 // SPIFFE Workload Endpoint §2: exactly one value, exactly "true", on every call.
 constexpr char kSecurityHeader[] = "workload.spiffe.io";
-// While no identity has arrived, one hint for the operator after this long.
-constexpr auto kStartupHintAfter = std::chrono::seconds(30);
-
-std::string code_name(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "Cancelled";
-    case grpc::StatusCode::UNKNOWN: return "Unknown";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "InvalidArgument";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DeadlineExceeded";
-    case grpc::StatusCode::NOT_FOUND: return "NotFound";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PermissionDenied";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "ResourceExhausted";
-    case grpc::StatusCode::UNIMPLEMENTED: return "Unimplemented";
-    case grpc::StatusCode::INTERNAL: return "Internal";
-    case grpc::StatusCode::UNAVAILABLE: return "Unavailable";
-    case grpc::StatusCode::UNAUTHENTICATED: return "Unauthenticated";
-    default: return "code " + std::to_string(static_cast<int>(code));
-  }
-}
-
-std::string describe_status(const grpc::Status& s) {
-  if (s.ok()) {
-    return "the agent ended the stream";
-  }
-  return code_name(s.error_code()) + (s.error_message().empty() ? "" : ": " + s.error_message());
-}
-
-std::string seconds_text(milliseconds d) {
-  if (d < std::chrono::seconds(1)) {
-    return std::to_string(d.count()) + "ms";
-  }
-  return fmt::format("{:.1f}s", static_cast<double>(d.count()) / 1000.0);
-}
-
-// "2 SVID(s) spiffe://a/x (hint internal), spiffe://a/y; bundles a, b", for logs.
-std::string summarize(const X509Context& ctx) {
-  std::string out = std::to_string(ctx.svids.size()) + " SVID(s) ";
-  for (size_t i = 0; i < ctx.svids.size(); ++i) {
-    const auto& s = *ctx.svids[i];
-    out += (i == 0 ? "" : ", ") + s.id.str() + (s.hint.empty() ? "" : " (hint " + s.hint + ")");
-  }
-  out += "; bundles";
-  const auto tds = ctx.bundles.trust_domains();
-  for (size_t i = 0; i < tds.size(); ++i) {
-    out += (i == 0 ? " " : ", ") + tds[i].name();
-  }
-  return out;
-}
 
 // A digest of the whole response, to recognise a repeat without keeping a copy of the key.
 std::string digest_of(const X509SVIDResponse& response) {
@@ -99,93 +54,281 @@ void scrub_keys(X509SVIDResponse& response) {
   response.Clear();
 }
 
-// Logs the stream's state changes once each (first identity, lost, reconnected, a new kind of
-// failure); repeats of the same failure go to debug.
-class LinkLog {
- public:
-  explicit LinkLog(std::string address)
-      : address_(std::move(address)), started_(std::chrono::steady_clock::now()) {}
-
-  void updated(const X509Context& ctx) {
-    if (!ever_updated_) {
-      spdlog::info("workload-api: first identity from {}: {}", address_, summarize(ctx));
-    } else if (lost_) {
-      spdlog::info("workload-api: reconnected to {}: {}", address_, summarize(ctx));
-    } else {
-      spdlog::info("workload-api: identity update from {}: {}", address_, summarize(ctx));
-    }
-    ever_updated_ = true;
-    lost_ = false;
-    last_failure_.reset();
-  }
-
-  // A repeat of the identity already held, e.g. the first message after an agent restart.
-  void unchanged() {
-    if (lost_) {
-      spdlog::info("workload-api: reconnected to {}; identity unchanged", address_);
-    } else {
-      spdlog::debug("workload-api: unchanged update from {}", address_);
-    }
-    lost_ = false;
-    last_failure_.reset();
-  }
-
-  void discarded(const std::string& reason) {
-    spdlog::warn("workload-api: discarding an update from {}, keeping the last good identity: {}",
-                 address_, reason);
-  }
-
-  void ended(const grpc::Status& status, bool was_streaming, bool revoked, milliseconds retry_in) {
-    const auto code = status.error_code();
-    const std::string what = describe_status(status);
-    const std::string retry = "retrying in " + seconds_text(retry_in);
-    if (revoked) {
-      spdlog::warn("workload-api: {} revoked this workload's identities ({}); {}", address_, what,
-                   retry);
-    } else if (was_streaming) {
-      spdlog::warn("workload-api: lost the stream from {} ({}); serving the last identity, {}",
-                   address_, what, retry);
-    } else if (last_failure_ == code) {
-      spdlog::debug("workload-api: {} still failing ({}); {}", address_, what, retry);
-    } else if (code == grpc::StatusCode::INVALID_ARGUMENT) {
-      spdlog::error(
-          "workload-api: {} rejected the request ({}): it refused the security header or request, "
-          "which retrying will not fix; is this address a SPIFFE Workload API? Not giving up: "
-          "retrying about every {}",
-          address_, what, seconds_text(retry_in));
-    } else if (code == grpc::StatusCode::UNIMPLEMENTED) {
-      spdlog::error(
-          "workload-api: {} does not serve the SPIFFE Workload API ({}); wrong socket, or the "
-          "agent has disable_workload_api set? Not giving up: retrying about every {}",
-          address_, what, seconds_text(retry_in));
-    } else if (code == grpc::StatusCode::PERMISSION_DENIED) {
-      spdlog::info("workload-api: {} has no identity for this workload yet ({}); is it "
-                   "registered? {}",
-                   address_, what, retry);
-    } else {
-      spdlog::warn("workload-api: {} unavailable ({}); {}", address_, what, retry);
-    }
-    lost_ = lost_ || was_streaming || revoked;
-    last_failure_ = code;
-    if (!ever_updated_ && !hinted_ &&
-        std::chrono::steady_clock::now() - started_ >= kStartupHintAfter) {
-      hinted_ = true;
-      spdlog::warn("workload-api: no identity from {} after {}s; is the agent running and is "
-                   "this workload registered?",
-                   address_, kStartupHintAfter.count());
-    }
-  }
-
- private:
-  const std::string address_;
-  const std::chrono::steady_clock::time_point started_;
-  bool ever_updated_ = false;
-  bool lost_ = false;  // the stream ended since the last good message
-  bool hinted_ = false;
-  std::optional<grpc::StatusCode> last_failure_;
-};
+// A fresh channel per attempt: gRPC's own reconnect backoff (up to 120s) would otherwise stack on
+// ours and delay recovery after an agent restart.
+std::unique_ptr<SpiffeWorkloadAPI::Stub> new_stub(const std::string& target) {
+  return SpiffeWorkloadAPI::NewStub(
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+}
 
 }  // namespace
+
+// The two stream loops, each run by its own thread, and what they share under mutex_: the calls
+// stop() cancels and the merger that builds the published context. Publishing happens under
+// mutex_, so callbacks never overlap and keep the order in which contexts were built.
+class WorkloadApiSource::Streams {
+ public:
+  Streams(const WorkloadApiOptions& options, const std::string& target)
+      : options_(options), target_(target) {}
+
+  // Before the threads start.
+  void set_callbacks(SourceCallbacks callbacks) { callbacks_ = std::move(callbacks); }
+  void run_svid_stream();
+  void run_bundles_stream();
+  // Cancels both calls in flight and wakes both threads from their backoff.
+  void stop();
+
+ private:
+  // Registers the FetchX509SVID call that stop() cancels; false when stopping.
+  bool begin_svid_call(grpc::ClientContext* call);
+  // Unregisters it; false when stopping.
+  bool end_svid_call();
+  // Registers the FetchX509Bundles call that stop() and revoke() cancel, returning its epoch;
+  // nullopt when stopping.
+  std::optional<uint64_t> begin_bundles_call(grpc::ClientContext* call);
+  enum class AfterBundlesCall { kStop, kRestart, kRetry };
+  // Unregisters it and says what comes next: kRestart when a revocation made `epoch` stale.
+  AfterBundlesCall end_bundles_call(uint64_t epoch);
+  // Sleeps for `delay` unless stop() comes first; false when stopping.
+  bool wait_for_retry(milliseconds delay);
+
+  void publish_svids(X509SvidMessage message, SvidStreamLog& log);
+  void publish_bundles(uint64_t epoch, BundleMap bundles, BundlesStreamLog& log);
+  void revoke(const std::string& reason);
+
+  const WorkloadApiOptions& options_;
+  const std::string& target_;
+  SourceCallbacks callbacks_;  // set before the threads start, then only read
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  // Guarded by mutex_:
+  bool stopping_ = false;
+  grpc::ClientContext* svid_call_ = nullptr;     // the FetchX509SVID call in flight, if any
+  grpc::ClientContext* bundles_call_ = nullptr;  // the FetchX509Bundles call in flight, if any
+  // Counts revocations. A FetchX509Bundles call started before the latest one is stale: its
+  // messages predate the revocation and are dropped, and the call is cancelled and restarted.
+  uint64_t bundles_epoch_ = 0;
+  X509ContextMerger merger_;
+};
+
+bool WorkloadApiSource::Streams::begin_svid_call(grpc::ClientContext* call) {
+  std::lock_guard lock(mutex_);
+  if (stopping_) {
+    return false;
+  }
+  svid_call_ = call;
+  return true;
+}
+
+bool WorkloadApiSource::Streams::end_svid_call() {
+  std::lock_guard lock(mutex_);
+  svid_call_ = nullptr;
+  return !stopping_;
+}
+
+std::optional<uint64_t> WorkloadApiSource::Streams::begin_bundles_call(
+    grpc::ClientContext* call) {
+  // The epoch is read with the registration, so a revocation either comes first and is in the
+  // epoch, or comes after and finds the call to cancel.
+  std::lock_guard lock(mutex_);
+  if (stopping_) {
+    return std::nullopt;
+  }
+  bundles_call_ = call;
+  return bundles_epoch_;
+}
+
+WorkloadApiSource::Streams::AfterBundlesCall WorkloadApiSource::Streams::end_bundles_call(
+    uint64_t epoch) {
+  std::lock_guard lock(mutex_);
+  bundles_call_ = nullptr;
+  if (stopping_) {
+    return AfterBundlesCall::kStop;
+  }
+  return epoch == bundles_epoch_ ? AfterBundlesCall::kRetry : AfterBundlesCall::kRestart;
+}
+
+bool WorkloadApiSource::Streams::wait_for_retry(milliseconds delay) {
+  std::unique_lock lock(mutex_);
+  return !cv_.wait_for(lock, delay, [this] { return stopping_; });
+}
+
+void WorkloadApiSource::Streams::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    for (grpc::ClientContext* call : {svid_call_, bundles_call_}) {
+      if (call != nullptr) {
+        call->TryCancel();
+      }
+    }
+  }
+  cv_.notify_all();
+}
+
+void WorkloadApiSource::Streams::publish_svids(X509SvidMessage message, SvidStreamLog& log) {
+  std::lock_guard lock(mutex_);
+  auto ctx = merger_.take_svids(std::move(message));
+  if (!ctx) {
+    log.unchanged();
+    return;
+  }
+  log.updated(*ctx);
+  if (callbacks_.on_update) {
+    callbacks_.on_update(std::move(*ctx));
+  }
+}
+
+void WorkloadApiSource::Streams::publish_bundles(uint64_t epoch, BundleMap bundles,
+                                                 BundlesStreamLog& log) {
+  std::lock_guard lock(mutex_);
+  if (epoch != bundles_epoch_) {
+    return;  // sent before a revocation; the restarted call sends a fresh snapshot
+  }
+  const bool held = !merger_.has_svids();
+  auto ctx = merger_.take_bundles(std::move(bundles));
+  if (held) {
+    log.held();
+    return;
+  }
+  if (!ctx) {
+    log.unchanged();
+    return;
+  }
+  log.updated(*ctx);
+  if (callbacks_.on_update) {
+    callbacks_.on_update(std::move(*ctx));
+  }
+}
+
+void WorkloadApiSource::Streams::revoke(const std::string& reason) {
+  std::lock_guard lock(mutex_);
+  // Everything the agent said for this workload is void, FetchX509Bundles included; restart
+  // that stream so that its next message is a fresh snapshot (SPIRE does not resend an
+  // unchanged one on an open stream).
+  merger_.clear();
+  ++bundles_epoch_;
+  if (bundles_call_ != nullptr) {
+    bundles_call_->TryCancel();
+  }
+  if (callbacks_.on_revoked) {
+    callbacks_.on_revoked(reason);
+  }
+}
+
+void WorkloadApiSource::Streams::run_svid_stream() {
+  Backoff backoff(options_.initial_backoff, options_.max_backoff);
+  SvidStreamLog log(options_.address);
+  bool holding = false;     // identities delivered and not revoked since
+  std::string last_digest;  // of the response behind the identities we hold
+  for (;;) {
+    auto stub = new_stub(target_);
+    grpc::ClientContext call;  // no deadline: the first message may take a while (SPIFFE.md §6)
+    call.AddMetadata(kSecurityHeader, "true");
+    if (!begin_svid_call(&call)) {
+      return;
+    }
+    auto reader = stub->FetchX509SVID(&call, X509SVIDRequest());
+    X509SVIDResponse response;
+    bool streaming = false;  // this stream delivered a good message
+    while (reader->Read(&response)) {
+      std::string digest = digest_of(response);
+      if (holding && digest == last_digest) {
+        // SPIRE does not deduplicate (SPIFFE.md §6.10); an identical snapshot changes nothing.
+        log.unchanged();
+        scrub_keys(response);
+        streaming = true;
+        backoff.reset();
+        continue;
+      }
+      auto message = parse_x509_svid_response(response);
+      scrub_keys(response);
+      if (!message) {
+        log.discarded(message.error().message);
+        continue;
+      }
+      holding = true;
+      last_digest = std::move(digest);
+      streaming = true;
+      backoff.reset();
+      publish_svids(std::move(*message), log);
+    }
+    const grpc::Status status = reader->Finish();
+    if (!end_svid_call()) {
+      return;
+    }
+    const auto code = status.error_code();
+    const bool revoked = holding && code == grpc::StatusCode::PERMISSION_DENIED;
+    const milliseconds delay = code == grpc::StatusCode::INVALID_ARGUMENT ||
+                                       code == grpc::StatusCode::UNIMPLEMENTED
+                                   ? backoff.at_cap()
+                                   : backoff.next();
+    log.ended(status, streaming, revoked, delay);
+    if (revoked) {
+      // SPIFFE Workload API §5.2.1: the workload SHOULD stop using the identities.
+      holding = false;
+      last_digest.clear();
+      revoke(options_.address + " answered " + describe_status(status) +
+             ": this workload's registration entries were deleted or no longer match");
+    }
+    if (!wait_for_retry(delay)) {
+      return;
+    }
+  }
+}
+
+void WorkloadApiSource::Streams::run_bundles_stream() {
+  Backoff backoff(options_.initial_backoff, options_.max_backoff);
+  BundlesStreamLog log(options_.address);
+  for (;;) {
+    auto stub = new_stub(target_);
+    grpc::ClientContext call;
+    call.AddMetadata(kSecurityHeader, "true");
+    const std::optional<uint64_t> epoch = begin_bundles_call(&call);
+    if (!epoch) {
+      return;
+    }
+    auto reader = stub->FetchX509Bundles(&call, X509BundlesRequest());
+    X509BundlesResponse response;
+    bool streaming = false;  // this stream delivered a good message
+    while (reader->Read(&response)) {
+      // SPIFFE.md §4.3: a message that does not parse in full is dropped whole.
+      auto bundles = parse_x509_bundles_response(response);
+      response.Clear();
+      if (!bundles) {
+        log.discarded(bundles.error().message);
+        continue;
+      }
+      streaming = true;
+      backoff.reset();
+      publish_bundles(*epoch, std::move(*bundles), log);
+    }
+    const grpc::Status status = reader->Finish();
+    const AfterBundlesCall after = end_bundles_call(*epoch);
+    if (after == AfterBundlesCall::kStop) {
+      return;
+    }
+    if (after == AfterBundlesCall::kRestart) {
+      log.restarted();
+      continue;
+    }
+    const auto code = status.error_code();
+    if (code == grpc::StatusCode::UNIMPLEMENTED) {
+      // An agent without this RPC (or an older one): FetchX509SVID carries the bundles too.
+      log.not_offered(status);
+      return;
+    }
+    const milliseconds delay =
+        code == grpc::StatusCode::INVALID_ARGUMENT ? backoff.at_cap() : backoff.next();
+    log.ended(status, streaming, delay);
+    if (!wait_for_retry(delay)) {
+      return;
+    }
+  }
+}
+
+// --- WorkloadApiSource ---------------------------------------------------------------------------
 
 base::Result<std::string> WorkloadApiSource::grpc_target(std::string_view address) {
   return endpoint_to_grpc_target(address);
@@ -213,121 +356,26 @@ base::Result<std::unique_ptr<WorkloadApiSource>> WorkloadApiSource::create(
 }
 
 WorkloadApiSource::WorkloadApiSource(WorkloadApiOptions options, std::string target)
-    : options_(std::move(options)), target_(std::move(target)) {}
+    : options_(std::move(options)),
+      target_(std::move(target)),
+      streams_(std::make_unique<Streams>(options_, target_)) {}
 
 WorkloadApiSource::~WorkloadApiSource() { stop(); }
 
 std::string WorkloadApiSource::describe() const { return "workload-api " + options_.address; }
 
 void WorkloadApiSource::start(SourceCallbacks callbacks) {
-  assert(!thread_.joinable());
-  callbacks_ = std::move(callbacks);
-  thread_ = std::thread([this] { run(); });
+  assert(!svid_thread_.joinable() && !bundles_thread_.joinable());
+  streams_->set_callbacks(std::move(callbacks));
+  svid_thread_ = std::thread([this] { streams_->run_svid_stream(); });
+  bundles_thread_ = std::thread([this] { streams_->run_bundles_stream(); });
 }
 
 void WorkloadApiSource::stop() {
-  {
-    std::lock_guard lock(mutex_);
-    stopping_ = true;
-    if (call_ != nullptr) {
-      call_->TryCancel();
-    }
-  }
-  cv_.notify_all();
-  if (thread_.joinable()) {
-    thread_.join();
-  }
-}
-
-bool WorkloadApiSource::begin_call(grpc::ClientContext* call) {
-  std::lock_guard lock(mutex_);
-  if (stopping_) {
-    return false;
-  }
-  call_ = call;
-  return true;
-}
-
-void WorkloadApiSource::end_call() {
-  std::lock_guard lock(mutex_);
-  call_ = nullptr;
-}
-
-bool WorkloadApiSource::wait_for_retry(milliseconds delay) {
-  std::unique_lock lock(mutex_);
-  return !cv_.wait_for(lock, delay, [this] { return stopping_; });
-}
-
-void WorkloadApiSource::run() {
-  Backoff backoff(options_.initial_backoff, options_.max_backoff);
-  LinkLog log(options_.address);
-  bool holding = false;     // identities delivered and not revoked since
-  std::string last_digest;  // of the response behind the identities we hold
-  for (;;) {
-    // A fresh channel per attempt: gRPC's own reconnect backoff (up to 120s) would otherwise
-    // stack on ours and delay recovery after an agent restart.
-    auto stub = SpiffeWorkloadAPI::NewStub(
-        grpc::CreateChannel(target_, grpc::InsecureChannelCredentials()));
-    grpc::ClientContext call;  // no deadline: the first message may take a while (SPIFFE.md §6)
-    call.AddMetadata(kSecurityHeader, "true");
-    if (!begin_call(&call)) {
-      return;
-    }
-    auto reader = stub->FetchX509SVID(&call, X509SVIDRequest());
-    X509SVIDResponse response;
-    bool streaming = false;  // this stream delivered a good message
-    while (reader->Read(&response)) {
-      std::string digest = digest_of(response);
-      if (holding && digest == last_digest) {
-        // SPIRE does not deduplicate (SPIFFE.md §6.10); an identical snapshot changes nothing.
-        log.unchanged();
-        scrub_keys(response);
-        streaming = true;
-        backoff.reset();
-        continue;
-      }
-      auto ctx = parse_x509_svid_response(response);
-      scrub_keys(response);
-      if (!ctx) {
-        log.discarded(ctx.error().message);
-        continue;
-      }
-      log.updated(*ctx);
-      holding = true;
-      last_digest = std::move(digest);
-      streaming = true;
-      backoff.reset();
-      if (callbacks_.on_update) {
-        callbacks_.on_update(std::move(*ctx));
-      }
-    }
-    const grpc::Status status = reader->Finish();
-    end_call();
-    const auto code = status.error_code();
-    const bool revoked = holding && code == grpc::StatusCode::PERMISSION_DENIED;
-    const milliseconds delay = code == grpc::StatusCode::INVALID_ARGUMENT ||
-                                       code == grpc::StatusCode::UNIMPLEMENTED
-                                   ? backoff.at_cap()
-                                   : backoff.next();
-    {
-      std::lock_guard lock(mutex_);
-      if (stopping_) {
-        return;
-      }
-    }
-    log.ended(status, streaming, revoked, delay);
-    if (revoked) {
-      // SPIFFE Workload API §5.2.1: the workload SHOULD stop using the identities.
-      holding = false;
-      last_digest.clear();
-      if (callbacks_.on_revoked) {
-        callbacks_.on_revoked(options_.address + " answered " + describe_status(status) +
-                              ": this workload's registration entries were deleted or no "
-                              "longer match");
-      }
-    }
-    if (!wait_for_retry(delay)) {
-      return;
+  streams_->stop();
+  for (std::thread* thread : {&svid_thread_, &bundles_thread_}) {
+    if (thread->joinable()) {
+      thread->join();
     }
   }
 }

@@ -33,6 +33,9 @@ bool same_bundles(const BundleMap& a, const BundleMap& b) {
 }  // namespace
 
 std::optional<X509Context> X509ContextMerger::take_svids(X509SvidMessage message) {
+  if (same_svids(message.svids, svids_) && same_bundles(message.bundles, svid_stream_bundles_)) {
+    return std::nullopt;
+  }
   svids_ = std::move(message.svids);
   svid_stream_bundles_ = std::move(message.bundles);
   bundles_stream_newer_ = false;
@@ -40,6 +43,9 @@ std::optional<X509Context> X509ContextMerger::take_svids(X509SvidMessage message
 }
 
 std::optional<X509Context> X509ContextMerger::take_bundles(BundleMap bundles) {
+  if (same_bundles(bundles, bundles_stream_bundles_)) {
+    return std::nullopt;
+  }
   bundles_stream_bundles_ = std::move(bundles);
   bundles_stream_newer_ = true;
   return publish_if_changed();

@@ -79,8 +79,8 @@ base::Result<X509SvidMessage> parse_x509_svid_response(const X509SVIDResponse& r
     if (!bundle) {
       return bundle.error().wrap("bundle of " + name);
     }
-    message.bundles[bundle->trust_domain()] =
-        std::make_shared<const spiffe::Bundle>(std::move(*bundle));
+    const spiffe::TrustDomain td = bundle->trust_domain();
+    message.bundles[td] = std::make_shared<const spiffe::Bundle>(std::move(*bundle));
     message.svids.push_back(std::make_shared<const spiffe::X509Svid>(std::move(*svid)));
   }
   // go-spiffe parseX509Bundles: federated entries come last and replace an SVID's bundle for the

@@ -4,10 +4,6 @@
 #include <stdlib.h>
 
 #include <chrono>
-#include <condition_variable>
-#include <filesystem>
-#include <functional>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,124 +13,17 @@
 #include "spiffe/test_pki.h"
 #include "workload/backoff.h"
 #include "workload/fake_workload_api.h"
-#include "workload/x509_svid_response.h"
+#include "workload/source_test_support.h"
 
 using namespace spiffe_tunnel;
 using namespace spiffe_tunnel::spiffe::testing;
-using spiffe_tunnel::workload::testing::FakeWorkloadApi;
+using namespace spiffe_tunnel::workload::testing;
 using workload::WorkloadApiSource;
 using Catch::Matchers::Contains;
 using std::chrono::milliseconds;
 
-namespace {
 
-constexpr auto kWait = std::chrono::seconds(5);
-
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = kWait) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(milliseconds(2));
-  }
-  return true;
-}
-
-// A fresh directory for the agent socket, removed at the end of the test.
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "wlapi-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::string socket() const { return (path / "agent.sock").string(); }
-};
-
-// Collects what the source delivers; read it only through the accessors.
-class Recorder {
- public:
-  workload::SourceCallbacks callbacks() {
-    return {
-        .on_update =
-            [this](workload::X509Context ctx) {
-              std::lock_guard lock(mutex_);
-              updates_.push_back(std::move(ctx));
-            },
-        .on_revoked =
-            [this](const std::string& reason) {
-              std::lock_guard lock(mutex_);
-              revocations_.push_back(reason);
-            },
-    };
-  }
-  size_t updates() const {
-    std::lock_guard lock(mutex_);
-    return updates_.size();
-  }
-  size_t revocations() const {
-    std::lock_guard lock(mutex_);
-    return revocations_.size();
-  }
-  workload::X509Context update(size_t i) const {
-    std::lock_guard lock(mutex_);
-    return updates_.at(i);
-  }
-  std::string revocation(size_t i) const {
-    std::lock_guard lock(mutex_);
-    return revocations_.at(i);
-  }
-  bool wait_updates(size_t n) const {
-    return eventually([&] { return updates() >= n; });
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::vector<workload::X509Context> updates_;
-  std::vector<std::string> revocations_;
-};
-
-X509SVID entry_of(const spiffe::X509Svid& svid, const spiffe::Issuer& root,
-                  const std::string& hint = "") {
-  X509SVID e;
-  e.set_spiffe_id(svid.id.str());
-  e.set_x509_svid(der_of(svid.chain));
-  e.set_x509_svid_key(pkcs8_der_of(svid.key.get()));
-  e.set_bundle(der_of(root.certificate()));
-  e.set_hint(hint);
-  return e;
-}
-
-// A small trust domain with one workload SVID, and responses built from it.
-struct Agent {
-  spiffe::Issuer root = make_root("a.test");
-  spiffe::X509Svid web = make_svid(root, "spiffe://a.test/web");
-  spiffe::X509Svid db = make_svid(root, "spiffe://a.test/db");
-
-  X509SVIDResponse response_for(const spiffe::X509Svid& svid) const {
-    X509SVIDResponse r;
-    *r.add_svids() = entry_of(svid, root);
-    return r;
-  }
-};
-
-std::unique_ptr<WorkloadApiSource> make_source(const std::string& address) {
-  auto source = WorkloadApiSource::create(
-      {.address = address, .initial_backoff = milliseconds(20), .max_backoff = milliseconds(100)});
-  INFO((source ? "" : source.error().message));
-  REQUIRE(source.ok());
-  return std::move(*source);
-}
-
-std::string leaf_id(const workload::X509Context& ctx, size_t i = 0) {
-  return ctx.svids.at(i)->id.str();
-}
-
-}  // namespace
-
-// --- Addresses -----------------------------------------------------------------------------
+// --- Addresses -----------------------------------------------------------------------------------
 
 TEST_CASE("maps Workload API addresses to gRPC targets") {
   const std::vector<std::pair<std::string, std::string>> table = {
@@ -228,7 +117,7 @@ TEST_CASE("create() falls back to SPIFFE_ENDPOINT_SOCKET and names it in errors"
   }
 }
 
-// --- Backoff -------------------------------------------------------------------------------
+// --- Backoff -------------------------------------------------------------------------------------
 
 TEST_CASE("backoff doubles with ±20% jitter up to the cap and starts over after reset") {
   workload::Backoff backoff(milliseconds(1000), milliseconds(30000), /*seed=*/42);
@@ -246,48 +135,7 @@ TEST_CASE("backoff doubles with ±20% jitter up to the cap and starts over after
   CHECK(backoff.at_cap().count() >= 24000);
 }
 
-// --- Responses -----------------------------------------------------------------------------
-
-TEST_CASE("a response is parsed whole or rejected with the entry and reason") {
-  Agent agent;
-  SECTION("key of another SVID") {
-    X509SVIDResponse r = agent.response_for(agent.web);
-    r.mutable_svids(0)->set_x509_svid_key(pkcs8_der_of(agent.db.key.get()));
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("SVID #1 (spiffe://a.test/web)"));
-  }
-  SECTION("spiffe_id that is not the certificate's") {
-    X509SVIDResponse r = agent.response_for(agent.web);
-    r.mutable_svids(0)->set_spiffe_id("spiffe://a.test/db");
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("holds spiffe://a.test/web"));
-  }
-  SECTION("empty own bundle") {
-    X509SVIDResponse r = agent.response_for(agent.web);
-    r.mutable_svids(0)->clear_bundle();
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("mandatory field"));
-  }
-  SECTION("federated key that is not a trust domain") {
-    X509SVIDResponse r = agent.response_for(agent.web);
-    (*r.mutable_federated_bundles())["spiffe://Bad.TD"] = der_of(agent.root.certificate());
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("federated bundle key \"spiffe://Bad.TD\""));
-  }
-  SECTION("garbage federated bundle") {
-    X509SVIDResponse r = agent.response_for(agent.web);
-    (*r.mutable_federated_bundles())["spiffe://b.test"] = "\x30\x03junk";
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("federated bundle for b.test"));
-  }
-}
-
-// --- Against a fake agent ------------------------------------------------------------------
+// --- Against a fake agent ------------------------------------------------------------------------
 
 TEST_CASE("delivers every SVID, its bundle and the federated bundles of a response") {
   TempDir dir;

@@ -1,27 +1,32 @@
 #pragma once
-// WorkloadApiSource: identities from a SPIFFE Workload API endpoint (a SPIRE agent). Its thread
-// holds one long-lived FetchX509SVID stream and turns every response into a complete
-// X509Context; a response that does not parse in full is logged and dropped, and the last good
-// context stays. When the stream ends it reconnects with jittered exponential backoff and, while
-// disconnected, publishes nothing: the last identity keeps serving (expiry is the identity
-// layer's concern). PermissionDenied after identities were delivered means they were revoked.
-// The owner calls start() and stop(); callbacks run on the source's thread. Private keys stay in
-// memory and never reach a log.
+// WorkloadApiSource: identities from a SPIFFE Workload API endpoint (a SPIRE agent). It holds two
+// long-lived streams, each on its own thread: FetchX509SVID (SVIDs and their bundles) and
+// FetchX509Bundles (bundles only). Each message is a complete snapshot of its own stream and is
+// parsed in full or logged and dropped, keeping that stream's last good message. The published
+// X509Context is the SVIDs of the newest FetchX509SVID message plus the union of both streams'
+// bundles, the message received last winning for a trust domain both name (the reason is in
+// src/workload/x509_context_merger.h). Nothing is published before the first SVID, nor when a
+// message changes nothing.
+//
+// A stream that ends reconnects with jittered exponential backoff, on its own schedule; while
+// disconnected the source keeps the last state, so the last identity keeps serving (expiry is
+// the identity layer's concern). PermissionDenied on FetchX509SVID after identities were
+// delivered means they were revoked: on_revoked, both streams' state is forgotten and
+// FetchX509Bundles restarts for a fresh snapshot. PermissionDenied on FetchX509Bundles revokes
+// nothing; Unimplemented there (an agent without it) leaves FetchX509SVID as the only stream.
+//
+// The owner calls start() and stop(). Callbacks run on either stream thread, one at a time under
+// the source's lock and in the order the contexts were built; they must not block or call stop().
+// Private keys stay in memory and never reach a log.
 
 #include <chrono>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
 
 #include "spiffe_tunnel/base/result.h"
 #include "spiffe_tunnel/workload/x509_context.h"
-
-namespace grpc {
-class ClientContext;
-}  // namespace grpc
 
 namespace spiffe_tunnel::workload {
 
@@ -50,28 +55,20 @@ class WorkloadApiSource final : public IdentitySource {
 
   // IdentitySource
   void start(SourceCallbacks callbacks) override;
-  // Cancels the in-flight stream and joins the thread. Safe to call twice.
+  // Cancels the streams in flight and joins both threads. Safe to call twice.
   void stop() override;
   std::string describe() const override;
 
  private:
+  class Streams;  // the two stream loops and the state they share; in the .cc
+
   WorkloadApiSource(WorkloadApiOptions options, std::string target);
-  void run();
-  // Registers the call that stop() cancels; false when stopping.
-  bool begin_call(grpc::ClientContext* call);
-  void end_call();
-  // Sleeps for `delay` unless stop() comes first; false when stopping.
-  bool wait_for_retry(std::chrono::milliseconds delay);
 
   const WorkloadApiOptions options_;  // address resolved
   const std::string target_;          // gRPC target
-  SourceCallbacks callbacks_;
-  std::thread thread_;
-
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool stopping_ = false;                // guarded by mutex_
-  grpc::ClientContext* call_ = nullptr;  // guarded by mutex_; the stream in flight, if any
+  std::unique_ptr<Streams> streams_;
+  std::thread svid_thread_;           // holds FetchX509SVID
+  std::thread bundles_thread_;        // holds FetchX509Bundles
 };
 
 }  // namespace spiffe_tunnel::workload

@@ -18,7 +18,7 @@ struct X509Context {
   spiffe::BundleSet bundles;
 };
 
-// Callbacks run on the source's own thread and must not block.
+// Callbacks run on a thread of the source, never two at once, and must not block or call stop().
 struct SourceCallbacks {
   std::function<void(X509Context)> on_update;
   // The source lost its identities for good (e.g. Workload API PermissionDenied mid-stream).

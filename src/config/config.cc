@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "spiffe_tunnel/policy/authorizer.h"
+#include "spiffe_tunnel/policy/opa_client.h"
 
 namespace spiffe_tunnel::config {
 namespace {
@@ -17,6 +18,13 @@ namespace {
 using base::Error;
 using base::make_error;
 using base::Result;
+
+// An upper bound for threads: far above any core count, and low enough that a typo cannot ask
+// for millions of threads.
+constexpr std::size_t kMaxThreads = 1024;
+// Durations above this are typos; it also keeps every timeout far from overflowing the
+// nanosecond clocks that timers use.
+constexpr std::chrono::hours kMaxDuration{24 * 366};
 
 // Carries the file name so that every error can say file:line:column.
 struct Reader {
@@ -40,10 +48,16 @@ struct Reader {
     return n.Scalar();
   }
 
-  Result<std::vector<std::string>> list(const YAML::Node& n, const std::string& key) const {
-    std::vector<std::string> out;
+  // A list entry and where it was written, so that an error points at the entry itself.
+  struct Entry {
+    std::string value;
+    YAML::Node node;
+  };
+
+  Result<std::vector<Entry>> list(const YAML::Node& n, const std::string& key) const {
+    std::vector<Entry> out;
     if (n.IsScalar()) {
-      out.push_back(n.Scalar());
+      out.push_back({n.Scalar(), n});
       return out;
     }
     if (!n.IsSequence()) {
@@ -53,9 +67,32 @@ struct Reader {
       if (!item.IsScalar()) {
         return fail(item, "entries of \"" + key + "\" must be single values");
       }
-      out.push_back(item.Scalar());
+      out.push_back({item.Scalar(), item});
     }
     return out;
+  }
+
+  // An optional single value: leaves `out` alone when the key is absent.
+  base::Status optional_scalar(const YAML::Node& n, const std::string& key,
+                               std::string& out) const {
+    if (!n) {
+      return {};
+    }
+    auto v = scalar(n, key);
+    if (!v) {
+      return v.error();
+    }
+    out = *v;
+    return {};
+  }
+
+  // A file that must be readable now; the error points at where it was named.
+  base::Status readable_file(const YAML::Node& n, const std::string& what,
+                             const std::string& path) const {
+    if (::access(path.c_str(), R_OK) != 0) {
+      return fail(n, what + " " + path + ": " + std::strerror(errno));
+    }
+    return {};
   }
 
   base::Status only_keys(const YAML::Node& map, std::initializer_list<std::string_view> allowed,
@@ -113,10 +150,10 @@ base::Status read_peers(const Reader& r, const YAML::Node& n, const std::string&
     if (!ids) {
       return ids.error();
     }
-    for (const auto& s : *ids) {
+    for (const auto& [s, node] : *ids) {
       auto id = spiffe::SpiffeId::parse(s);
       if (!id) {
-        return r.fail(n["ids"], section + ".ids: " + id.error().message);
+        return r.fail(node, section + ".ids: " + id.error().message);
       }
       t.peer_ids.push_back(*id);
     }
@@ -126,10 +163,10 @@ base::Status read_peers(const Reader& r, const YAML::Node& n, const std::string&
     if (!tds) {
       return tds.error();
     }
-    for (const auto& s : *tds) {
+    for (const auto& [s, node] : *tds) {
       auto td = spiffe::TrustDomain::parse(s);
       if (!td) {
-        return r.fail(n["trust_domains"], section + ".trust_domains: " + td.error().message);
+        return r.fail(node, section + ".trust_domains: " + td.error().message);
       }
       t.peer_trust_domains.push_back(*td);
     }
@@ -139,16 +176,20 @@ base::Status read_peers(const Reader& r, const YAML::Node& n, const std::string&
     if (!ps) {
       return ps.error();
     }
-    for (const auto& s : *ps) {
+    for (const auto& [s, node] : *ps) {
       auto p = policy::IdPattern::parse(s);
       if (!p) {
-        return r.fail(n["patterns"], section + ".patterns: " + p.error().message);
+        return r.fail(node, section + ".patterns: " + p.error().message);
       }
       t.peer_patterns.push_back(s);
     }
   }
-  if (n["any"]) {
-    t.allow_any_peer = n["any"].as<bool>(false);
+  if (const auto any = n["any"]) {
+    bool v = false;
+    if (!any.IsScalar() || !YAML::convert<bool>::decode(any, v)) {
+      return r.fail(any, section + ".any must be true or false");
+    }
+    t.allow_any_peer = v;
   }
   return {};
 }
@@ -157,10 +198,11 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
   TunnelConfig t;
   t.origin = r.where(n);
   ST_TRY(r.only_keys(n,
-                     {"name", "mode", "listen", "target", "svid", "allow", "expect", "tls",
+                     {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
                       "timeouts", "max_connections"},
                      "tunnel #" + std::to_string(index + 1)));
-  t.name = n["name"] ? n["name"].Scalar() : "tunnel-" + std::to_string(index + 1);
+  t.name = "tunnel-" + std::to_string(index + 1);
+  ST_TRY(r.optional_scalar(n["name"], "name", t.name));
   const std::string ctx = "tunnel \"" + t.name + "\"";
   auto need = [&](const char* key) -> Result<std::string> {
     if (!n[key]) {
@@ -193,14 +235,18 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
   if (const auto s = n["svid"]) {
     ST_TRY(r.only_keys(s, {"id", "hint"}, ctx + " svid"));
     if (s["id"]) {
-      auto id = spiffe::SpiffeId::parse(s["id"].Scalar());
+      std::string text;
+      ST_TRY(r.optional_scalar(s["id"], "id", text));
+      auto id = spiffe::SpiffeId::parse(text);
       if (!id) {
         return r.fail(s["id"], ctx + ": svid.id: " + id.error().message);
       }
       t.svid_id = *id;
     }
     if (s["hint"]) {
-      t.svid_hint = s["hint"].Scalar();
+      std::string hint;
+      ST_TRY(r.optional_scalar(s["hint"], "hint", hint));
+      t.svid_hint = hint;
     }
   }
   const char* peers_key = t.mode == Mode::kServer ? "allow" : "expect";
@@ -215,12 +261,21 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
   if (const auto tl = n["tls"]) {
     ST_TRY(r.only_keys(tl, {"min_version", "max_version", "cipher_suites", "ciphers", "ktls", "server_name"},
                        ctx + " tls"));
-    if (tl["min_version"]) t.tls_min_version = tl["min_version"].Scalar();
-    if (tl["max_version"]) t.tls_max_version = tl["max_version"].Scalar();
-    if (tl["cipher_suites"]) t.tls13_ciphersuites = tl["cipher_suites"].Scalar();
-    if (tl["ciphers"]) t.tls12_ciphers = tl["ciphers"].Scalar();
-    if (tl["ktls"]) t.ktls = tl["ktls"].Scalar();
-    if (tl["server_name"]) t.server_name = tl["server_name"].Scalar();
+    ST_TRY(r.optional_scalar(tl["min_version"], "min_version", t.tls_min_version));
+    ST_TRY(r.optional_scalar(tl["max_version"], "max_version", t.tls_max_version));
+    ST_TRY(r.optional_scalar(tl["cipher_suites"], "cipher_suites", t.tls13_ciphersuites));
+    ST_TRY(r.optional_scalar(tl["ciphers"], "ciphers", t.tls12_ciphers));
+    ST_TRY(r.optional_scalar(tl["ktls"], "ktls", t.ktls));
+    ST_TRY(r.optional_scalar(tl["server_name"], "server_name", t.server_name));
+  }
+  if (const auto o = n["opa"]) {
+    ST_TRY(r.only_keys(o, {"url", "timeout", "cache"}, ctx + " opa"));
+    ST_TRY(r.optional_scalar(o["url"], "url", t.opa_url));
+    if (t.opa_url.empty()) {
+      return r.fail(o, ctx + ": opa.url is required");
+    }
+    ST_TRY(read_duration(r, o["timeout"], "timeout", t.opa_timeout));
+    ST_TRY(read_duration(r, o["cache"], "cache", t.opa_cache_ttl));
   }
   if (const auto to = n["timeouts"]) {
     ST_TRY(r.only_keys(to, {"handshake", "connect", "idle"}, ctx + " timeouts"));
@@ -256,7 +311,9 @@ Result<Config> read_config(const Reader& r, const YAML::Node& root) {
     }
     if (id["workload_api"]) {
       c.identity.kind = IdentityConfig::Kind::kWorkloadApi;
-      c.identity.workload_api = id["workload_api"].IsNull() ? "" : id["workload_api"].Scalar();
+      if (!id["workload_api"].IsNull()) {
+        ST_TRY(r.optional_scalar(id["workload_api"], "workload_api", c.identity.workload_api));
+      }
     }
     if (const auto f = id["files"]) {
       ST_TRY(r.only_keys(f, {"cert", "key", "bundles"}, "identity.files"));
@@ -264,30 +321,46 @@ Result<Config> read_config(const Reader& r, const YAML::Node& root) {
       if (!f["cert"] || !f["key"] || !f["bundles"]) {
         return r.fail(f, "identity.files needs cert, key and bundles");
       }
-      c.identity.cert_file = f["cert"].Scalar();
-      c.identity.key_file = f["key"].Scalar();
+      ST_TRY(r.optional_scalar(f["cert"], "cert", c.identity.cert_file));
+      ST_TRY(r.readable_file(f["cert"], "certificate file", c.identity.cert_file));
+      ST_TRY(r.optional_scalar(f["key"], "key", c.identity.key_file));
+      ST_TRY(r.readable_file(f["key"], "private key file", c.identity.key_file));
       if (!f["bundles"].IsMap()) {
         return r.fail(f["bundles"], "identity.files.bundles must map trust domain → file");
+      }
+      if (f["bundles"].size() == 0) {
+        return r.fail(f["bundles"], "identity.files.bundles is empty: add the bundle file of each "
+                                    "trust domain whose peers you accept");
       }
       for (const auto& kv : f["bundles"]) {
         auto td = spiffe::TrustDomain::parse(kv.first.Scalar());
         if (!td) {
           return r.fail(kv.first, "identity.files.bundles: " + td.error().message);
         }
-        c.identity.bundle_files.emplace_back(*td, kv.second.Scalar());
+        std::string path;
+        ST_TRY(r.optional_scalar(kv.second, "bundles", path));
+        ST_TRY(r.readable_file(kv.second, "bundle file", path));
+        c.identity.bundle_files.emplace_back(*td, path);
       }
     }
   }
+  if (!root["identity"]) {
+    return r.fail(root, "no identity source: add identity.files or identity.workload_api");
+  }
   if (const auto a = root["admin"]) {
     ST_TRY(r.only_keys(a, {"listen"}, "admin"));
-    if (a["listen"]) c.admin_listen = a["listen"].Scalar();
+    ST_TRY(r.optional_scalar(a["listen"], "listen", c.admin_listen));
   }
-  if (root["log_level"]) c.log_level = root["log_level"].Scalar();
+  ST_TRY(r.optional_scalar(root["log_level"], "log_level", c.log_level));
   if (root["threads"]) {
     try {
       c.threads = root["threads"].as<size_t>();
     } catch (const YAML::Exception&) {
       return r.fail(root["threads"], "threads must be a number");
+    }
+    if (c.threads > kMaxThreads) {
+      return r.fail(root["threads"], "threads must be at most " + std::to_string(kMaxThreads) +
+                                         " (0: one per core)");
     }
   }
   ST_TRY(read_duration(r, root["drain_timeout"], "drain_timeout", c.drain_timeout));
@@ -306,6 +379,14 @@ Result<Config> read_config(const Reader& r, const YAML::Node& root) {
 }
 
 bool readable(const std::string& path) { return ::access(path.c_str(), R_OK) == 0; }
+
+// Where a yaml-cpp exception happened, when it knows.
+std::string where_in(const std::string& origin, const YAML::Mark& m) {
+  if (m.is_null()) {
+    return origin;
+  }
+  return origin + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
+}
 
 }  // namespace
 
@@ -362,11 +443,23 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   const long long n = std::stoll(std::string(text.substr(0, i)));
   const std::string_view unit = text.substr(i);
   using namespace std::chrono;
-  if (unit == "ms") return milliseconds(n);
-  if (unit == "s" || unit.empty()) return milliseconds(n * 1000);
-  if (unit == "m") return milliseconds(n * 60'000);
-  if (unit == "h") return milliseconds(n * 3'600'000);
-  return make_error(q + " has unknown unit \"" + std::string(unit) + "\" (use ms, s, m or h)");
+  milliseconds d;
+  // At most 12 digits, so even hours fit in 64 bits before the range check.
+  if (unit == "ms") {
+    d = milliseconds(n);
+  } else if (unit == "s" || unit.empty()) {
+    d = milliseconds(n * 1000);
+  } else if (unit == "m") {
+    d = milliseconds(n * 60'000);
+  } else if (unit == "h") {
+    d = milliseconds(n * 3'600'000);
+  } else {
+    return make_error(q + " has unknown unit \"" + std::string(unit) + "\" (use ms, s, m or h)");
+  }
+  if (d > kMaxDuration) {
+    return make_error(q + " is longer than " + std::to_string(kMaxDuration.count()) + "h");
+  }
+  return d;
 }
 
 Result<Config> load_config_text(const std::string& text, const std::string& origin) {
@@ -374,24 +467,24 @@ Result<Config> load_config_text(const std::string& text, const std::string& orig
   YAML::Node root;
   try {
     root = YAML::Load(text);
-  } catch (const YAML::ParserException& e) {
-    return make_error(origin + ":" + std::to_string(e.mark.line + 1) + ":" +
-                      std::to_string(e.mark.column + 1) + ": YAML syntax error: " + e.msg);
+  } catch (const YAML::Exception& e) {
+    return make_error(where_in(origin, e.mark) + ": YAML syntax error: " + e.msg);
   }
   Result<Config> c = Error{};
   try {
     c = read_config(r, root);
   } catch (const YAML::Exception& e) {
     // Type mismatches deep in yaml-cpp (e.g. a list where a value belongs).
-    return make_error(origin + ":" + std::to_string(e.mark.line + 1) + ":" +
-                      std::to_string(e.mark.column + 1) + ": " + e.msg);
+    return make_error(where_in(origin, e.mark) + ": " + e.msg);
   }
   if (!c) {
     return c;
   }
   auto st = validate(*c);
   if (!st) {
-    return st.error();
+    // Tunnel errors carry the tunnel's file:line:col already; name at least the file otherwise.
+    const std::string& msg = st.error().message;
+    return msg.rfind(origin + ":", 0) == 0 ? st.error() : st.error().wrap(origin);
   }
   return c;
 }
@@ -434,6 +527,10 @@ base::Status validate(const Config& c) {
       }
     }
   }
+  if (c.threads > kMaxThreads) {
+    return make_error("threads must be at most " + std::to_string(kMaxThreads) +
+                      " (0: one per core)");
+  }
   if (c.tunnels.empty()) {
     return make_error("no tunnel configured");
   }
@@ -447,13 +544,23 @@ base::Status validate(const Config& c) {
     if (t.listen.port != 0 && !listens.insert(t.listen.str()).second) {
       return make_error(ctx + ": listen address " + t.listen.str() + " is used by another tunnel");
     }
+    if (!t.opa_url.empty()) {
+      std::string host, port, path;
+      if (auto st = policy::parse_opa_url(t.opa_url, host, port, path); !st) {
+        return make_error(ctx + ": " + st.error().message);
+      }
+      if (t.opa_timeout.count() <= 0) {
+        return make_error(ctx + ": the OPA timeout must be positive");
+      }
+    }
     if (t.peer_ids.empty() && t.peer_trust_domains.empty() && t.peer_patterns.empty() &&
-        !t.allow_any_peer) {
+        !t.allow_any_peer && t.opa_url.empty()) {
       const bool server = t.mode == Mode::kServer;
       return make_error(ctx + ": no peer rule, so every peer would be refused; add " +
                         (server ? "--allow-id, --allow-trust-domain or --allow-id-pattern"
                                 : "--expect-id, --expect-trust-domain or --expect-id-pattern") +
-                        " (or, deliberately, --allow-any-peer-in-bundles)");
+                        ", an OPA decision (--opa-url), or, deliberately, "
+                        "--allow-any-peer-in-bundles");
     }
     if (t.svid_id && t.svid_hint) {
       return make_error(ctx + ": choose the SVID by id or by hint, not both");

@@ -43,23 +43,32 @@ bool glob_match(std::string_view pat, std::string_view s) {
   return p == pat.size();
 }
 
-bool match_segments(const std::vector<std::string>& pat, size_t pi,
-                    const std::vector<std::string>& segs, size_t si) {
-  if (pi == pat.size()) {
-    return si == segs.size();
-  }
-  if (pat[pi] == "**") {
-    for (size_t k = si; k <= segs.size(); ++k) {
-      if (match_segments(pat, pi + 1, segs, k)) {
-        return true;
+// Whether `pat` matches all of `segs`. A forward pass over the pattern keeps the set of segment
+// positions reachable so far, so the cost is O(pattern segments x ID segments). Backtracking over
+// each "**" instead is exponential in the number of "**"s, and the peer chooses the ID (up to
+// 2048 bytes, so about a thousand segments).
+bool match_segments(const std::vector<std::string>& pat, const std::vector<std::string>& segs) {
+  std::vector<char> reachable(segs.size() + 1, 0);
+  std::vector<char> next(segs.size() + 1, 0);
+  reachable[0] = 1;
+  for (const auto& p : pat) {
+    std::fill(next.begin(), next.end(), 0);
+    if (p == "**") {
+      bool any = false;
+      for (size_t s = 0; s <= segs.size(); ++s) {
+        any = any || reachable[s] != 0;
+        next[s] = any ? 1 : 0;
+      }
+    } else {
+      for (size_t s = 0; s < segs.size(); ++s) {
+        if (reachable[s] != 0 && glob_match(p, segs[s])) {
+          next[s + 1] = 1;
+        }
       }
     }
-    return false;
+    reachable.swap(next);
   }
-  if (si == segs.size() || !glob_match(pat[pi], segs[si])) {
-    return false;
-  }
-  return match_segments(pat, pi + 1, segs, si + 1);
+  return reachable[segs.size()] != 0;
 }
 
 template <typename T, typename F>
@@ -120,7 +129,7 @@ bool IdPattern::matches(const spiffe::SpiffeId& id) const {
   if (id.trust_domain() != *td_) {
     return false;
   }
-  return match_segments(segments_, 0, split_path(id.path()), 0);
+  return match_segments(segments_, split_path(id.path()));
 }
 
 AllowListAuthorizer::AllowListAuthorizer(std::vector<spiffe::SpiffeId> ids,

@@ -63,6 +63,12 @@ void Session::close_all() {
   if (plain_) {
     plain_->close();
   }
+  if (resolving_ != nullptr) {
+    resolving_->cancel();
+  }
+  if (connecting_ != nullptr) {
+    connecting_->close(ignored);
+  }
 }
 
 void Session::arm_deadline(std::chrono::milliseconds after, std::string what) {
@@ -145,11 +151,18 @@ asio::awaitable<bool> Session::connect_target(asio::ip::tcp::socket& out) {
   arm_deadline(o.connect_timeout, "connect to target timed out");
   asio::error_code ec;
   asio::ip::tcp::resolver resolver(out.get_executor());
+  resolving_ = &resolver;
+  connecting_ = &out;
   auto endpoints = co_await resolver.async_resolve(o.target_host, o.target_port,
                                                    asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec && !timed_out_.empty()) {
+    ec = asio::error::operation_aborted;  // the deadline fired while resolving
+  }
   if (!ec) {
     co_await asio::async_connect(out, endpoints, asio::redirect_error(asio::use_awaitable, ec));
   }
+  resolving_ = nullptr;
+  connecting_ = nullptr;
   disarm_deadline();
   if (ec) {
     reject("target_unreachable", "cannot connect to target " + o.target_host + ":" +

@@ -49,6 +49,10 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::ip::tcp::socket accepted_;
   std::unique_ptr<tls::TlsStream> tls_;
   std::unique_ptr<base::TcpStream> plain_;
+  // The target socket and resolver while connect_target() runs, so that a deadline or abort can
+  // cancel the connect too (closing only the sockets held above would leave it running).
+  asio::ip::tcp::socket* connecting_ = nullptr;
+  asio::ip::tcp::resolver* resolving_ = nullptr;
   asio::steady_timer deadline_;
   asio::steady_timer idle_timer_;
   std::string timed_out_;  // what timed out, if anything

@@ -1,0 +1,837 @@
+#include "spiffe_tunnel/config/config.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+using namespace std::chrono_literals;
+using spiffe_tunnel::config::Config;
+using spiffe_tunnel::config::IdentityConfig;
+using spiffe_tunnel::config::load_config_file;
+using spiffe_tunnel::config::load_config_text;
+using spiffe_tunnel::config::Mode;
+using spiffe_tunnel::config::parse_duration;
+using spiffe_tunnel::config::parse_host_port;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+
+namespace {
+
+// A temporary directory with the identity files a valid "files" identity names. Removed on
+// destruction.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "config_test.XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  // Writes `name` with placeholder content (config validation only checks that files are
+  // readable) and returns its path.
+  std::string write(const std::string& name, const std::string& content = "placeholder\n") const {
+    const auto p = path_ / name;
+    std::ofstream(p) << content;
+    return p.string();
+  }
+  std::string path(const std::string& name) const { return (path_ / name).string(); }
+  std::string str() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Replaces every "{dir}" in `text` with `dir`.
+std::string with_dir(std::string text, const std::string& dir) {
+  for (size_t pos; (pos = text.find("{dir}")) != std::string::npos;) {
+    text.replace(pos, 5, dir);
+  }
+  return text;
+}
+
+Config load_ok(const std::string& text) {
+  auto c = load_config_text(text, "test.yaml");
+  INFO(text);
+  INFO((c.ok() ? "" : c.error().message));
+  REQUIRE(c.ok());
+  return *c;
+}
+
+std::string error_of(const std::string& text) {
+  std::string message;
+  INFO(text);
+  REQUIRE_NOTHROW([&] {
+    auto c = load_config_text(text, "test.yaml");
+    REQUIRE_FALSE(c.ok());
+    message = c.error().message;
+  }());
+  return message;
+}
+
+const char* const kWorkloadApiIdentity =
+    "identity:\n"
+    "  workload_api: unix:///run/spire/agent.sock\n";
+
+}  // namespace
+
+TEST_CASE("loads a full configuration with server and client tunnels") {
+  TempDir dir;
+  dir.write("svid.pem");
+  dir.write("svid_key.pem");
+  dir.write("bundle.pem");
+  dir.write("partner.json");
+  const Config c = load_ok(with_dir(R"(identity:
+  files:
+    cert: {dir}/svid.pem
+    key: {dir}/svid_key.pem
+    bundles:
+      example.org: {dir}/bundle.pem
+      partner.example: {dir}/partner.json
+admin:
+  listen: 127.0.0.1:9090
+log_level: debug
+threads: 4
+drain_timeout: 30s
+tunnels:
+  - name: kafka-in
+    mode: server
+    listen: 0.0.0.0:9093
+    target: 127.0.0.1:9092
+    svid:
+      id: spiffe://example.org/kafka
+    allow:
+      ids: [spiffe://example.org/producer, spiffe://example.org/admin]
+      trust_domains:
+        - partner.example
+      patterns: ["spiffe://example.org/ns/*/sa/consumer-*"]
+    tls:
+      min_version: "1.2"
+      max_version: "1.3"
+      cipher_suites: TLS_AES_256_GCM_SHA384
+      ciphers: ECDHE-ECDSA-AES256-GCM-SHA384
+      ktls: off
+    timeouts:
+      handshake: 5s
+      connect: 250ms
+      idle: 5m
+    max_connections: 100
+  - name: db-out
+    mode: client
+    listen: :15432
+    target: "[::1]:5432"
+    svid:
+      hint: internal
+    expect:
+      ids: spiffe://example.org/db
+    tls:
+      server_name: db.example.org
+  - mode: server
+    listen: "[::]:8443"
+    target: localhost:8080
+    allow:
+      any: true
+)",
+                                    dir.str()));
+
+  CHECK(c.identity.kind == IdentityConfig::Kind::kFiles);
+  CHECK(c.identity.cert_file == dir.path("svid.pem"));
+  CHECK(c.identity.key_file == dir.path("svid_key.pem"));
+  REQUIRE(c.identity.bundle_files.size() == 2);
+  CHECK(c.identity.bundle_files[0].first.name() == "example.org");
+  CHECK(c.identity.bundle_files[0].second == dir.path("bundle.pem"));
+  CHECK(c.identity.bundle_files[1].first.name() == "partner.example");
+  CHECK(c.admin_listen == "127.0.0.1:9090");
+  CHECK(c.log_level == "debug");
+  CHECK(c.threads == 4);
+  CHECK(c.drain_timeout == 30s);
+  REQUIRE(c.tunnels.size() == 3);
+
+  const auto& kafka = c.tunnels[0];
+  CHECK(kafka.name == "kafka-in");
+  CHECK(kafka.mode == Mode::kServer);
+  CHECK(kafka.origin == "test.yaml:14:5");
+  CHECK(kafka.listen.str() == "0.0.0.0:9093");
+  CHECK(kafka.target.str() == "127.0.0.1:9092");
+  REQUIRE(kafka.svid_id);
+  CHECK(kafka.svid_id->str() == "spiffe://example.org/kafka");
+  CHECK_FALSE(kafka.svid_hint);
+  REQUIRE(kafka.peer_ids.size() == 2);
+  CHECK(kafka.peer_ids[1].str() == "spiffe://example.org/admin");
+  REQUIRE(kafka.peer_trust_domains.size() == 1);
+  CHECK(kafka.peer_trust_domains[0].name() == "partner.example");
+  CHECK(kafka.peer_patterns == std::vector<std::string>{"spiffe://example.org/ns/*/sa/consumer-*"});
+  CHECK_FALSE(kafka.allow_any_peer);
+  CHECK(kafka.tls_min_version == "1.2");
+  CHECK(kafka.tls_max_version == "1.3");
+  CHECK(kafka.tls13_ciphersuites == "TLS_AES_256_GCM_SHA384");
+  CHECK(kafka.tls12_ciphers == "ECDHE-ECDSA-AES256-GCM-SHA384");
+  CHECK(kafka.ktls == "off");
+  CHECK(kafka.handshake_timeout == 5s);
+  CHECK(kafka.connect_timeout == 250ms);
+  CHECK(kafka.idle_timeout == 5min);
+  CHECK(kafka.max_connections == 100);
+
+  const auto& db = c.tunnels[1];
+  CHECK(db.mode == Mode::kClient);
+  CHECK(db.listen.str() == "127.0.0.1:15432");
+  CHECK(db.target.str() == "[::1]:5432");
+  CHECK(db.svid_hint == "internal");
+  REQUIRE(db.peer_ids.size() == 1);
+  CHECK(db.peer_ids[0].str() == "spiffe://example.org/db");
+  CHECK(db.server_name == "db.example.org");
+  // Defaults.
+  CHECK(db.tls_min_version == "1.3");
+  CHECK(db.ktls == "auto");
+  CHECK(db.handshake_timeout == 10s);
+  CHECK(db.idle_timeout == 0ms);
+  CHECK(db.max_connections == 10000);
+
+  const auto& unnamed = c.tunnels[2];
+  CHECK(unnamed.name == "tunnel-3");
+  CHECK(unnamed.listen.host == "::");
+  CHECK(unnamed.listen.port == 8443);
+  CHECK(unnamed.target.host == "localhost");
+  CHECK(unnamed.allow_any_peer);
+}
+
+TEST_CASE("loads a Workload API identity, with or without an endpoint") {
+  const Config c = load_ok(std::string(kWorkloadApiIdentity) + R"(tunnels:
+  - {name: a, mode: client, listen: ":1000", target: "db:5432", expect: {trust_domains: [td]}}
+)");
+  CHECK(c.identity.kind == IdentityConfig::Kind::kWorkloadApi);
+  CHECK(c.identity.workload_api == "unix:///run/spire/agent.sock");
+  CHECK(c.threads == 0);
+  CHECK(c.drain_timeout == 15s);
+  CHECK(c.admin_listen.empty());
+
+  const Config from_env = load_ok(R"(identity:
+  workload_api:
+tunnels:
+  - {mode: server, listen: ":1000", target: ":2000", allow: {patterns: "spiffe://td/**"}}
+)");
+  CHECK(from_env.identity.kind == IdentityConfig::Kind::kWorkloadApi);
+  CHECK(from_env.identity.workload_api.empty());
+}
+
+TEST_CASE("loads a configuration file from disk and names it in errors") {
+  TempDir dir;
+  const std::string good = dir.write("good.yaml", std::string(kWorkloadApiIdentity) + R"(tunnels:
+  - {mode: server, listen: ":1000", target: ":2000", allow: {any: true}}
+)");
+  auto c = load_config_file(good);
+  REQUIRE(c.ok());
+  CHECK(c->tunnels[0].origin == good + ":4:5");
+
+  const std::string bad = dir.write("bad.yaml", std::string(kWorkloadApiIdentity) + "tunnels: 5\n");
+  auto e = load_config_file(bad);
+  REQUIRE_FALSE(e.ok());
+  CHECK_THAT(e.error().message, StartsWith(bad + ":3:10: "));
+
+  auto missing = load_config_file(dir.path("missing.yaml"));
+  REQUIRE_FALSE(missing.ok());
+  CHECK_THAT(missing.error().message, Contains("cannot read config file"));
+  CHECK_THAT(missing.error().message, Contains("missing.yaml"));
+}
+
+TEST_CASE("every error names the file, line and column of the bad value") {
+  struct ErrorCase {
+    std::string what;
+    std::string yaml;    // appended to a valid Workload API identity (lines 1-2)
+    std::string where;   // expected "test.yaml:L:C"
+    std::string reason;  // expected substring
+  };
+  const std::vector<ErrorCase> cases = {
+      {"unknown top-level key", "tunels:\n  - {}\n", "test.yaml:3:1",
+       "unknown key \"tunels\" in the top level (expected one of: identity, tunnels, admin"},
+      {"unknown tunnel key",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listne: :8443
+)",
+       "test.yaml:6:5", "unknown key \"listne\" in tunnel #1"},
+      {"unknown key in allow",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    allow: {id: spiffe://td/x}
+)",
+       "test.yaml:8:13", "unknown key \"id\" in tunnel \"web\" allow"},
+      {"wrong mode",
+       R"(tunnels:
+  - name: web
+    mode: proxy
+    listen: :8443
+)",
+       "test.yaml:5:11", "tunnel \"web\": mode \"proxy\" is neither \"server\" nor \"client\""},
+      {"missing mode",
+       R"(tunnels:
+  - name: web
+    listen: :8443
+)",
+       "test.yaml:4:5", "tunnel \"web\": \"mode\" is required"},
+      {"bad listen",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: localhost
+)",
+       "test.yaml:6:13", "tunnel \"web\": listen: \"localhost\" has no port"},
+      {"bad target",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: db:http
+)",
+       "test.yaml:7:13", "tunnel \"web\": target: \"db:http\": port \"http\" is not a number"},
+      {"bad SPIFFE ID in allow.ids points at the entry",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    allow:
+      ids:
+        - spiffe://td/good
+        - spiffe:/td/bad
+)",
+       "test.yaml:11:11", "tunnel \"web\" allow.ids: \"spiffe:/td/bad\" is not a SPIFFE ID"},
+      {"bad SPIFFE ID in a flow list points at the entry",
+       R"(tunnels:
+  - name: web
+    mode: client
+    listen: :8443
+    target: :8080
+    expect: {ids: [spiffe://td/good, "spiffe://TD/bad"]}
+)",
+       "test.yaml:8:38", "tunnel \"web\" expect.ids: \"spiffe://TD/bad\" is not a SPIFFE ID"},
+      {"bad trust domain",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    allow: {trust_domains: [good.example, "bad domain"]}
+)",
+       "test.yaml:8:43", "allow.trust_domains: \"bad domain\" is not a trust domain name"},
+      {"bad pattern",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    allow:
+      patterns: spiffe://*.td/x
+)",
+       "test.yaml:9:17", "allow.patterns: pattern \"spiffe://*.td/x\": wildcards are not allowed"},
+      {"expect on a server tunnel",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    expect: {ids: [spiffe://td/x]}
+)",
+       "test.yaml:8:13",
+       "tunnel \"web\": a server tunnel lists its peers under \"allow\", not \"expect\""},
+      {"allow on a client tunnel",
+       R"(tunnels:
+  - name: web
+    mode: client
+    listen: :8443
+    target: :8080
+    allow: {any: true}
+)",
+       "test.yaml:8:12",
+       "tunnel \"web\": a client tunnel lists its peers under \"expect\", not \"allow\""},
+      {"allow.any not a boolean",
+       R"(tunnels:
+  - {name: web, mode: server, listen: ":1", target: ":2", allow: {any: perhaps}}
+)",
+       "test.yaml:4:72", "allow.any must be true or false"},
+      {"duplicate names",
+       R"(tunnels:
+  - {name: web, mode: server, listen: ":1", target: ":2", allow: {any: true}}
+  - {name: web, mode: server, listen: ":3", target: ":4", allow: {any: true}}
+)",
+       "test.yaml:5:5", "tunnel \"web\": the name is used by another tunnel"},
+      {"duplicate listen",
+       R"(tunnels:
+  - {name: a, mode: server, listen: "127.0.0.1:1", target: ":2", allow: {any: true}}
+  - {name: b, mode: client, listen: ":1", target: ":4", expect: {any: true}}
+)",
+       "test.yaml:5:5", "tunnel \"b\": listen address 127.0.0.1:1 is used by another tunnel"},
+      {"no peer rule",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+)",
+       "test.yaml:4:5", "tunnel \"web\": no peer rule, so every peer would be refused"},
+      {"any: false is no peer rule",
+       R"(tunnels:
+  - {name: web, mode: server, listen: ":1", target: ":2", allow: {any: false}}
+)",
+       "test.yaml:4:5", "no peer rule"},
+      {"svid id and hint",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    svid: {id: "spiffe://td/web", hint: internal}
+    allow: {any: true}
+)",
+       "test.yaml:4:5", "tunnel \"web\": choose the SVID by id or by hint, not both"},
+      {"bad svid id",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    svid:
+      id: spiffe://td/a//b
+)",
+       "test.yaml:9:11", "tunnel \"web\": svid.id: \"spiffe://td/a//b\" is not a SPIFFE ID"},
+      {"bad duration",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    timeouts:
+      handshake: soon
+)",
+       "test.yaml:9:18", "handshake: \"soon\" is not a duration"},
+      {"bad duration unit",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    timeouts: {idle: 5d}
+)",
+       "test.yaml:8:22", "idle: \"5d\" has unknown unit \"d\""},
+      {"zero handshake timeout",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    timeouts: {handshake: 0s}
+    allow: {any: true}
+)",
+       "test.yaml:4:5", "handshake and connect timeouts must be positive"},
+      {"bad drain timeout", "drain_timeout: -1s\ntunnels: []\n", "test.yaml:3:16",
+       "drain_timeout: \"-1s\" is not a duration"},
+      {"max_connections zero",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    max_connections: 0
+)",
+       "test.yaml:8:22", "tunnel \"web\": max_connections must be positive"},
+      {"max_connections negative",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    max_connections: -5
+)",
+       "test.yaml:8:22", "tunnel \"web\": max_connections must be positive"},
+      {"max_connections not a number",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    max_connections: lots
+)",
+       "test.yaml:8:22", "tunnel \"web\": max_connections must be a number"},
+      {"bad TLS version",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    tls: {min_version: "1.1"}
+    allow: {any: true}
+)",
+       "test.yaml:4:5", "TLS version \"1.1\" is not 1.2 or 1.3"},
+      {"min version above max",
+       R"(tunnels:
+  - name: web
+    mode: server
+    listen: :8443
+    target: :8080
+    tls: {max_version: "1.2"}
+    allow: {any: true}
+)",
+       "test.yaml:4:5", "TLS minimum version 1.3 is above the maximum 1.2"},
+      {"bad ktls mode",
+       R"(tunnels:
+  - {name: web, mode: server, listen: ":1", target: ":2", allow: {any: true}, tls: {ktls: yes}}
+)",
+       "test.yaml:4:5", "ktls \"yes\" is not auto, on or off"},
+      {"target without a port",
+       R"(tunnels:
+  - {name: web, mode: server, listen: ":1", target: "db:0", allow: {any: true}}
+)",
+       "test.yaml:4:5", "target db:0 needs a port"},
+      {"tunnels not a list", "tunnels: 5\n", "test.yaml:3:10", "\"tunnels\" must be a non-empty list"},
+      {"tunnels empty", "tunnels: []\n", "test.yaml:3:10", "\"tunnels\" must be a non-empty list"},
+      {"tunnels missing", "log_level: info\n", "test.yaml:1:1", "\"tunnels\" must be a non-empty list"},
+      {"a tunnel that is not a mapping", "tunnels: [1, 2]\n", "test.yaml:3:11",
+       "\"tunnel #1\" must be a mapping"},
+      {"a list of IDs that is a mapping", R"(tunnels:
+  - {name: web, mode: server, listen: ":1", target: ":2", allow: {ids: {a: b}}}
+)",
+       "test.yaml:4:72", "\"ids\" must be a list"},
+      {"a list entry that is not a value", R"(tunnels:
+  - {name: web, mode: server, listen: ":1", target: ":2", allow: {ids: [[spiffe://td/x]]}}
+)",
+       "test.yaml:4:73", "entries of \"ids\" must be single values"},
+      {"a name that is a list", R"(tunnels:
+  - {name: [a, b], mode: server, listen: ":1", target: ":2", allow: {any: true}}
+)",
+       "test.yaml:4:12", "\"name\" must be a single value"},
+      {"a listen address that is a mapping", R"(tunnels:
+  - {mode: server, listen: {host: a}, target: ":2", allow: {any: true}}
+)",
+       "test.yaml:4:28", "\"listen\" must be a single value"},
+      {"tls that is a value", R"(tunnels:
+  - {name: web, mode: server, listen: ":1", target: ":2", allow: {any: true}, tls: strict}
+)",
+       "test.yaml:4:84", "\"tunnel \"web\" tls\" must be a mapping"},
+      {"a TLS setting that is a list", R"(tunnels:
+  - {name: web, mode: server, listen: ":1", target: ":2", allow: {any: true}, tls: {ktls: [on]}}
+)",
+       "test.yaml:4:91", "\"ktls\" must be a single value"},
+      {"threads not a number", "threads: many\ntunnels: []\n", "test.yaml:3:10",
+       "threads must be a number"},
+      {"threads negative", "threads: -1\ntunnels: []\n", "test.yaml:3:10",
+       "threads must be a number"},
+      {"threads huge", "threads: 18446744073709551615\ntunnels: []\n", "test.yaml:3:10",
+       "threads must be at most 1024"},
+      {"threads beyond 64 bits", "threads: 99999999999999999999999\ntunnels: []\n",
+       "test.yaml:3:10", "threads must be a number"},
+      {"admin that is a value", "admin: 9090\ntunnels: []\n", "test.yaml:3:8",
+       "\"admin\" must be a mapping"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.what);
+    const std::string message = error_of(kWorkloadApiIdentity + c.yaml);
+    CHECK_THAT(message, StartsWith(c.where + ": "));
+    CHECK_THAT(message, Contains(c.reason));
+  }
+}
+
+TEST_CASE("identity errors name where the identity was configured") {
+  TempDir dir;
+  dir.write("svid.pem");
+  dir.write("key.pem");
+  dir.write("bundle.pem");
+  const std::string tunnels = R"(tunnels:
+  - {mode: server, listen: ":1", target: ":2", allow: {any: true}}
+)";
+  struct ErrorCase {
+    std::string what;
+    std::string yaml;
+    std::string where;
+    std::string reason;
+  };
+  const std::vector<ErrorCase> cases = {
+      {"no identity", "", "test.yaml:1:1", "no identity source"},
+      {"both sources", R"(identity:
+  workload_api: unix:///a
+  files: {cert: {dir}/svid.pem, key: {dir}/key.pem, bundles: {td: {dir}/bundle.pem}}
+)",
+       "test.yaml:2:3", "identity: choose either workload_api or files, not both"},
+      {"unknown identity key", "identity:\n  spire: unix:///a\n", "test.yaml:2:3",
+       "unknown key \"spire\" in identity"},
+      {"files without bundles", R"(identity:
+  files:
+    cert: {dir}/svid.pem
+    key: {dir}/key.pem
+)",
+       "test.yaml:3:5", "identity.files needs cert, key and bundles"},
+      {"missing certificate file", R"(identity:
+  files:
+    cert: {dir}/nope.pem
+    key: {dir}/key.pem
+    bundles: {td: {dir}/bundle.pem}
+)",
+       "test.yaml:3:11", "certificate file {dir}/nope.pem: No such file or directory"},
+      {"missing key file", R"(identity:
+  files:
+    cert: {dir}/svid.pem
+    key: {dir}/nope.pem
+    bundles: {td: {dir}/bundle.pem}
+)",
+       "test.yaml:4:10", "private key file {dir}/nope.pem: No such file or directory"},
+      {"missing bundle file", R"(identity:
+  files:
+    cert: {dir}/svid.pem
+    key: {dir}/key.pem
+    bundles:
+      td: {dir}/bundle.pem
+      partner: {dir}/partner.pem
+)",
+       "test.yaml:7:16", "bundle file {dir}/partner.pem: No such file or directory"},
+      {"empty bundle map", R"(identity:
+  files:
+    cert: {dir}/svid.pem
+    key: {dir}/key.pem
+    bundles: {}
+)",
+       "test.yaml:5:14", "identity.files.bundles is empty"},
+      {"bundles as a list", R"(identity:
+  files:
+    cert: {dir}/svid.pem
+    key: {dir}/key.pem
+    bundles: [{dir}/bundle.pem]
+)",
+       "test.yaml:5:14", "identity.files.bundles must map trust domain"},
+      {"bad bundle trust domain", R"(identity:
+  files:
+    cert: {dir}/svid.pem
+    key: {dir}/key.pem
+    bundles: {"spiffe://TD": {dir}/bundle.pem}
+)",
+       "test.yaml:5:15", "identity.files.bundles: \"spiffe://TD\""},
+      {"workload_api as a list", "identity:\n  workload_api: [unix:///a]\n", "test.yaml:2:17",
+       "\"workload_api\" must be a single value"},
+  };
+  const std::string d = dir.str();
+  for (const auto& c : cases) {
+    INFO(c.what);
+    const std::string message = error_of(with_dir(c.yaml, d) + tunnels);
+    CHECK_THAT(message, StartsWith(c.where + ": "));
+    CHECK_THAT(message, Contains(with_dir(c.reason, d)));
+  }
+}
+
+TEST_CASE("an empty file is refused as empty") {
+  for (const std::string text : {"", "\n\n", "# only a comment\n", "---\n", "~\n"}) {
+    INFO("text: " << text);
+    CHECK(error_of(text) == "test.yaml: the file is empty");
+  }
+}
+
+TEST_CASE("a YAML syntax error names its line and column") {
+  const std::string message = error_of(std::string(kWorkloadApiIdentity) + R"(tunnels:
+  - name: web
+    mode: server: client
+)");
+  CHECK_THAT(message, StartsWith("test.yaml:5:17: YAML syntax error: "));
+
+  const std::string flow = error_of("tunnels: [a, b\nlog_level: info\n");
+  CHECK_THAT(flow, Contains("YAML syntax error"));
+
+  const std::string bad_indent = error_of("identity:\n  workload_api: x\n bad: 1\n");
+  CHECK_THAT(bad_indent, StartsWith("test.yaml:3:"));
+  CHECK_THAT(bad_indent, Contains("YAML syntax error"));
+}
+
+TEST_CASE("odd YAML is refused with an error and never throws") {
+  const std::vector<std::string> texts = {
+      "tunnels: 5\n",
+      "tunnels: [1, 2]\n",
+      "tunnels: {a: b}\n",
+      "tunnels: [[]]\n",
+      "tunnels: [~]\n",
+      "tunnels: [{allow: {ids: {a: b}}}]\n",
+      "42\n",
+      "just a string\n",
+      "[1, 2, 3]\n",
+      "identity: 5\ntunnels: []\n",
+      "identity: [a]\n",
+      "identity: {files: 5}\n",
+      "identity: {files: {cert: [a], key: {b: c}, bundles: {td: [x]}}}\n",
+      "identity: {files: {cert: a, key: b, bundles: {[x]: y}}}\n",
+      "identity: {workload_api: {a: b}}\n",
+      "? [a, b]\n: c\n",
+      "{[a]: b}\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: [server]}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: [a]}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', svid: 5}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', svid: "
+      "{id: [a]}}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', allow: "
+      "5}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', allow: "
+      "{any: [true]}}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
+      "timeouts: [1s]}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
+      "timeouts: {idle: {a: b}}}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
+      "max_connections: [1]}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
+      "max_connections: 99999999999999999999999}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
+      "max_connections: 1.5}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':99999999', target: "
+      "':2'}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':-1', target: ':2'}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: '[::1', target: ':2'}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: '[]:', target: ':2'}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
+      "timeouts: {idle: 999999999999h}}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
+      "timeouts: {idle: 9999999999999999999999s}}]\n",
+      "identity: {workload_api: x}\ntunnels: [{name: \"k\xc3\xa4" "fka\xe2\x9c\x93\", mode: "
+      "s\xc3\xa9" "rver}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', allow: "
+      "{ids: \"spiffe://t\xc3\xa9" "st/x\"}}]\n",
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', allow: "
+      "{patterns: \"spiffe://td/\xf0\x9f\x90\x9b\"}}]\n",
+      "identity: {workload_api: x}\nthreads: 1e99\ntunnels: []\n",
+      "identity: {workload_api: x}\nthreads: {a: 1}\ntunnels: []\n",
+      "identity: {workload_api: x}\ndrain_timeout: [1s]\ntunnels: []\n",
+      "identity: &a {workload_api: x}\ntunnels: *a\n",
+      "identity: {workload_api: *unknown}\n",
+      "identity: {workload_api: x}\ntunnels:\n  - &t {mode: server}\n  - *t\n",
+      "\xff\xfe\x00\x01",
+      std::string("tunnels: [\"a\0b\"]\n", 17),
+      std::string(5000, '[') + std::string(5000, ']'),
+      std::string(5000, '{'),
+      "%YAML 9.9\n---\na: b\n",
+      "a: !!binary garbage\n",
+      "---\na: 1\n---\nb: 2\n",
+  };
+  for (const auto& text : texts) {
+    INFO("text: " << text.substr(0, 200));
+    std::string message;
+    REQUIRE_NOTHROW([&] {
+      auto c = load_config_text(text, "odd.yaml");
+      REQUIRE_FALSE(c.ok());
+      message = c.error().message;
+    }());
+    CHECK_THAT(message, StartsWith("odd.yaml"));
+  }
+}
+
+TEST_CASE("parse_host_port accepts host:port, [v6]:port and :port") {
+  struct Valid {
+    std::string text;
+    std::string host;
+    uint16_t port;
+  };
+  const std::vector<Valid> cases = {
+      {"127.0.0.1:8443", "127.0.0.1", 8443},
+      {"0.0.0.0:0", "0.0.0.0", 0},
+      {"db.example.org:5432", "db.example.org", 5432},
+      {":15432", "127.0.0.1", 15432},
+      {"[::1]:443", "::1", 443},
+      {"[::]:65535", "::", 65535},
+      {"[fe80::1%eth0]:22", "fe80::1%eth0", 22},
+      {"[]:80", "127.0.0.1", 80},
+      {"host:00080", "host", 80},
+  };
+  for (const auto& c : cases) {
+    INFO(c.text);
+    auto hp = parse_host_port(c.text);
+    REQUIRE(hp.ok());
+    CHECK(hp->host == c.host);
+    CHECK(hp->port == c.port);
+  }
+  CHECK(parse_host_port("[::1]:443")->str() == "[::1]:443");
+  CHECK(parse_host_port(":80")->str() == "127.0.0.1:80");
+}
+
+TEST_CASE("parse_host_port refuses what is not host:port") {
+  struct Invalid {
+    std::string text;
+    std::string reason;
+  };
+  const std::vector<Invalid> cases = {
+      {"", "has no port"},
+      {"localhost", "has no port"},
+      {"host:", "port \"\" is not a number"},
+      {"host:http", "port \"http\" is not a number"},
+      {"host:-1", "port \"-1\" is not a number"},
+      {"host:+1", "port \"+1\" is not a number"},
+      {"host: 80", "port \" 80\" is not a number"},
+      {"host:65536", "port 65536 is out of range"},
+      {"host:99999", "port 99999 is out of range"},
+      {"host:123456", "port \"123456\" is not a number"},
+      {"::1:443", "write IPv6 addresses as [addr]:port"},
+      {"[::1]", "is not [IPv6]:port"},
+      {"[::1]443", "is not [IPv6]:port"},
+      {"[::1:443", "is not [IPv6]:port"},
+      {"[::1]:", "port \"\" is not a number"},
+  };
+  for (const auto& c : cases) {
+    INFO("\"" << c.text << "\"");
+    auto hp = parse_host_port(c.text);
+    REQUIRE_FALSE(hp.ok());
+    CHECK_THAT(hp.error().message, Contains(c.reason));
+  }
+}
+
+TEST_CASE("parse_duration reads ms, s, m, h and bare seconds") {
+  struct Valid {
+    std::string text;
+    std::chrono::milliseconds value;
+  };
+  const std::vector<Valid> cases = {
+      {"250ms", 250ms}, {"0ms", 0ms},   {"10s", 10s},       {"10", 10s},
+      {"0", 0ms},       {"5m", 5min},   {"1h", 1h},         {"36h", 36h},
+      {"8784h", 8784h}, {"007s", 7s},   {"1000ms", 1s},
+  };
+  for (const auto& c : cases) {
+    INFO(c.text);
+    auto d = parse_duration(c.text);
+    REQUIRE(d.ok());
+    CHECK(d->count() == c.value.count());
+  }
+}
+
+TEST_CASE("parse_duration refuses other units, signs, fractions and absurd lengths") {
+  struct Invalid {
+    std::string text;
+    std::string reason;
+  };
+  const std::vector<Invalid> cases = {
+      {"", "is not a duration"},
+      {"s", "is not a duration"},
+      {"-1s", "is not a duration"},
+      {"+1s", "is not a duration"},
+      {" 1s", "is not a duration"},
+      {"1.5s", "has unknown unit \".5s\""},
+      {"1 s", "has unknown unit \" s\""},
+      {"5d", "has unknown unit \"d\""},
+      {"5us", "has unknown unit \"us\""},
+      {"5S", "has unknown unit \"S\""},
+      {"1h30m", "has unknown unit \"h30m\""},
+      {"1234567890123", "is not a duration"},
+      {"8785h", "is longer than 8784h"},
+      {"999999999999h", "is longer than 8784h"},
+      {"999999999999m", "is longer than 8784h"},
+  };
+  for (const auto& c : cases) {
+    INFO("\"" << c.text << "\"");
+    auto d = parse_duration(c.text);
+    REQUIRE_FALSE(d.ok());
+    CHECK_THAT(d.error().message, Contains(c.reason));
+  }
+}

@@ -1,0 +1,628 @@
+#include "spiffe_tunnel/tls/tls_stream.h"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <asio/co_spawn.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <catch2/catch.hpp>
+
+#include "spiffe_tunnel/base/clock.h"
+#include "spiffe_tunnel/identity/identity_store.h"
+#include "spiffe_tunnel/tls/ktls.h"
+#include "spiffe_tunnel/tls/tls_context.h"
+#include "tls/test_tls.h"
+
+using namespace std::chrono_literals;
+using namespace spiffe_tunnel;
+using namespace spiffe_tunnel::tls::testing;
+using Catch::Matchers::Contains;
+using spiffe::Rejection;
+using tls::ContextProvider;
+using tls::Role;
+using tls::TlsContext;
+using tls::TlsOptions;
+using tls::TlsStream;
+
+// g++ 12 may evaluate a co_await twice when it sits inside an assertion macro's expression, so
+// every co_await below stores its result before a CHECK looks at it.
+
+namespace {
+
+using ContextPtr = std::shared_ptr<const TlsContext>;
+
+// Two trust domains and a workload identity in each.
+struct Pki {
+  spiffe::Issuer example = make_root("example.org");
+  spiffe::Issuer other = make_root("other.org");
+  std::shared_ptr<const spiffe::X509Svid> server = svid_of(example, "spiffe://example.org/server");
+  std::shared_ptr<const spiffe::X509Svid> client = svid_of(example, "spiffe://example.org/client");
+  std::shared_ptr<const spiffe::X509Svid> stranger = svid_of(other, "spiffe://other.org/client");
+};
+
+// One side's identity and TLS settings: a store with one snapshot and a provider over it.
+struct Side {
+  identity::IdentityStore store;
+  std::unique_ptr<ContextProvider> provider;
+
+  Side(TlsOptions options, std::shared_ptr<const identity::Snapshot> snapshot) {
+    if (snapshot) {
+      store.publish(std::move(snapshot));
+    }
+    provider = std::make_unique<ContextProvider>(std::move(options), store,
+                                                 base::SystemClock::instance());
+  }
+
+  ContextPtr context() {
+    auto c = provider->current();
+    INFO((c.ok() ? "" : c.error().message));
+    REQUIRE(c.ok());
+    return *c;
+  }
+};
+
+TlsOptions options_for(Role role, std::shared_ptr<const policy::Authorizer> authorizer) {
+  TlsOptions o;
+  o.role = role;
+  o.authorizer = std::move(authorizer);
+  return o;
+}
+
+// Both ends of one connection after their handshakes ran concurrently.
+struct Connection {
+  std::unique_ptr<TlsStream> client;
+  std::unique_ptr<TlsStream> server;
+  asio::error_code client_ec;
+  asio::error_code server_ec;
+};
+
+Connection handshake(asio::io_context& io, ContextPtr client_ctx, ContextPtr server_ctx) {
+  auto [client_sock, server_sock] = connected_pair(io);
+  Connection c;
+  auto client = TlsStream::create(std::move(client_sock), std::move(client_ctx));
+  auto server = TlsStream::create(std::move(server_sock), std::move(server_ctx));
+  REQUIRE(client.ok());
+  REQUIRE(server.ok());
+  c.client = std::move(*client);
+  c.server = std::move(*server);
+  asio::co_spawn(io, c.client->handshake(c.client_ec), rethrow);
+  asio::co_spawn(io, c.server->handshake(c.server_ec), rethrow);
+  run_bounded(io);
+  return c;
+}
+
+// Reads exactly `n` bytes (or fewer at end of stream).
+asio::awaitable<std::string> read_exactly(base::ByteStream& s, std::size_t n,
+                                          asio::error_code& ec) {
+  std::string out;
+  char buf[4096];
+  while (out.size() < n) {
+    const std::size_t got =
+        co_await s.read_some({buf, std::min(sizeof(buf), n - out.size())}, ec);
+    if (ec || got == 0) {
+      break;
+    }
+    out.append(buf, got);
+  }
+  co_return out;
+}
+
+// A standard-conforming pair: both in example.org, each allowing the other.
+struct GoodPair {
+  Pki pki;
+  Side server{options_for(Role::kServer, allow_ids({"spiffe://example.org/client"})),
+              snapshot_of({pki.server}, {&pki.example})};
+  Side client{options_for(Role::kClient, allow_ids({"spiffe://example.org/server"})),
+              snapshot_of({pki.client}, {&pki.example})};
+};
+
+}  // namespace
+
+TEST_CASE("a mutual TLS 1.3 handshake tells each side the other's SPIFFE ID") {
+  GoodPair p;
+  asio::io_context io;
+  Connection c = handshake(io, p.client.context(), p.server.context());
+  REQUIRE_FALSE(c.client_ec);
+  REQUIRE_FALSE(c.server_ec);
+
+  CHECK(c.server->outcome().verified);
+  CHECK(c.server->outcome().rejection == Rejection::kNone);
+  REQUIRE(c.server->outcome().peer_id);
+  CHECK(c.server->outcome().peer_id->str() == "spiffe://example.org/client");
+  CHECK_THAT(c.server->outcome().authorized_by, Contains("spiffe://example.org/client is listed"));
+
+  CHECK(c.client->outcome().verified);
+  REQUIRE(c.client->outcome().peer_id);
+  CHECK(c.client->outcome().peer_id->str() == "spiffe://example.org/server");
+
+  CHECK(c.client->protocol() == "TLSv1.3");
+  CHECK(c.server->protocol() == "TLSv1.3");
+  CHECK(c.client->cipher() == "TLS_AES_128_GCM_SHA256");  // first in the default preference
+  CHECK(c.server->error_detail().empty());
+}
+
+TEST_CASE("without kernel TLS both directions stay in userspace and the stream says why") {
+  GoodPair p;
+  asio::io_context io;
+  Connection c = handshake(io, p.client.context(), p.server.context());
+  REQUIRE_FALSE(c.client_ec);
+  REQUIRE_FALSE(c.server_ec);
+  if (tls::ktls::probe_kernel_tls().ok()) {
+    WARN("this host has kernel TLS; the UML integration tests cover offload");
+    return;
+  }
+  for (TlsStream* s : {c.client.get(), c.server.get()}) {
+    CHECK_FALSE(s->kernel_writes());
+    CHECK_FALSE(s->kernel_reads());
+    CHECK_THAT(s->ktls_detail(), Contains("did not offload transmit"));
+  }
+}
+
+TEST_CASE("with ktls off the stream neither offloads nor explains") {
+  Pki pki;
+  auto server_opts = options_for(Role::kServer, allow_any_verified());
+  server_opts.ktls = tls::KtlsMode::kOff;
+  auto client_opts = options_for(Role::kClient, allow_any_verified());
+  client_opts.ktls = tls::KtlsMode::kOff;
+  Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
+  Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
+  asio::io_context io;
+  Connection c = handshake(io, client.context(), server.context());
+  REQUIRE_FALSE(c.client_ec);
+  REQUIRE_FALSE(c.server_ec);
+  CHECK_FALSE(c.client->kernel_writes());
+  CHECK_FALSE(c.client->kernel_reads());
+  CHECK(c.client->ktls_detail().empty());
+}
+
+TEST_CASE("data flows both ways and a half-close leaves the other direction open") {
+  GoodPair p;
+  asio::io_context io;
+  Connection c = handshake(io, p.client.context(), p.server.context());
+  REQUIRE_FALSE(c.client_ec);
+  REQUIRE_FALSE(c.server_ec);
+
+  // Larger than one TLS record and than the socket buffers, so writes must wait for reads.
+  std::string big(3 * 1024 * 1024 + 17, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) {
+    big[i] = static_cast<char>((i * 131) ^ (i >> 9));
+  }
+
+  bool server_done = false;
+  bool client_done = false;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        TlsStream& s = *c.server;
+        asio::error_code ec;
+        const std::string got = co_await read_exactly(s, big.size(), ec);
+        REQUIRE_FALSE(ec);
+        CHECK((got == big));
+        // The client half-closes: the server reads a clean end of stream...
+        char byte;
+        const std::size_t n = co_await s.read_some({&byte, 1}, ec);
+        CHECK_FALSE(ec);
+        CHECK(n == 0);
+        // ...and can still answer.
+        co_await s.write_all(std::string_view("still here"), ec);
+        REQUIRE_FALSE(ec);
+        co_await s.shutdown_write(ec);
+        CHECK_FALSE(ec);
+        server_done = true;
+      },
+      rethrow);
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        TlsStream& s = *c.client;
+        asio::error_code ec;
+        co_await s.write_all(big, ec);
+        REQUIRE_FALSE(ec);
+        co_await s.shutdown_write(ec);
+        REQUIRE_FALSE(ec);
+        const std::string reply = co_await read_exactly(s, 100, ec);
+        CHECK_FALSE(ec);
+        CHECK(reply == "still here");  // short: the server's close_notify ended it
+        char byte;
+        const std::size_t n = co_await s.read_some({&byte, 1}, ec);
+        CHECK(n == 0);
+        CHECK_FALSE(ec);
+        client_done = true;
+      },
+      rethrow);
+  run_bounded(io);
+  CHECK(server_done);
+  CHECK(client_done);
+}
+
+TEST_CASE("the server refuses a client from a trust domain it holds no bundle for") {
+  Pki pki;
+  Side server(options_for(Role::kServer, allow_any_verified()),
+              snapshot_of({pki.server}, {&pki.example}));
+  Side client(options_for(Role::kClient, allow_any_verified()),
+              snapshot_of({pki.stranger}, {&pki.example, &pki.other}));
+  asio::io_context io;
+  Connection c = handshake(io, client.context(), server.context());
+
+  REQUIRE(c.server_ec);
+  CHECK(c.server->outcome().rejection == Rejection::kUntrustedDomain);
+  REQUIRE(c.server->outcome().peer_id);
+  CHECK(c.server->outcome().peer_id->str() == "spiffe://other.org/client");
+  CHECK_THAT(c.server->outcome().detail, Contains("other.org"));
+  CHECK_FALSE(c.server->outcome().verified);
+
+  // In TLS 1.3 the client finishes first; it learns of the refusal from the server's alert.
+  if (!c.client_ec) {
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          asio::error_code ec;
+          char byte;
+          const std::size_t n = co_await c.client->read_some({&byte, 1}, ec);
+          CHECK(n == 0);
+          CHECK(ec);
+          CHECK_THAT(c.client->error_detail(), Contains("alert"));
+        },
+        rethrow);
+    run_bounded(io);
+  }
+}
+
+TEST_CASE("the server refuses a verified client its policy does not allow") {
+  Pki pki;
+  auto intruder = svid_of(pki.example, "spiffe://example.org/intruder");
+  Side server(options_for(Role::kServer, allow_ids({"spiffe://example.org/client"})),
+              snapshot_of({pki.server}, {&pki.example}));
+  Side client(options_for(Role::kClient, allow_any_verified()),
+              snapshot_of({intruder}, {&pki.example}));
+  asio::io_context io;
+  Connection c = handshake(io, client.context(), server.context());
+  REQUIRE(c.server_ec);
+  CHECK(c.server->outcome().rejection == Rejection::kNotAuthorized);
+  CHECK_THAT(c.server->outcome().detail,
+             Contains("peer spiffe://example.org/intruder is not authorized"));
+}
+
+TEST_CASE("the client refuses a server that is not in its expect list") {
+  Pki pki;
+  Side server(options_for(Role::kServer, allow_any_verified()),
+              snapshot_of({pki.server}, {&pki.example}));
+  Side client(options_for(Role::kClient, allow_ids({"spiffe://example.org/database"})),
+              snapshot_of({pki.client}, {&pki.example}));
+  asio::io_context io;
+  Connection c = handshake(io, client.context(), server.context());
+
+  REQUIRE(c.client_ec);
+  CHECK(c.client->outcome().rejection == Rejection::kNotAuthorized);
+  REQUIRE(c.client->outcome().peer_id);
+  CHECK(c.client->outcome().peer_id->str() == "spiffe://example.org/server");
+  CHECK_THAT(c.client->outcome().detail,
+             Contains("peer spiffe://example.org/server is not authorized"));
+  CHECK_THAT(c.client->outcome().detail, Contains("spiffe://example.org/database"));
+  // The client aborts before sending its certificate: the server never verified anyone.
+  REQUIRE(c.server_ec);
+  CHECK(c.server->outcome().rejection == Rejection::kNone);
+  CHECK_FALSE(c.server->outcome().verified);
+  CHECK_FALSE(c.server->error_detail().empty());
+}
+
+TEST_CASE("the server refuses a client whose SVID has expired") {
+  Pki pki;
+  spiffe::CertSpec expired;
+  expired.not_before_offset = -2h;
+  expired.lifetime = 1h;
+  auto old = svid_of(pki.example, "spiffe://example.org/client", "", expired);
+  Side server(options_for(Role::kServer, allow_any_verified()),
+              snapshot_of({pki.server}, {&pki.example}));
+  Side client(options_for(Role::kClient, allow_any_verified()),
+              snapshot_of({old}, {&pki.example}));
+  asio::io_context io;
+  Connection c = handshake(io, client.context(), server.context());
+  REQUIRE(c.server_ec);
+  CHECK(c.server->outcome().rejection == Rejection::kExpired);
+}
+
+TEST_CASE("the server refuses a client that sends no certificate") {
+  Pki pki;
+  Side side(options_for(Role::kServer, allow_any_verified()),
+            snapshot_of({pki.server}, {&pki.example}));
+  asio::io_context io;
+  auto [client_sock, server_sock] = connected_pair(io);
+  auto stream = TlsStream::create(std::move(server_sock), side.context());
+  REQUIRE(stream.ok());
+  TlsStream& server = **stream;
+
+  // A plain OpenSSL client without a certificate, blocking on its own thread.
+  const int fd = client_sock.release();
+  timeval limit{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
+  std::thread anonymous([fd] {
+    base::SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr);
+    base::SslPtr ssl(SSL_new(ctx.get()));
+    SSL_set_fd(ssl.get(), fd);
+    if (SSL_connect(ssl.get()) == 1) {
+      char byte;
+      SSL_read(ssl.get(), &byte, 1);  // receives the server's alert
+    }
+    ERR_clear_error();
+    ::close(fd);
+  });
+  asio::error_code ec;
+  asio::co_spawn(io, server.handshake(ec), rethrow);
+  run_bounded(io);
+  anonymous.join();
+
+  REQUIRE(ec);
+  CHECK(server.outcome().rejection == Rejection::kNoCertificate);
+  CHECK_THAT(server.outcome().detail, Contains("no client certificate"));
+}
+
+TEST_CASE("a client that speaks plain text fails the handshake with a TLS error") {
+  Pki pki;
+  Side side(options_for(Role::kServer, allow_any_verified()),
+            snapshot_of({pki.server}, {&pki.example}));
+  asio::io_context io;
+  auto [client_sock, server_sock] = connected_pair(io);
+  auto stream = TlsStream::create(std::move(server_sock), side.context());
+  REQUIRE(stream.ok());
+  TlsStream& server = **stream;
+  asio::write(client_sock, asio::buffer(std::string_view("GET / HTTP/1.1\r\n\r\n")));
+  asio::error_code ec;
+  asio::co_spawn(io, server.handshake(ec), rethrow);
+  run_bounded(io);
+  REQUIRE(ec);
+  CHECK(server.outcome().rejection == Rejection::kNone);
+  CHECK_FALSE(server.error_detail().empty());
+}
+
+TEST_CASE("a client that hangs up mid-handshake fails the handshake") {
+  Pki pki;
+  Side side(options_for(Role::kServer, allow_any_verified()),
+            snapshot_of({pki.server}, {&pki.example}));
+  asio::io_context io;
+  auto [client_sock, server_sock] = connected_pair(io);
+  auto stream = TlsStream::create(std::move(server_sock), side.context());
+  REQUIRE(stream.ok());
+  TlsStream& server = **stream;
+  client_sock.close();
+  asio::error_code ec;
+  asio::co_spawn(io, server.handshake(ec), rethrow);
+  run_bounded(io);
+  REQUIRE(ec);
+  CHECK_FALSE(server.error_detail().empty());
+}
+
+TEST_CASE("the provider has no context before the first snapshot") {
+  identity::IdentityStore store;
+  ContextProvider provider(options_for(Role::kServer, allow_any_verified()), store,
+                           base::SystemClock::instance());
+  auto c = provider.current();
+  REQUIRE_FALSE(c.ok());
+  CHECK_THAT(c.error().message, Contains("no identity held"));
+
+  Pki pki;
+  store.publish(snapshot_of({pki.server}, {&pki.example}));
+  CHECK(provider.current().ok());
+  store.withdraw();
+  CHECK_FALSE(provider.current().ok());
+}
+
+TEST_CASE("the provider refuses a snapshot without the selected SVID") {
+  Pki pki;
+  auto snapshot = snapshot_of({pki.server, svid_of(pki.example, "spiffe://example.org/internal",
+                                                   "internal")},
+                              {&pki.example});
+
+  SECTION("selected by SPIFFE ID") {
+    auto opts = options_for(Role::kServer, allow_any_verified());
+    opts.svid.id = id_of("spiffe://example.org/missing");
+    Side side(opts, snapshot);
+    auto c = side.provider->current();
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.error().message, Contains("no SVID with SPIFFE ID spiffe://example.org/missing"));
+    CHECK_THAT(c.error().message, Contains("spiffe://example.org/server"));
+  }
+  SECTION("selected by hint") {
+    auto opts = options_for(Role::kServer, allow_any_verified());
+    opts.svid.hint = "external";
+    Side side(opts, snapshot);
+    auto c = side.provider->current();
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.error().message, Contains("no SVID with hint \"external\""));
+  }
+  SECTION("an empty snapshot") {
+    Side side(options_for(Role::kServer, allow_any_verified()), snapshot_of({}, {&pki.example}));
+    auto c = side.provider->current();
+    REQUIRE_FALSE(c.ok());
+    CHECK_THAT(c.error().message, Contains("holds no SVID"));
+  }
+}
+
+TEST_CASE("the provider presents the SVID selected by ID, by hint, or the first") {
+  Pki pki;
+  auto internal = svid_of(pki.example, "spiffe://example.org/internal", "internal");
+  auto snapshot = snapshot_of({pki.server, internal}, {&pki.example});
+
+  auto by_id = options_for(Role::kServer, allow_any_verified());
+  by_id.svid.id = id_of("spiffe://example.org/internal");
+  CHECK(Side(by_id, snapshot).context()->svid().id.str() == "spiffe://example.org/internal");
+
+  auto by_hint = options_for(Role::kServer, allow_any_verified());
+  by_hint.svid.hint = "internal";
+  CHECK(Side(by_hint, snapshot).context()->svid().id.str() == "spiffe://example.org/internal");
+
+  auto first = options_for(Role::kServer, allow_any_verified());
+  CHECK(Side(first, snapshot).context()->svid().id.str() == "spiffe://example.org/server");
+
+  // The client sees the selected SVID's ID.
+  Side server(by_hint, snapshot);
+  Side client(options_for(Role::kClient, allow_any_verified()),
+              snapshot_of({pki.client}, {&pki.example}));
+  asio::io_context io;
+  Connection c = handshake(io, client.context(), server.context());
+  REQUIRE_FALSE(c.client_ec);
+  CHECK(c.client->outcome().peer_id->str() == "spiffe://example.org/internal");
+}
+
+TEST_CASE("the provider builds one context per snapshot") {
+  Pki pki;
+  Side side(options_for(Role::kServer, allow_any_verified()),
+            snapshot_of({pki.server}, {&pki.example}));
+  const ContextPtr first = side.context();
+  CHECK(side.context() == first);
+  CHECK(side.context() == first);
+  CHECK(&first->snapshot() == side.store.current().get());
+
+  side.store.publish(snapshot_of({svid_of(pki.example, "spiffe://example.org/server")},
+                                 {&pki.example}));
+  const ContextPtr second = side.context();
+  CHECK(second != first);
+  CHECK(side.context() == second);
+  CHECK(&second->snapshot() == side.store.current().get());
+  // The old context stays whole for whoever still holds it.
+  CHECK(first->svid().id.str() == "spiffe://example.org/server");
+  CHECK(first->ssl_ctx() != second->ssl_ctx());
+}
+
+TEST_CASE("a connection keeps the context it started with across a rotation") {
+  GoodPair p;
+  asio::io_context io;
+  Connection c = handshake(io, p.client.context(), p.server.context());
+  REQUIRE_FALSE(c.server_ec);
+  const TlsContext* before = &c.server->context();
+  p.server.store.publish(snapshot_of({svid_of(p.pki.example, "spiffe://example.org/server")},
+                                     {&p.pki.example}));
+  CHECK(p.server.context().get() != before);
+  CHECK(&c.server->context() == before);
+}
+
+TEST_CASE("TLS 1.2 is negotiated when the client allows no more") {
+  Pki pki;
+  auto server_opts = options_for(Role::kServer, allow_any_verified());
+  server_opts.min_version = TLS1_2_VERSION;
+  auto client_opts = options_for(Role::kClient, allow_any_verified());
+  client_opts.min_version = TLS1_2_VERSION;
+  client_opts.max_version = TLS1_2_VERSION;
+  Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
+  Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
+  asio::io_context io;
+  Connection c = handshake(io, client.context(), server.context());
+  REQUIRE_FALSE(c.client_ec);
+  REQUIRE_FALSE(c.server_ec);
+  CHECK(c.client->protocol() == "TLSv1.2");
+  CHECK(c.server->protocol() == "TLSv1.2");
+  CHECK(c.server->outcome().peer_id->str() == "spiffe://example.org/client");
+  CHECK(c.client->outcome().peer_id->str() == "spiffe://example.org/server");
+  CHECK(c.client->cipher() == "ECDHE-ECDSA-AES128-GCM-SHA256");
+
+  bool echoed = false;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        asio::error_code ec;
+        co_await c.client->write_all(std::string_view("ping"), ec);
+        REQUIRE_FALSE(ec);
+        const std::string got = co_await read_exactly(*c.server, 4, ec);
+        CHECK(got == "ping");
+        CHECK_FALSE(ec);
+        echoed = true;
+      },
+      rethrow);
+  run_bounded(io);
+  CHECK(echoed);
+}
+
+TEST_CASE("a TLS 1.3-only server refuses a TLS 1.2-only client") {
+  Pki pki;
+  auto client_opts = options_for(Role::kClient, allow_any_verified());
+  client_opts.min_version = TLS1_2_VERSION;
+  client_opts.max_version = TLS1_2_VERSION;
+  Side server(options_for(Role::kServer, allow_any_verified()),
+              snapshot_of({pki.server}, {&pki.example}));
+  Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
+  asio::io_context io;
+  Connection c = handshake(io, client.context(), server.context());
+  CHECK(c.server_ec);
+  CHECK(c.client_ec);
+  CHECK_THAT(c.server->error_detail(), Contains("unsupported protocol"));
+}
+
+TEST_CASE("pinned cipher suites are the ones negotiated") {
+  Pki pki;
+  SECTION("TLS 1.3") {
+    auto server_opts = options_for(Role::kServer, allow_any_verified());
+    server_opts.tls13_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256";
+    Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
+    Side client(options_for(Role::kClient, allow_any_verified()),
+                snapshot_of({pki.client}, {&pki.example}));
+    asio::io_context io;
+    Connection c = handshake(io, client.context(), server.context());
+    REQUIRE_FALSE(c.server_ec);
+    CHECK(c.server->cipher() == "TLS_CHACHA20_POLY1305_SHA256");
+    CHECK(c.client->cipher() == "TLS_CHACHA20_POLY1305_SHA256");
+  }
+  SECTION("TLS 1.2") {
+    auto server_opts = options_for(Role::kServer, allow_any_verified());
+    server_opts.min_version = server_opts.max_version = TLS1_2_VERSION;
+    server_opts.tls12_ciphers = "ECDHE-ECDSA-AES256-GCM-SHA384";
+    auto client_opts = options_for(Role::kClient, allow_any_verified());
+    client_opts.min_version = TLS1_2_VERSION;
+    Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
+    Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
+    asio::io_context io;
+    Connection c = handshake(io, client.context(), server.context());
+    REQUIRE_FALSE(c.server_ec);
+    CHECK(c.server->protocol() == "TLSv1.2");
+    CHECK(c.client->cipher() == "ECDHE-ECDSA-AES256-GCM-SHA384");
+  }
+  SECTION("no suite in common") {
+    auto server_opts = options_for(Role::kServer, allow_any_verified());
+    server_opts.tls13_ciphersuites = "TLS_AES_256_GCM_SHA384";
+    auto client_opts = options_for(Role::kClient, allow_any_verified());
+    client_opts.tls13_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256";
+    Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
+    Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
+    asio::io_context io;
+    Connection c = handshake(io, client.context(), server.context());
+    CHECK(c.server_ec);
+    CHECK(c.client_ec);
+    CHECK_THAT(c.server->error_detail(), Contains("shared cipher"));
+    CHECK(c.server->outcome().rejection == Rejection::kNone);
+  }
+}
+
+TEST_CASE("unusable cipher settings make the provider fail with the setting named") {
+  Pki pki;
+  auto bad13 = options_for(Role::kServer, allow_any_verified());
+  bad13.tls13_ciphersuites = "TLS_NOT_A_SUITE";
+  auto c13 = Side(bad13, snapshot_of({pki.server}, {&pki.example})).provider->current();
+  REQUIRE_FALSE(c13.ok());
+  CHECK_THAT(c13.error().message, Contains("TLS 1.3 cipher suites \"TLS_NOT_A_SUITE\""));
+
+  auto bad12 = options_for(Role::kServer, allow_any_verified());
+  bad12.tls12_ciphers = "NOT-A-CIPHER";
+  auto c12 = Side(bad12, snapshot_of({pki.server}, {&pki.example})).provider->current();
+  REQUIRE_FALSE(c12.ok());
+  CHECK_THAT(c12.error().message, Contains("TLS 1.2 ciphers \"NOT-A-CIPHER\""));
+}
+
+TEST_CASE("parse_tls_version accepts 1.2 and 1.3 in their usual spellings") {
+  CHECK(*tls::parse_tls_version("1.2") == TLS1_2_VERSION);
+  CHECK(*tls::parse_tls_version("TLSv1.2") == TLS1_2_VERSION);
+  CHECK(*tls::parse_tls_version("tls1.3") == TLS1_3_VERSION);
+  CHECK(*tls::parse_tls_version("1.3") == TLS1_3_VERSION);
+  auto bad = tls::parse_tls_version("1.1");
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(bad.error().message, Contains("\"1.1\" is not a TLS version"));
+}

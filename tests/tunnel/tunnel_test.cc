@@ -1,0 +1,412 @@
+#include "spiffe_tunnel/tunnel/tunnel.h"
+
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/io_context.hpp>
+#include <asio/read.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "spiffe_tunnel/base/clock.h"
+#include "spiffe_tunnel/base/metrics.h"
+#include "spiffe_tunnel/identity/identity_store.h"
+#include "spiffe_tunnel/tls/tls_context.h"
+#include "spiffe_tunnel/tunnel/io_pool.h"
+#include "tls/test_tls.h"
+
+using namespace std::chrono_literals;
+using namespace spiffe_tunnel;
+using namespace spiffe_tunnel::tls::testing;
+using Catch::Matchers::Contains;
+using Socket = asio::ip::tcp::socket;
+using Endpoint = asio::ip::tcp::endpoint;
+
+namespace {
+
+// Polls `condition` until it holds or `limit` passes.
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit = 5s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      return false;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+// A TCP echo server on its own thread, standing in for the target application.
+class EchoBackend {
+ public:
+  EchoBackend() : acceptor_(io_, {asio::ip::address_v4::loopback(), 0}) {
+    asio::co_spawn(io_, accept_loop(), asio::detached);
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~EchoBackend() {
+    io_.stop();
+    thread_.join();
+  }
+  uint16_t port() const { return acceptor_.local_endpoint().port(); }
+
+ private:
+  asio::awaitable<void> accept_loop() {
+    for (;;) {
+      asio::error_code ec;
+      Socket s = co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        co_return;
+      }
+      asio::co_spawn(io_, echo(std::move(s)), asio::detached);
+    }
+  }
+  static asio::awaitable<void> echo(Socket s) {
+    char buf[16384];
+    for (;;) {
+      asio::error_code ec;
+      const std::size_t n =
+          co_await s.async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        s.shutdown(Socket::shutdown_send, ec);
+        co_return;
+      }
+      co_await asio::async_write(s, asio::buffer(buf, n),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        co_return;
+      }
+    }
+  }
+
+  asio::io_context io_;
+  asio::ip::tcp::acceptor acceptor_;
+  std::thread thread_;
+};
+
+// A port on which nothing listens (bound, then released).
+uint16_t closed_port() {
+  asio::io_context io;
+  asio::ip::tcp::acceptor a(io, {asio::ip::address_v4::loopback(), 0});
+  return a.local_endpoint().port();
+}
+
+// A blocking client socket that gives up after 5 s, so a test never hangs on it.
+struct App {
+  asio::io_context io;
+  Socket socket{io};
+
+  explicit App(uint16_t port) {
+    socket.connect({asio::ip::address_v4::loopback(), port});
+    timeval limit{5, 0};
+    ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+    ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
+  }
+
+  void send(const std::string& data) { asio::write(socket, asio::buffer(data)); }
+
+  // Reads exactly n bytes, or fewer if the connection ends first.
+  std::string receive(std::size_t n) {
+    std::string out(n, '\0');
+    asio::error_code ec;
+    const std::size_t got = asio::read(socket, asio::buffer(out), ec);
+    out.resize(got);
+    return out;
+  }
+
+  // True when the tunnel ended the connection (EOF or reset) rather than the 5 s limit passing.
+  bool closed_by_peer() {
+    char byte;
+    asio::error_code ec;
+    const std::size_t n = socket.read_some(asio::buffer(&byte, 1), ec);
+    return n == 0 && (ec == asio::error::eof || ec == asio::error::connection_reset);
+  }
+};
+
+// A server tunnel ("in") in front of an echo backend and a client tunnel ("out") in front of it,
+// both in example.org, on one IoPool with two threads. Identities are published straight into
+// the stores; no files.
+struct Tunnels {
+  tunnel::IoPool pool{2};
+  base::MetricsRegistry metrics;
+  spiffe::Issuer root = make_root("example.org");
+  identity::IdentityStore server_store;
+  identity::IdentityStore client_store;
+  EchoBackend backend;
+  std::unique_ptr<tunnel::Tunnel> server;
+  std::unique_ptr<tunnel::Tunnel> client;
+
+  explicit Tunnels(const std::function<void(tunnel::TunnelOptions&)>& tweak_server = {},
+                   const std::function<void(tunnel::TunnelOptions&)>& tweak_client = {}) {
+    server_store.publish(
+        snapshot_of({svid_of(root, "spiffe://example.org/backend")}, {&root}));
+    client_store.publish(snapshot_of({svid_of(root, "spiffe://example.org/app")}, {&root}));
+
+    tunnel::TunnelOptions in;
+    in.name = "in";
+    in.target_host = "127.0.0.1";
+    in.target_port = std::to_string(backend.port());
+    if (tweak_server) {
+      tweak_server(in);
+    }
+    tls::TlsOptions in_tls;
+    in_tls.role = tls::Role::kServer;
+    in_tls.authorizer = allow_ids({"spiffe://example.org/app"});
+    server = create(std::move(in), std::move(in_tls), server_store);
+
+    tunnel::TunnelOptions out;
+    out.name = "out";
+    out.target_host = "127.0.0.1";
+    out.target_port = std::to_string(server->local_endpoint().port());
+    if (tweak_client) {
+      tweak_client(out);
+    }
+    tls::TlsOptions out_tls;
+    out_tls.role = tls::Role::kClient;
+    out_tls.authorizer = allow_ids({"spiffe://example.org/backend"});
+    client = create(std::move(out), std::move(out_tls), client_store);
+
+    pool.start();
+    server->start();
+    client->start();
+  }
+
+  ~Tunnels() {
+    client->stop();
+    server->stop();
+    client->close_sessions();
+    server->close_sessions();
+    eventually([&] { return client->active_sessions() == 0 && server->active_sessions() == 0; });
+    pool.stop();
+  }
+
+  std::unique_ptr<tunnel::Tunnel> create(tunnel::TunnelOptions options, tls::TlsOptions tls_options,
+                                         const identity::IdentityStore& store) {
+    auto provider = std::make_unique<tls::ContextProvider>(std::move(tls_options), store,
+                                                           base::SystemClock::instance());
+    auto t = tunnel::Tunnel::create(std::move(options), std::move(provider), pool, metrics);
+    INFO((t.ok() ? "" : t.error().message));
+    REQUIRE(t.ok());
+    return std::move(*t);
+  }
+
+  uint16_t entry_port() const { return client->local_endpoint().port(); }
+  uint16_t server_port() const { return server->local_endpoint().port(); }
+
+  std::string rejected(const std::string& tunnel, const std::string& reason) const {
+    return "spiffe_tunnel_connections_rejected_total{tunnel=\"" + tunnel + "\",reason=\"" +
+           reason + "\"} ";
+  }
+  bool has_metric(const std::string& line_prefix, uint64_t value) const {
+    return metrics.render().find(line_prefix + std::to_string(value) + "\n") != std::string::npos;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("bytes make the round trip app → client tunnel → server tunnel → target and back") {
+  Tunnels t;
+  App app(t.entry_port());
+  app.send("hello");
+  CHECK(app.receive(5) == "hello");
+
+  std::string big(1024 * 1024, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) {
+    big[i] = static_cast<char>(i * 7 + (i >> 11));
+  }
+  std::thread writer([&] { app.send(big); });
+  const std::string echoed = app.receive(big.size());
+  writer.join();
+  CHECK(echoed.size() == big.size());
+  CHECK((echoed == big));
+
+  CHECK(t.server->active_sessions() == 1);
+  CHECK(t.client->active_sessions() == 1);
+  CHECK(t.has_metric("spiffe_tunnel_connections_established_total{tunnel=\"in\"} ", 1));
+  CHECK(t.has_metric("spiffe_tunnel_connections_established_total{tunnel=\"out\"} ", 1));
+  CHECK(t.server->ready());
+  CHECK(t.server->readiness_detail() == "ready");
+
+  // The app half-closes; the echo backend answers with its own end, all the way back.
+  app.socket.shutdown(Socket::shutdown_send);
+  CHECK(app.closed_by_peer());
+  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+  CHECK(t.has_metric(
+      "spiffe_tunnel_bytes_total{tunnel=\"in\",direction=\"from_peer\"} ", 5 + big.size()));
+}
+
+TEST_CASE("a tunnel at max_connections refuses the next connection and counts it") {
+  Tunnels t([](tunnel::TunnelOptions& o) { o.max_connections = 1; });
+  App first(t.entry_port());
+  first.send("one");
+  REQUIRE(first.receive(3) == "one");
+  REQUIRE(t.server->active_sessions() == 1);
+
+  App second(t.entry_port());  // the client tunnel accepts; the server tunnel refuses
+  CHECK(second.closed_by_peer());
+  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "max_connections"), 1); }));
+
+  // The first session is unaffected.
+  first.send("still");
+  CHECK(first.receive(5) == "still");
+}
+
+TEST_CASE("a client that connects and says nothing is dropped at the handshake timeout") {
+  Tunnels t([](tunnel::TunnelOptions& o) { o.handshake_timeout = 200ms; });
+  const auto start = std::chrono::steady_clock::now();
+  App silent(t.server_port());  // plain TCP straight to the server tunnel, no TLS
+  CHECK(silent.closed_by_peer());
+  const auto waited = std::chrono::steady_clock::now() - start;
+  CHECK(waited >= 150ms);
+  CHECK(waited < 3s);
+  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "handshake_timeout"), 1); }));
+  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+}
+
+TEST_CASE("an idle session is closed after the idle timeout") {
+  Tunnels t([](tunnel::TunnelOptions& o) { o.idle_timeout = 300ms; });
+  App app(t.entry_port());
+  app.send("ping");
+  REQUIRE(app.receive(4) == "ping");
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(app.closed_by_peer());
+  const auto waited = std::chrono::steady_clock::now() - start;
+  CHECK(waited >= 200ms);
+  CHECK(waited < 3s);
+  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+}
+
+TEST_CASE("a session with traffic outlives the idle timeout") {
+  Tunnels t([](tunnel::TunnelOptions& o) { o.idle_timeout = 400ms; });
+  App app(t.entry_port());
+  for (int i = 0; i < 8; ++i) {
+    app.send("tick");
+    REQUIRE(app.receive(4) == "tick");
+    std::this_thread::sleep_for(100ms);
+  }
+  CHECK(t.server->active_sessions() == 1);
+}
+
+TEST_CASE("an unreachable target refuses the session and counts target_unreachable") {
+  const uint16_t nowhere = closed_port();
+  Tunnels t([&](tunnel::TunnelOptions& o) { o.target_port = std::to_string(nowhere); });
+  App app(t.entry_port());
+  CHECK(app.closed_by_peer());
+  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "target_unreachable"), 1); }));
+  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+  CHECK(t.has_metric("spiffe_tunnel_connections_established_total{tunnel=\"in\"} ", 0));
+}
+
+TEST_CASE("a target that does not answer a connect is given up at the connect timeout") {
+  // A listener whose accept queue is full drops further SYNs, so a connect just hangs.
+  asio::io_context io;
+  asio::ip::tcp::acceptor full(io);
+  full.open(asio::ip::tcp::v4());
+  full.bind({asio::ip::address_v4::loopback(), 0});
+  full.listen(0);
+  std::vector<Socket> fillers;
+  for (int i = 0; i < 4; ++i) {
+    Socket s(io);
+    s.open(asio::ip::tcp::v4());
+    s.non_blocking(true);
+    // Not Socket::connect, which waits for the answer.
+    const Endpoint ep = full.local_endpoint();
+    ::connect(s.native_handle(), ep.data(), static_cast<socklen_t>(ep.size()));
+    fillers.push_back(std::move(s));
+  }
+  std::this_thread::sleep_for(50ms);
+  Tunnels t([&](tunnel::TunnelOptions& o) {
+    o.target_port = std::to_string(full.local_endpoint().port());
+    o.connect_timeout = 200ms;
+  });
+  const auto start = std::chrono::steady_clock::now();
+  App app(t.entry_port());
+  CHECK(app.closed_by_peer());
+  CHECK(std::chrono::steady_clock::now() - start < 3s);
+  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "target_unreachable"), 1); }));
+  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+}
+
+TEST_CASE("a client the server does not allow never reaches the target") {
+  Tunnels t;
+  // Replace the app's identity with one the server tunnel does not allow.
+  t.client_store.publish(snapshot_of({svid_of(t.root, "spiffe://example.org/intruder")}, {&t.root}));
+  App app(t.entry_port());
+  CHECK(app.closed_by_peer());
+  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "not_authorized"), 1); }));
+  CHECK(t.has_metric("spiffe_tunnel_connections_established_total{tunnel=\"in\"} ", 0));
+}
+
+TEST_CASE("a tunnel without an identity refuses connections as not ready") {
+  Tunnels t;
+  t.server_store.withdraw();
+  CHECK_FALSE(t.server->ready());
+  CHECK_THAT(t.server->readiness_detail(), Contains("no identity held"));
+  App app(t.entry_port());
+  CHECK(app.closed_by_peer());
+  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "not_ready"), 1); }));
+}
+
+TEST_CASE("stop() ends accepting, and close_sessions() ends the sessions still open") {
+  Tunnels t;
+  App app(t.entry_port());
+  app.send("before");
+  REQUIRE(app.receive(6) == "before");
+
+  t.client->stop();
+  t.client->stop();  // safe twice
+  // New connections are refused once the listener is closed.
+  CHECK(eventually([&] {
+    asio::io_context io;
+    Socket s(io);
+    asio::error_code ec;
+    s.connect({asio::ip::address_v4::loopback(), t.entry_port()}, ec);
+    return ec == asio::error::connection_refused;
+  }));
+  // The open session still works.
+  app.send("during");
+  CHECK(app.receive(6) == "during");
+  CHECK(t.client->active_sessions() == 1);
+
+  t.client->close_sessions();
+  CHECK(app.closed_by_peer());
+  CHECK(eventually([&] { return t.client->active_sessions() == 0; }));
+  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+}
+
+TEST_CASE("a tunnel reports a listen address it cannot bind") {
+  tunnel::IoPool pool(1);
+  base::MetricsRegistry metrics;
+  identity::IdentityStore store;
+  asio::io_context io;
+  asio::ip::tcp::acceptor taken(io, {asio::ip::address_v4::loopback(), 0});
+  auto make = [&](std::string host, uint16_t port) {
+    tunnel::TunnelOptions o;
+    o.name = "busy";
+    o.listen_host = std::move(host);
+    o.listen_port = port;
+    tls::TlsOptions tls_options;
+    tls_options.authorizer = allow_any_verified();
+    return tunnel::Tunnel::create(
+        std::move(o),
+        std::make_unique<tls::ContextProvider>(tls_options, store, base::SystemClock::instance()),
+        pool, metrics);
+  };
+  auto in_use = make("127.0.0.1", taken.local_endpoint().port());
+  REQUIRE_FALSE(in_use.ok());
+  CHECK_THAT(in_use.error().message, Contains("tunnel \"busy\": listen 127.0.0.1:"));
+  auto bad_host = make("localhost", 0);
+  REQUIRE_FALSE(bad_host.ok());
+  CHECK_THAT(bad_host.error().message, Contains("\"localhost\" is not an IP address"));
+}

@@ -120,9 +120,9 @@ def stunnel_sides(pki: Pki, wd: Path, L, S, T):
 
 
 # --- haproxy ------------------------------------------------------------------------------------
-_HAPROXY_GLOBAL = ("global\n  maxconn 60000\n  nbthread 2\n  tune.ssl.cachesize 0\n"
+_HAPROXY_GLOBAL = ("global\n  maxconn 9950\n  nbthread 2\n  tune.ssl.cachesize 0\n"
                    "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n"
-                   "  timeout server 1h\n  maxconn 60000\n")
+                   "  timeout server 1h\n  maxconn 9950\n")
 _HAPROXY_TLS = f"ssl-min-ver TLSv1.3 ciphersuites {SUITE} no-tls-tickets"
 
 

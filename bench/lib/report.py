@@ -1,0 +1,283 @@
+"""Turns results.csv rows into docs/benchmarks.md, PNG plots and the summary against the targets.
+
+The hand-written part of the document (method, notes, profile) lives in bench/notes.md and is
+appended verbatim, so a re-run never loses it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+TLS_PEERS = ["stunnel", "haproxy", "nginx", "socat"]
+RELAYS = ["relay-haproxy", "relay-socat"]
+ORDER = ["direct", "relay-haproxy", "relay-socat", "spiffe-tunnel"] + TLS_PEERS
+NOTES = Path(__file__).resolve().parent.parent / "notes.md"
+
+
+class Results:
+    def __init__(self, rows):
+        self.v = defaultdict(list)
+        for r in rows:
+            self.v[(r["test"], r["peer"], r["metric"])].append(float(r["value"]))
+        self.peers = [p for p in ORDER if any(k[1] == p for k in self.v)]
+
+    def med(self, test, peer, metric):
+        xs = self.v.get((test, peer, metric))
+        return statistics.median(xs) if xs else None
+
+    def spread(self, test, peer, metric):
+        xs = self.v.get((test, peer, metric))
+        return (min(xs), statistics.median(xs), max(xs)) if xs else None
+
+    def cell(self, test, peer, metric, fmt="{:.2f}"):
+        s = self.spread(test, peer, metric)
+        if s is None:
+            return "–"
+        lo, mid, hi = s
+        if len(self.v[(test, peer, metric)]) == 1:
+            return fmt.format(mid)
+        return f"{fmt.format(mid)} ({fmt.format(lo)}–{fmt.format(hi)})"
+
+    def best(self, test, metric, higher=True, among=TLS_PEERS):
+        cands = [(self.med(test, p, metric), p) for p in among if self.med(test, p, metric)]
+        if not cands:
+            return None, None
+        return (max if higher else min)(cands)
+
+    def errors(self, test, peer):
+        return len(self.v.get((test, peer, "error"), []))
+
+
+def _fmt(x, f="{:.2f}"):
+    return "–" if x is None else f.format(x)
+
+
+def summary(R: Results) -> list[str]:
+    """One line per metric: spiffe-tunnel, the best peer, the ratio and the issue's target."""
+    st = "spiffe-tunnel"
+    out = []
+
+    def line(name, ours, best, best_peer, ratio, target, ok, unit=""):
+        mark = "met" if ok else "missed"
+        out.append(f"| {name} | {_fmt(ours)}{unit} | {_fmt(best)}{unit} ({best_peer or '–'}) | "
+                   f"{_fmt(ratio)} | {target} | **{mark}** |")
+
+    ours = R.med("bulk", st, "gbit_s_1")
+    best, bp = R.best("bulk", "gbit_s_1")
+    r = ours / best if ours and best else None
+    line("Loopback throughput, 1 stream (Gbit/s)", ours, best, bp, r, "≥ 1.30×", r and r >= 1.3)
+    ours4 = R.med("bulk", st, "gbit_s_4")
+    best4, bp4 = R.best("bulk", "gbit_s_4")
+    r4 = ours4 / best4 if ours4 and best4 else None
+    line("Loopback throughput, 4 streams (Gbit/s)", ours4, best4, bp4, r4, "(no target)",
+         r4 and r4 >= 1.0)
+    cpu = R.med("bulk", st, "cpu_s_per_GB_1")
+    model = limit_model(R)
+    bestc, bpc = R.best("bulk", "cpu_s_per_GB_1", higher=False)
+    rm = cpu / model if cpu and model else None
+    line("CPU per GB, 1 stream (s/GB) vs limit model", cpu, model, "limit model", rm,
+         "≤ 1.10× model", rm and rm <= 1.1)
+    rc = cpu / bestc if cpu and bestc else None
+    line("CPU per GB, 1 stream (s/GB) vs best peer", cpu, bestc, bpc, rc, "(info)", rc and rc <= 1)
+    cs = R.med("conn", st, "conn_per_s")
+    bcs, bpcs = R.best("conn", "conn_per_s")
+    rcs = cs / bcs if cs and bcs else None
+    line("New mTLS connections/s", cs, bcs, bpcs, rcs, "≥ 2×", rcs and rcs >= 2)
+    cm = R.med("conn", st, "cpu_ms_per_conn")
+    bcm, bpcm = R.best("conn", "cpu_ms_per_conn", higher=False)
+    rcm = cm / bcm if cm and bcm else None
+    line("CPU per new connection (ms)", cm, bcm, bpcm, rcm, "(info)", rcm and rcm <= 1)
+    d = R.med("latency", "direct", "p50_us")
+    lat = R.med("latency", st, "p50_us")
+    blat, bpl = R.best("latency", "p50_us", higher=False)
+    if d and lat and blat:
+        ov, bov = lat - d, blat - d
+        rl = ov / bov if bov > 0 else None
+        line(f"p50 RTT overhead over direct ({d:.1f} µs) (µs)", ov, bov, bpl, rl,
+             "≤ 0.5×" if bov > 0 else "≤ 0.5× (best peer is faster than direct: unattainable)",
+             rl is not None and rl <= 0.5)
+    mem = R.med("memory", st, "kib_per_conn")
+    bm, bpm = R.best("memory", "kib_per_conn", higher=False)
+    rmem = mem / bm if mem and bm else None
+    out.append(f"| Memory per idle connection, both ends (KiB) | {_fmt(mem, '{:.1f}')} | "
+               f"{_fmt(bm, '{:.1f}')} ({bpm or '–'}) | {_fmt(rmem)} | ≤ 24 KiB absolute | "
+               f"**{'met' if mem is not None and mem <= 24 else 'missed'}** |")
+    sd = R.med("shaped", "direct", "gbit_s_1")
+    so = R.med("shaped", st, "gbit_s_1")
+    bs, bps = R.best("shaped", "gbit_s_1")
+    if sd and so:
+        f, bf = so / sd, (bs / sd if bs else None)
+        out.append(f"| 10 Gbit/s shaped link, 1 stream (fraction of direct {sd:.2f} Gbit/s) | "
+                   f"{f:.0%} | {_fmt(bf, '{:.0%}')} ({bps or '–'}) | "
+                   f"{_fmt(f / bf if bf else None)} | ≥ 95 % of direct | "
+                   f"**{'met' if f >= 0.95 else 'missed'}** |")
+    return out
+
+
+def limit_model(R: Results):
+    relay = [R.med("bulk", p, "cpu_s_per_GB_1") for p in RELAYS if R.med("bulk", p, "cpu_s_per_GB_1")]
+    aes = R.med("limit", "openssl", "aes128gcm_cpu_s_per_GB")
+    if not relay or aes is None:
+        return None
+    return min(relay) + 2 * aes
+
+
+def tables(R: Results) -> list[str]:
+    o = []
+    o += ["### Bulk throughput on loopback (iperf3, app → app through the pair)", "",
+          "| Peer | 1 stream Gbit/s | 4 streams Gbit/s | CPU s/GB, 1 stream | CPU s/GB, 4 streams |",
+          "|---|---|---|---|---|"]
+    for p in R.peers:
+        o.append(f"| {p} | {R.cell('bulk', p, 'gbit_s_1')} | {R.cell('bulk', p, 'gbit_s_4')} | "
+                 f"{R.cell('bulk', p, 'cpu_s_per_GB_1')} | {R.cell('bulk', p, 'cpu_s_per_GB_4')} |")
+    relay = [(R.med("bulk", p, "cpu_s_per_GB_1"), p) for p in RELAYS
+             if R.med("bulk", p, "cpu_s_per_GB_1")]
+    aes = R.med("limit", "openssl", "aes128gcm_cpu_s_per_GB")
+    if relay and aes:
+        best_relay = min(relay)
+        o += ["", "### Limit model", "",
+              f"- `openssl speed -evp aes-128-gcm -bytes 16384` in this run: "
+              f"{R.cell('limit', 'openssl', 'aes128gcm_GBps')} GB/s on one core → "
+              f"{aes:.3f} CPU s per GB for one pass.",
+              f"- Best plain relay pair CPU per GB (1 stream): {best_relay[0]:.3f} s/GB "
+              f"({best_relay[1]}).",
+              f"- **Model = relay + 2 × AES-GCM (encrypt at one end, decrypt at the other) = "
+              f"{best_relay[0]:.3f} + 2 × {aes:.3f} = {best_relay[0] + 2 * aes:.3f} CPU s/GB.**",
+              f"- spiffe-tunnel: {_fmt(R.med('bulk', 'spiffe-tunnel', 'cpu_s_per_GB_1'))} s/GB "
+              f"= {_fmt(R.med('bulk', 'spiffe-tunnel', 'cpu_s_per_GB_1') / (best_relay[0] + 2 * aes) if R.med('bulk', 'spiffe-tunnel', 'cpu_s_per_GB_1') else None)}× the model."]
+    o += ["", "### New connections (connect, 1 byte echoed, close; full mTLS handshakes)", "",
+          "| Peer | conn/s | CPU ms per connection (both ends) | failed connections (median) |",
+          "|---|---|---|---|"]
+    for p in R.peers:
+        o.append(f"| {p} | {R.cell('conn', p, 'conn_per_s', '{:.0f}')} | "
+                 f"{R.cell('conn', p, 'cpu_ms_per_conn')} | "
+                 f"{_fmt(R.med('conn', p, 'failed'), '{:.0f}')} |")
+    d = R.med("latency", "direct", "p50_us")
+    o += ["", "### Round-trip latency (1-byte ping-pong on one established connection)", "",
+          "| Peer | p50 µs | p99 µs | p50 overhead over direct µs |", "|---|---|---|---|"]
+    for p in R.peers:
+        m = R.med("latency", p, "p50_us")
+        o.append(f"| {p} | {R.cell('latency', p, 'p50_us', '{:.1f}')} | "
+                 f"{R.cell('latency', p, 'p99_us', '{:.1f}')} | "
+                 f"{_fmt(m - d if m and d else None, '{:.1f}')} |")
+    counts = sorted({int(k[2].rsplit("_", 1)[1]) for k in R.v
+                     if k[0] == "memory" and k[2].startswith("rss_kib_") and k[2] != "rss_kib_0"})
+    o += ["", "### Memory with idle established tunneled connections (both tunnel ends together)",
+          "", "| Peer | RSS idle KiB | " + " | ".join(f"RSS {n:,} conns KiB" for n in counts) +
+          " | " + " | ".join(f"KiB per conn at {n:,}" for n in counts) + " |",
+          "|---|---|" + "---|" * (2 * len(counts))]
+    for p in R.peers:
+        if p == "direct":
+            continue
+        o.append(f"| {p} | {R.cell('memory', p, 'rss_kib_0', '{:.0f}')} | " +
+                 " | ".join(R.cell('memory', p, f'rss_kib_{n}', '{:.0f}') for n in counts) +
+                 " | " +
+                 " | ".join(R.cell('memory', p, f'kib_per_conn_{n}', '{:.1f}') for n in counts) +
+                 " |")
+    sd = R.med("shaped", "direct", "gbit_s_1")
+    o += ["", "### Two namespaces, veth shaped to 10 Gbit/s with tc tbf (1 stream)", "",
+          "| Peer | Gbit/s | fraction of direct |", "|---|---|---|"]
+    for p in R.peers:
+        m = R.med("shaped", p, "gbit_s_1")
+        o.append(f"| {p} | {R.cell('shaped', p, 'gbit_s_1')} | "
+                 f"{_fmt(m / sd if m and sd else None, '{:.0%}')} |")
+    errs = [(t, p, R.errors(t, p)) for t in ("bulk", "conn", "memory", "shaped") for p in R.peers
+            if R.errors(t, p)]
+    if errs:
+        o += ["", "Failed measurements (see the run log): " +
+              ", ".join(f"{t}/{p} ×{n}" for t, p, n in errs) + "."]
+    return o
+
+
+def plots(R: Results, outdir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    made = []
+
+    def bars(fname, title, ylabel, series, peers=None, logy=False, hline=None):
+        peers = peers or R.peers
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        width = 0.8 / len(series)
+        for i, (label, test, metric) in enumerate(series):
+            mids, lo, hi = [], [], []
+            for p in peers:
+                s = R.spread(test, p, metric) or (0, 0, 0)
+                mids.append(s[1])
+                lo.append(s[1] - s[0])
+                hi.append(s[2] - s[1])
+            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(peers))]
+            b = ax.bar(xs, mids, width, yerr=[lo, hi], capsize=3, label=label)
+            for rect, p in zip(b, peers):
+                if p == "spiffe-tunnel":
+                    rect.set_edgecolor("black")
+                    rect.set_linewidth(1.5)
+        if logy:
+            ax.set_yscale("log")
+        if hline:
+            ax.axhline(hline[0], color="red", linestyle="--", linewidth=1, label=hline[1])
+            ax.legend()
+        ax.set_xticks(range(len(peers)))
+        ax.set_xticklabels(peers, rotation=20)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title + " (median, bars = min–max)")
+        if len(series) > 1 and not hline:
+            ax.legend()
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(outdir / fname, dpi=110)
+        plt.close(fig)
+        made.append(fname)
+
+    bars("throughput.png", "Bulk throughput", "Gbit/s",
+         [("loopback 1 stream", "bulk", "gbit_s_1"), ("loopback 4 streams", "bulk", "gbit_s_4"),
+          ("10 Gbit/s veth, 1 stream", "shaped", "gbit_s_1")])
+    tun = [p for p in R.peers if p != "direct"]
+    bars("cpu_per_gb.png", "Tunnel CPU per GB moved", "CPU s/GB",
+         [("1 stream", "bulk", "cpu_s_per_GB_1"), ("4 streams", "bulk", "cpu_s_per_GB_4")], tun)
+    bars("conn_per_s.png", "New connections per second", "conn/s",
+         [("conn/s", "conn", "conn_per_s")])
+    bars("latency.png", "1-byte round trip", "µs",
+         [("p50", "latency", "p50_us"), ("p99", "latency", "p99_us")], logy=True)
+    bars("memory_per_conn.png", "Memory per idle tunneled connection", "KiB",
+         [("both ends", "memory", "kib_per_conn")], tun, logy=True,
+         hline=(24, "issue #5 target: 24 KiB"))
+    return made
+
+
+def write(rows, meta, docs: Path) -> None:
+    R = Results(rows)
+    imgs = plots(R, docs / "bench")
+    o = ["# Benchmarks", "",
+         "Generated by `bench/run` (see [Running](#running)); the hand-written sections at the end "
+         "come from `bench/notes.md`.", "",
+         f"Run: {meta['date']}, {meta['reps']} repetition(s), bulk tests {meta['bulk_secs']} s, "
+         f"conn/s tests {meta['conn_secs']} s with {meta['conn_workers']} workers, "
+         f"{meta['pings']} pings, idle connections {meta['idle_counts']}; took "
+         f"{meta['duration_min']} min. Values are median (min–max) over repetitions. "
+         "**This 2-core machine was shared with other engineers compiling and testing during "
+         "the run, so every number carries noise from them.**", "",
+         "## Summary against the targets of issue #5", "",
+         "| Metric | spiffe-tunnel | best peer | ratio | target | |", "|---|---|---|---|---|---|"]
+    o += summary(R)
+    o += ["", "Best peer = best median among stunnel, haproxy, nginx and socat (TLS peers only). "
+          f"Load average when the run ended: {' '.join(meta.get('load_end', []))}.",
+          "", "## Machine and versions", ""]
+    for k in ("machine", "os", "kernel", "spiffe-tunnel", "binary", "openssl", "stunnel", "haproxy",
+              "nginx", "socat", "iperf3"):
+        o.append(f"- {k}: `{meta.get(k, '?')}`")
+    o += ["", "Peers:", ""]
+    for p, note in meta.get("peers", {}).items():
+        if note:
+            o.append(f"- **{p}**: {note}")
+    o += ["", "## Results", ""] + tables(R) + ["", "## Plots", ""]
+    for img in imgs:
+        o.append(f"![{img[:-4]}](bench/{img})")
+    o.append("")
+    if NOTES.exists():
+        o += ["", NOTES.read_text()]
+    (docs / "benchmarks.md").write_text("\n".join(o) + "\n")

@@ -32,6 +32,7 @@ struct TunnelFlags {
   std::string tls_min = "1.3", tls_max = "1.3", cipher_suites, ciphers, ktls = "auto", server_name;
   std::string handshake_timeout = "10s", connect_timeout = "10s", idle_timeout = "0";
   std::size_t max_connections = 10000;
+  std::size_t buffer_size = 64 * 1024;
 };
 
 struct GlobalFlags {
@@ -92,6 +93,10 @@ void add_tunnel_flags(CLI::App* cmd, TunnelFlags& f, bool server) {
       ->capture_default_str();
   cmd->add_option("--idle-timeout", f.idle_timeout,
                   "Close a session idle this long (e.g. 1h); 0 = never")
+      ->capture_default_str();
+  cmd->add_option("--buffer-size", f.buffer_size,
+                  "Bytes moved per step on the userspace path (also the splice pipe size)")
+      ->check(CLI::Range(std::size_t{32 * 1024}, std::size_t{16 * 1024 * 1024}))
       ->capture_default_str();
   cmd->add_option("--max-connections", f.max_connections, "Open sessions at most")
       ->check(CLI::PositiveNumber)
@@ -200,6 +205,7 @@ base::Result<Config> to_config(const TunnelFlags& f, const GlobalFlags& g, bool 
     *out = *d;
   }
   t.max_connections = f.max_connections;
+  t.buffer_size = f.buffer_size;
   c.tunnels.push_back(std::move(t));
   auto st = config::validate(c);
   if (!st) {

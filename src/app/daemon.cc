@@ -99,6 +99,7 @@ tunnel::TunnelOptions make_tunnel_options(const TunnelConfig& t) {
   o.connect_timeout = t.connect_timeout;
   o.idle_timeout = t.idle_timeout;
   o.max_connections = t.max_connections;
+  o.buffer_size = t.buffer_size;
   if (!t.opa_url.empty()) {
     // The URL was validated with the configuration.
     auto opa = policy::OpaClient::create({t.opa_url, t.opa_timeout, t.opa_cache_ttl});

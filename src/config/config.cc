@@ -199,7 +199,7 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
   t.origin = r.where(n);
   ST_TRY(r.only_keys(n,
                      {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
-                      "timeouts", "max_connections"},
+                      "timeouts", "max_connections", "buffer_size"},
                      "tunnel #" + std::to_string(index + 1)));
   t.name = "tunnel-" + std::to_string(index + 1);
   ST_TRY(r.optional_scalar(n["name"], "name", t.name));
@@ -292,6 +292,17 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
       t.max_connections = static_cast<size_t>(v);
     } catch (const YAML::Exception&) {
       return r.fail(n["max_connections"], ctx + ": max_connections must be a number");
+    }
+  }
+  if (n["buffer_size"]) {
+    try {
+      const long v = n["buffer_size"].as<long>();
+      if (v < 32 * 1024 || v > 16 * 1024 * 1024) {
+        return r.fail(n["buffer_size"], ctx + ": buffer_size must be between 32768 and 16777216");
+      }
+      t.buffer_size = static_cast<size_t>(v);
+    } catch (const YAML::Exception&) {
+      return r.fail(n["buffer_size"], ctx + ": buffer_size must be a number of bytes");
     }
   }
   return t;

@@ -150,16 +150,22 @@ asio::awaitable<bool> Session::connect_target(asio::ip::tcp::socket& out) {
   const TunnelOptions& o = tunnel_.options();
   arm_deadline(o.connect_timeout, "connect to target timed out");
   asio::error_code ec;
-  asio::ip::tcp::resolver resolver(out.get_executor());
-  resolving_ = &resolver;
   connecting_ = &out;
-  auto endpoints = co_await resolver.async_resolve(o.target_host, o.target_port,
-                                                   asio::redirect_error(asio::use_awaitable, ec));
-  if (!ec && !timed_out_.empty()) {
-    ec = asio::error::operation_aborted;  // the deadline fired while resolving
-  }
-  if (!ec) {
-    co_await asio::async_connect(out, endpoints, asio::redirect_error(asio::use_awaitable, ec));
+  if (const auto literal = tunnel_.target_endpoint()) {
+    // An IP target needs no lookup (asio resolves on a helper thread: a hop per connection).
+    co_await out.async_connect(*literal, asio::redirect_error(asio::use_awaitable, ec));
+  } else {
+    asio::ip::tcp::resolver resolver(out.get_executor());
+    resolving_ = &resolver;
+    auto endpoints = co_await resolver.async_resolve(
+        o.target_host, o.target_port, asio::redirect_error(asio::use_awaitable, ec));
+    resolving_ = nullptr;
+    if (!ec && !timed_out_.empty()) {
+      ec = asio::error::operation_aborted;  // the deadline fired while resolving
+    }
+    if (!ec) {
+      co_await asio::async_connect(out, endpoints, asio::redirect_error(asio::use_awaitable, ec));
+    }
   }
   resolving_ = nullptr;
   connecting_ = nullptr;

@@ -4,6 +4,8 @@
 
 #include <asio/post.hpp>
 
+#include <charconv>
+
 #include "session.h"
 
 namespace spiffe_tunnel::tunnel {
@@ -77,6 +79,13 @@ base::Result<std::unique_ptr<Tunnel>> Tunnel::create(TunnelOptions options,
     return base::make_error(where + ": " + ec.message());
   }
   t->local_ = t->acceptor_.local_endpoint();
+  asio::error_code not_ip;
+  const auto target_address = asio::ip::make_address(o.target_host, not_ip);
+  uint16_t port = 0;
+  const auto* end = o.target_port.data() + o.target_port.size();
+  if (!not_ip && std::from_chars(o.target_port.data(), end, port).ptr == end) {
+    t->target_ip_ = asio::ip::tcp::endpoint(target_address, port);
+  }
   return t;
 }
 

@@ -56,6 +56,8 @@ struct TunnelConfig {
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds idle_timeout{0};
   std::size_t max_connections = 10000;
+  // Userspace copy buffer per active direction (idle sessions hold none).
+  std::size_t buffer_size = 64 * 1024;
 };
 
 struct IdentityConfig {

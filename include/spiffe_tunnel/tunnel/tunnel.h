@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -80,6 +81,8 @@ class Tunnel {
   bool ready() const;
   std::string readiness_detail() const;
   std::size_t active_sessions() const;
+  // The target as an endpoint when it is an IP literal (no lookup needed), else nullopt.
+  const std::optional<asio::ip::tcp::endpoint>& target_endpoint() const { return target_ip_; }
   tls::ContextProvider& tls() { return *tls_; }
   TunnelMetrics& metrics() { return metrics_; }
 
@@ -96,6 +99,7 @@ class Tunnel {
   TunnelMetrics metrics_;
   asio::ip::tcp::acceptor acceptor_;
   asio::steady_timer accept_backoff_;
+  std::optional<asio::ip::tcp::endpoint> target_ip_;
   asio::ip::tcp::endpoint local_;
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_session_id_{1};

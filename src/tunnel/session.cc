@@ -233,6 +233,40 @@ asio::awaitable<bool> Session::open_client() {
   co_return co_await ask_opa();
 }
 
+// The session lines are built only when info is logged: at warn level a busy tunnel formats
+// nothing per connection.
+void Session::log_opened() const {
+  if (!spdlog::should_log(spdlog::level::info)) {
+    return;
+  }
+  const tls::PeerOutcome& o = tls_->outcome();
+  const auto path = [](bool k) { return k ? "ktls" : "userspace"; };
+  spdlog::info("{} opened peer={} ({}) {} {} tls tx={} rx={}{}", prefix(), o.peer_id->str(),
+               o.authorized_by, tls_->protocol(), tls_->cipher(), path(tls_->kernel_writes()),
+               path(tls_->kernel_reads()),
+               tls_->ktls_detail().empty() ? "" : " (" + tls_->ktls_detail() + ")");
+}
+
+void Session::log_closed(const pump::PumpResult& r, bool server) const {
+  if (!spdlog::should_log(spdlog::level::info)) {
+    return;
+  }
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - started_)
+                      .count();
+  std::string why = "closed";
+  if (!timed_out_.empty()) {
+    why = timed_out_;
+  } else if (r.a_to_b.failed_first) {
+    why = std::string(server ? "peer→target " : "remote→app ") + r.a_to_b.error;
+  } else if (r.b_to_a.failed_first) {
+    why = std::string(server ? "target→peer " : "app→remote ") + r.b_to_a.error;
+  }
+  spdlog::info("{} closed peer={} bytes_from_peer={} bytes_to_peer={} duration_ms={} path={}/{} ({})",
+               prefix(), tls_->outcome().peer_id->str(), r.a_to_b.bytes, r.b_to_a.bytes, ms,
+               pump::path_name(r.a_to_b.path), pump::path_name(r.b_to_a.path), why);
+}
+
 asio::awaitable<void> Session::run() {
   TunnelMetrics& m = tunnel_.metrics();
   const bool server = tunnel_.tls().options().role == tls::Role::kServer;
@@ -242,12 +276,7 @@ asio::awaitable<void> Session::run() {
   const bool opened = server ? co_await open_server() : co_await open_client();
   if (opened) {
     m.established.inc();
-    const tls::PeerOutcome& o = tls_->outcome();
-    const auto path = [](bool k) { return k ? "ktls" : "userspace"; };
-    spdlog::info("{} opened peer={} ({}) {} {} tls tx={} rx={}{}", prefix(), o.peer_id->str(),
-                 o.authorized_by, tls_->protocol(), tls_->cipher(),
-                 path(tls_->kernel_writes()), path(tls_->kernel_reads()),
-                 tls_->ktls_detail().empty() ? "" : " (" + tls_->ktls_detail() + ")");
+    log_opened();
     pump::PumpOptions po;
     po.buffer_size = tunnel_.options().buffer_size;
     po.allow_splice = tls_->context().options().ktls != tls::KtlsMode::kOff;
@@ -259,22 +288,7 @@ asio::awaitable<void> Session::run() {
     m.bytes_out.inc(r.b_to_a.bytes);
     (r.a_to_b.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
     (r.b_to_a.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        std::chrono::steady_clock::now() - started_)
-                        .count();
-    std::string why;
-    if (!timed_out_.empty()) {
-      why = timed_out_;
-    } else if (r.a_to_b.failed_first) {
-      why = std::string(server ? "peer→target " : "remote→app ") + r.a_to_b.error;
-    } else if (r.b_to_a.failed_first) {
-      why = std::string(server ? "target→peer " : "app→remote ") + r.b_to_a.error;
-    } else {
-      why = "closed";
-    }
-    spdlog::info("{} closed peer={} bytes_from_peer={} bytes_to_peer={} duration_ms={} path={}/{} ({})",
-                 prefix(), o.peer_id->str(), r.a_to_b.bytes, r.b_to_a.bytes, ms,
-                 pump::path_name(r.a_to_b.path), pump::path_name(r.b_to_a.path), why);
+    log_closed(r, server);
   }
   finished_ = true;
   deadline_.cancel();

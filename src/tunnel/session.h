@@ -11,6 +11,7 @@
 #include <string>
 
 #include "spiffe_tunnel/base/byte_stream.h"
+#include "spiffe_tunnel/pump/pump.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
 #include "spiffe_tunnel/tunnel/tunnel.h"
 
@@ -42,6 +43,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void close_all();
   void reject(std::string_view reason_label, const std::string& detail);
   std::string prefix() const;
+  void log_opened() const;
+  void log_closed(const pump::PumpResult& r, bool server) const;
 
   Tunnel& tunnel_;
   const uint64_t id_;

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from uml import requires_uml, uml_run
+from uml import guest_path, requires_uml, uml_run
 
 pytestmark = requires_uml
 
@@ -26,13 +26,17 @@ OFFLOAD_CASES = ["tls13-aes128gcm", "tls13-aes256gcm", "tls13-chacha20", "tls12-
 
 
 def _run(cases, tls_module=True, timeout=900):
-    cmd = [sys.executable, str(HERE / "ktls_scenario.py"), *cases]
+    # The guest has its own /tmp: a checkout under the host's /tmp is reached through guest_path.
+    cmd = [sys.executable, guest_path(HERE / "ktls_scenario.py"), *cases]
     if not tls_module:
         # The kernel would load tls on the first TCP_ULP request; forbid module loading so the
         # guest behaves like a kernel without kTLS.
         cmd = ["bash", "-c", 'echo /bin/false > /proc/sys/kernel/modprobe && exec "$@"', "-", *cmd]
+    env = {"KTLS_SCENARIO_MIB": str(MIB)}
+    if "SPIFFE_TUNNEL_BIN" in os.environ:
+        env["SPIFFE_TUNNEL_BIN"] = guest_path(os.environ["SPIFFE_TUNNEL_BIN"])
     r = uml_run(cmd,
-                env={"KTLS_SCENARIO_MIB": str(MIB)}, tls_module=tls_module, timeout=timeout,
+                env=env, tls_module=tls_module, timeout=timeout,
                 mem="1G")
     results = {}
     for line in r.stdout.splitlines():

@@ -259,8 +259,8 @@ def write(rows, meta, docs: Path) -> None:
          f"conn/s tests {meta['conn_secs']} s with {meta['conn_workers']} workers, "
          f"{meta['pings']} pings, idle connections {meta['idle_counts']}; took "
          f"{meta['duration_min']} min. Values are median (min–max) over repetitions. "
-         "**This 2-core machine was shared with other engineers compiling and testing during "
-         "the run, so every number carries noise from them.**", "",
+         "Everything (load generators, app servers, both tunnel ends) shares the machine's two "
+         "vCPUs; compare ratios measured in the same run rather than absolute values.", "",
          "## Summary against the targets of issue #5", "",
          "| Metric | spiffe-tunnel | best peer | ratio | target | |", "|---|---|---|---|---|---|"]
     o += summary(R)

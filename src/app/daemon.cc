@@ -117,10 +117,9 @@ std::shared_ptr<const identity::Snapshot> to_snapshot(workload::X509Context ctx,
   return s;
 }
 
-// Blocks until SIGINT/SIGTERM (or hooks.should_stop), pinging the systemd watchdog and checking
-// the identity's expiry meanwhile.
-void wait_for_stop(const DaemonHooks& hooks, SystemdNotifier& notifier,
-                   identity::ExpiryWatch& expiry) {
+// Blocks until SIGINT/SIGTERM, pinging the systemd watchdog and checking the identity's expiry
+// meanwhile.
+void wait_for_stop(SystemdNotifier& notifier, identity::ExpiryWatch& expiry) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -141,14 +140,11 @@ void wait_for_stop(const DaemonHooks& hooks, SystemdNotifier& notifier,
     if (sig == SIGHUP) {
       spdlog::info("SIGHUP: identity files are reloaded automatically; nothing else to reload");
     }
-    if (hooks.should_stop && hooks.should_stop()) {
-      return;
-    }
   }
 }
 
-// Waits for the identity store's first snapshot; false if told to stop first.
-bool wait_for_identity(const identity::IdentityStore& store, const DaemonHooks& hooks) {
+// Waits for the identity store's first snapshot; false when SIGINT/SIGTERM comes first.
+bool wait_for_identity(const identity::IdentityStore& store) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -156,7 +152,7 @@ bool wait_for_identity(const identity::IdentityStore& store, const DaemonHooks& 
   while (!store.current()) {
     timespec ts{0, 50'000'000};
     const int sig = sigtimedwait(&set, nullptr, &ts);
-    if (sig == SIGINT || sig == SIGTERM || (hooks.should_stop && hooks.should_stop())) {
+    if (sig == SIGINT || sig == SIGTERM) {
       spdlog::info("stopping before the first identity arrived");
       return false;
     }
@@ -239,7 +235,7 @@ struct IdentityMetrics {
 
 }  // namespace
 
-int run_daemon(const Config& config, const DaemonHooks& hooks) {
+int run_daemon(const Config& config) {
   // Signals are taken synchronously by the main thread; every other thread inherits the mask.
   sigset_t set;
   sigemptyset(&set);
@@ -339,7 +335,7 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
   // identity arrives: connections wait in the backlog instead of being refused.
   if (!store.current()) {
     spdlog::info("waiting for the first identity from {}", source_name);
-    if (!wait_for_identity(store, hooks)) {
+    if (!wait_for_identity(store)) {
       source->stop();
       if (admin_server) {
         admin_server->stop();
@@ -348,18 +344,13 @@ int run_daemon(const Config& config, const DaemonHooks& hooks) {
     }
   }
   pool.start();
-  std::vector<uint16_t> ports;
   for (auto& t : tunnels) {
     t->start();
-    ports.push_back(t->local_endpoint().port());
   }
   SystemdNotifier notifier;
   notifier.ready("spiffe-tunnel: " + std::to_string(tunnels.size()) + " tunnel(s) listening");
-  if (hooks.on_listening) {
-    hooks.on_listening(ports);
-  }
 
-  wait_for_stop(hooks, notifier, expiry);
+  wait_for_stop(notifier, expiry);
   notifier.stopping();
   for (auto& t : tunnels) {
     t->stop();

@@ -280,7 +280,10 @@ Result<Issuer> Issuer::create_intermediate(std::optional<TrustDomain> td) const 
   spec.common_name = "intermediate CA";
   spec.is_ca = true;
   // It ends with its issuer, so a chain never outlives its root; notBefore is backdated 60s.
-  spec.lifetime = remaining_lifetime(cert_.get()) - spec.not_before_offset;
+  // One second less: the remaining lifetime is read now and the validity set a moment later, and
+  // a clock tick in between would otherwise push notAfter one second past the issuer's.
+  spec.lifetime =
+      remaining_lifetime(cert_.get()) - spec.not_before_offset - std::chrono::seconds(1);
   auto cert = issue(spec, key->get());
   if (!cert.ok()) {
     return cert.error().wrap("intermediate CA");

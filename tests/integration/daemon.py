@@ -30,6 +30,17 @@ def binary() -> Path:
     return path
 
 
+_ubsan_vptr: Optional[bool] = None
+
+
+def has_ubsan_vptr_check() -> bool:
+    """Whether the binary under test carries UBSan's vptr check (a sanitizer build)."""
+    global _ubsan_vptr
+    if _ubsan_vptr is None:
+        _ubsan_vptr = b"__ubsan_handle_dynamic_type_cache_miss" in binary().read_bytes()
+    return _ubsan_vptr
+
+
 class Daemon:
     def __init__(self, args: Sequence[str], env: Optional[dict] = None, name: str = "daemon"):
         self.args = [str(binary())] + [str(a) for a in args]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from daemon import Backend, Daemon, exchange, run_once
+from daemon import Backend, Daemon, exchange, has_ubsan_vptr_check, run_once
 from pki import CA
 
 A, B, C, D = "a.test", "b.test", "c.test", "d.test"
@@ -369,17 +369,30 @@ def test_file_rotation_during_transfer(pki, tmp_path):
 
 def test_out_of_file_descriptors_pauses_accepts_and_recovers(pki):
     """EMFILE on accept must not spin or crash: accepts pause, and resume once descriptors free."""
+    if has_ubsan_vptr_check():
+        # UBSan validates a vtable by writing it into a pipe(); in a process with no descriptor
+        # left that fails, a valid object is reported as "invalid vptr" and the process aborts
+        # (runtime suppressions are read lazily, so they cannot help). The release daemon runs
+        # this test in the main pass.
+        pytest.skip("a UBSan vptr-checked daemon cannot run out of descriptors")
     backend = Backend("echo")
     server, sport = start_server(pki, backend.port, "--handshake-timeout", "30s")
     client, cport = start_client(pki, sport)
     try:
         subprocess.run(["prlimit", f"--pid={server.proc.pid}", "--nofile=40:40"], check=True)
+        mark = server.mark()
         hogs = []
         for _ in range(60):  # plain TCP that never speaks TLS: each holds a descriptor
             hogs.append(socket.create_connection(("127.0.0.1", sport), timeout=5))
         server.wait_for(r"accept failed: Too many open files; pausing accepts", timeout=15)
         for h in hogs:
             h.close()
+        # Every hog is accepted (from the backlog, once descriptors free) and ends as a failed
+        # handshake; only then are descriptors to spare for a session and its target connection.
+        deadline = time.monotonic() + 15
+        while server.count(r"rejected reason=handshake_error", mark) < len(hogs):
+            assert time.monotonic() < deadline, server.tail()
+            time.sleep(0.05)
         assert exchange(cport, b"after EMFILE") == b"after EMFILE"
         assert server.proc.poll() is None
     finally:

@@ -3,10 +3,7 @@
 #include <linux/tls.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/kdf.h>
-#include <openssl/params.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +12,7 @@
 #include <cstring>
 
 #include "spiffe_tunnel/base/unique_fd.h"
+#include "spiffe_tunnel/tls/record_cipher.h"
 
 #ifndef SOL_TLS
 #define SOL_TLS 282
@@ -28,39 +26,6 @@ namespace {
 
 std::string errno_text(int e) { return std::strerror(e); }
 
-// HKDF-Expand-Label(secret, label, "", length) from RFC 8446 §7.1.
-base::Status hkdf_expand_label(const char* digest, std::span<const unsigned char> secret,
-                               const std::string& label, unsigned char* out, size_t length) {
-  std::vector<unsigned char> info;
-  const std::string full = "tls13 " + label;
-  info.push_back(static_cast<unsigned char>(length >> 8));
-  info.push_back(static_cast<unsigned char>(length & 0xff));
-  info.push_back(static_cast<unsigned char>(full.size()));
-  info.insert(info.end(), full.begin(), full.end());
-  info.push_back(0);  // empty context
-
-  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
-  if (kdf == nullptr) {
-    return base::make_error("HKDF is not available in this OpenSSL");
-  }
-  EVP_KDF_CTX* ctx = EVP_KDF_CTX_new(kdf);
-  EVP_KDF_free(kdf);
-  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(digest), 0),
-      OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY,
-                                        const_cast<unsigned char*>(secret.data()), secret.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
-      OSSL_PARAM_construct_end()};
-  const int ok = ctx != nullptr && EVP_KDF_derive(ctx, out, length, params) == 1;
-  EVP_KDF_CTX_free(ctx);
-  if (!ok) {
-    return base::make_error("HKDF-Expand-Label(" + label + ") failed");
-  }
-  return {};
-}
-
 // Everything the kernel needs for one cipher, filled from the traffic secret.
 template <typename Info>
 base::Status fill(Info& info, uint16_t cipher_type, const char* digest,
@@ -69,9 +34,9 @@ base::Status fill(Info& info, uint16_t cipher_type, const char* digest,
   info.info.version = TLS_1_3_VERSION;
   info.info.cipher_type = cipher_type;
   std::array<unsigned char, 12> iv{};
-  auto st = hkdf_expand_label(digest, secret, "key", info.key, sizeof(info.key));
+  auto st = tls::hkdf_expand_label(digest, secret, "key", info.key, sizeof(info.key));
   if (st) {
-    st = hkdf_expand_label(digest, secret, "iv", iv.data(), iv.size());
+    st = tls::hkdf_expand_label(digest, secret, "iv", iv.data(), iv.size());
   }
   if (!st) {
     return st;
@@ -163,7 +128,7 @@ int read_record(int fd, std::span<char> buf, Record& out) {
   if (n == 0 && msg.msg_controllen == 0) {
     return 0;
   }
-  out.type = kApplicationData;
+  out.type = tls::kApplicationData;
   out.size = static_cast<std::size_t>(n);
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE) {

@@ -23,33 +23,38 @@ int hex_value(char c) {
 
 ConnectionState::~ConnectionState() {
   OPENSSL_cleanse(peer_traffic_secret.data(), peer_traffic_secret.size());
+  OPENSSL_cleanse(own_traffic_secret.data(), own_traffic_secret.size());
 }
 
-// OpenSSL 3.0 has no API for TLS 1.3 traffic secrets other than the key log. The peer's
-// application secret is kept (in memory, per connection) only until kernel receive offload is
-// installed; nothing is ever written out.
+// OpenSSL 3.0 has no API for TLS 1.3 traffic secrets other than the key log. The application
+// secrets are kept (in memory, per connection) only until the record layer after the handshake
+// has derived its keys; nothing is ever written out.
 void TlsContext::keylog_callback(const SSL* ssl, const char* line) {
   auto* state = static_cast<ConnectionState*>(SSL_get_app_data(ssl));
   if (state == nullptr) {
     return;
   }
-  const std::string_view wanted =
-      SSL_is_server(ssl) ? "CLIENT_TRAFFIC_SECRET_0 " : "SERVER_TRAFFIC_SECRET_0 ";
+  constexpr std::string_view kClient = "CLIENT_TRAFFIC_SECRET_0 ";
+  constexpr std::string_view kServer = "SERVER_TRAFFIC_SECRET_0 ";
   std::string_view l(line);
-  if (l.substr(0, wanted.size()) != wanted) {
+  const bool client = l.substr(0, kClient.size()) == kClient;
+  if (!client && l.substr(0, kServer.size()) != kServer) {
     return;
   }
+  std::vector<unsigned char>& secret =
+      client == (SSL_is_server(ssl) != 0) ? state->peer_traffic_secret : state->own_traffic_secret;
   const size_t space = l.rfind(' ');
   std::string_view hex = l.substr(space + 1);
-  state->peer_traffic_secret.clear();
+  OPENSSL_cleanse(secret.data(), secret.size());
+  secret.clear();
   for (size_t i = 0; i + 1 < hex.size(); i += 2) {
     const int hi = hex_value(hex[i]);
     const int lo = hex_value(hex[i + 1]);
     if (hi < 0 || lo < 0) {
-      state->peer_traffic_secret.clear();
+      secret.clear();
       return;
     }
-    state->peer_traffic_secret.push_back(static_cast<unsigned char>(hi << 4 | lo));
+    secret.push_back(static_cast<unsigned char>(hi << 4 | lo));
   }
 }
 
@@ -189,9 +194,10 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
   // RELEASE_BUFFERS: an idle session holds no 16 KiB read/write buffers (memory per connection).
   SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                           SSL_MODE_RELEASE_BUFFERS);
+  // The key log feeds the record layer after the handshake (see ConnectionState).
+  SSL_CTX_set_keylog_callback(c, &TlsContext::keylog_callback);
   if (options_->ktls != KtlsMode::kOff) {
     SSL_CTX_set_options(c, SSL_OP_ENABLE_KTLS);
-    SSL_CTX_set_keylog_callback(c, &TlsContext::keylog_callback);
     SSL_CTX_set_msg_callback(c, &TlsContext::msg_callback);
   }
 

@@ -5,8 +5,10 @@
 #include <openssl/err.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
@@ -128,7 +130,19 @@ asio::awaitable<void> TlsStream::handshake(asio::error_code& ec) {
     ec = asio::error::access_denied;
     co_return;
   }
+  protocol_ = SSL_get_version(ssl_.get());
+  const SSL_CIPHER* suite = SSL_get_current_cipher(ssl_.get());
+  cipher_ = suite != nullptr ? SSL_CIPHER_get_name(suite) : "none";
   enable_kernel_offload();
+  const bool own = !ktls_tx_ && !ktls_rx_ && start_own_records();
+  OPENSSL_cleanse(state_->peer_traffic_secret.data(), state_->peer_traffic_secret.size());
+  OPENSSL_cleanse(state_->own_traffic_secret.data(), state_->own_traffic_secret.size());
+  state_->peer_traffic_secret = {};
+  state_->own_traffic_secret = {};
+  if (own) {
+    ssl_.reset();  // the buffers, transcript and the peer's parsed chain go with it
+    co_return;
+  }
   if (!ktls_rx_) {
     // Userspace receive: let OpenSSL read several records per read() instead of a 5-byte header
     // and then the body. Only now, after the handshake: buffered records would keep the kernel
@@ -143,7 +157,7 @@ asio::awaitable<void> TlsStream::handshake(asio::error_code& ec) {
 void TlsStream::enable_kernel_offload() {
   ktls_tx_ = BIO_get_ktls_send(SSL_get_wbio(ssl_.get())) != 0;
   ktls_rx_ = BIO_get_ktls_recv(SSL_get_rbio(ssl_.get())) != 0;
-  std::vector<unsigned char>& secret = state_->peer_traffic_secret;
+  const std::vector<unsigned char>& secret = state_->peer_traffic_secret;
   if (context_->options().ktls == KtlsMode::kOff) {
     return;
   }
@@ -165,8 +179,28 @@ void TlsStream::enable_kernel_offload() {
       ktls_detail_ = "receive not offloaded: " + st.error().message;
     }
   }
-  OPENSSL_cleanse(secret.data(), secret.size());
-  secret.clear();
+}
+
+bool TlsStream::start_own_records() {
+  // Conditions for taking over from OpenSSL at record sequence 0 in both directions: TLS 1.3;
+  // nothing read ahead (OpenSSL reads no further than the peer's Finished while read-ahead is off
+  // during the handshake); no NewSessionTicket sent by us (num_tickets is 0 on every context).
+  SSL* ssl = ssl_.get();
+  if (SSL_version(ssl) != TLS1_3_VERSION || SSL_has_pending(ssl) != 0 ||
+      (SSL_is_server(ssl) != 0 && SSL_get_num_tickets(ssl) != 0) ||
+      state_->peer_traffic_secret.empty() || state_->own_traffic_secret.empty()) {
+    return false;
+  }
+  auto rx = RecordCipher::create(cipher_, state_->peer_traffic_secret,
+                                 RecordCipher::Direction::kOpen);
+  auto tx = RecordCipher::create(cipher_, state_->own_traffic_secret,
+                                 RecordCipher::Direction::kSeal);
+  if (!rx || !tx) {
+    return false;
+  }
+  rx_ = std::move(rx).value();
+  tx_ = std::move(tx).value();
+  return true;
 }
 
 // Reads from a socket whose receive side the kernel decrypts: plaintext comes with its record
@@ -192,12 +226,12 @@ std::size_t TlsStream::try_read_kernel(std::span<char> buf, asio::error_code& ec
       return 0;
     }
     switch (rec.type) {
-      case ktls::kApplicationData:
+      case kApplicationData:
         if (rec.size == 0) {
           continue;
         }
         return rec.size;
-      case ktls::kAlert:
+      case kAlert:
         if (rec.size >= 2 && static_cast<uint8_t>(buf[1]) == 0) {
           return 0;  // close_notify: a clean end of the peer's direction
         }
@@ -205,7 +239,7 @@ std::size_t TlsStream::try_read_kernel(std::span<char> buf, asio::error_code& ec
                         ktls::alert_name(rec.size >= 2 ? static_cast<uint8_t>(buf[1]) : 255);
         ec = asio::error::connection_aborted;
         return 0;
-      case ktls::kHandshake: {
+      case kHandshake: {
         constexpr uint8_t kNewSessionTicket = 4;
         constexpr uint8_t kKeyUpdate = 24;
         const uint8_t msg = rec.size > 0 ? static_cast<uint8_t>(buf[0]) : 0;
@@ -230,6 +264,9 @@ std::size_t TlsStream::try_read_kernel(std::span<char> buf, asio::error_code& ec
 
 std::size_t TlsStream::try_read(std::span<char> buf, asio::error_code& ec) {
   ec.clear();
+  if (rx_) {
+    return try_read_records(buf, ec);
+  }
   if (manual_rx_) {
     return try_read_kernel(buf, ec);
   }
@@ -261,7 +298,8 @@ std::size_t TlsStream::try_read(std::span<char> buf, asio::error_code& ec) {
 
 asio::awaitable<void> TlsStream::wait_readable(asio::error_code& ec) {
   ec.clear();
-  if (!manual_rx_ && SSL_has_pending(ssl_.get()) != 0) {
+  if (rx_ ? has_buffered_input() || peer_closed_ || deferred_error_
+          : !manual_rx_ && SSL_has_pending(ssl_.get()) != 0) {
     co_return;
   }
   co_await socket_.async_wait(
@@ -284,6 +322,10 @@ asio::awaitable<std::size_t> TlsStream::read_some(std::span<char> buf, asio::err
 
 asio::awaitable<void> TlsStream::write_all(std::span<const char> buf, asio::error_code& ec) {
   ec.clear();
+  if (tx_) {
+    co_await write_records(buf, ec);
+    co_return;
+  }
   size_t done = 0;
   while (done < buf.size()) {
     ERR_clear_error();
@@ -301,6 +343,20 @@ asio::awaitable<void> TlsStream::write_all(std::span<const char> buf, asio::erro
 
 asio::awaitable<void> TlsStream::shutdown_write(asio::error_code& ec) {
   ec.clear();
+  if (tx_) {
+    constexpr char kCloseNotify[] = {1, 0};  // warning, close_notify
+    char record[sizeof(kCloseNotify) + kRecordOverhead];
+    auto n = tx_->seal(kAlert, kCloseNotify, record);
+    if (!n) {
+      fail(n.error().message, ec, asio::error::connection_aborted);
+      co_return;
+    }
+    co_await send_all(record, *n, ec);
+    if (!ec) {
+      ::shutdown(socket_.native_handle(), SHUT_WR);
+    }
+    co_return;
+  }
   for (;;) {
     ERR_clear_error();
     const int ret = SSL_shutdown(ssl_.get());
@@ -319,17 +375,271 @@ asio::awaitable<void> TlsStream::shutdown_write(asio::error_code& ec) {
 void TlsStream::close() {
   asio::error_code ignored;
   socket_.close(ignored);
+  release_input();
 }
 
 bool TlsStream::has_buffered_input() const {
+  if (rx_) {
+    return plain_begin_ < plain_end_ || in_begin_ < in_end_;
+  }
   return !manual_rx_ && SSL_has_pending(ssl_.get()) != 0;
 }
 
-std::string TlsStream::protocol() const { return SSL_get_version(ssl_.get()); }
+std::string TlsStream::protocol() const {
+  return protocol_ != nullptr ? protocol_ : SSL_get_version(ssl_.get());
+}
 
 std::string TlsStream::cipher() const {
+  if (cipher_ != nullptr) {
+    return cipher_;
+  }
   const SSL_CIPHER* c = SSL_get_current_cipher(ssl_.get());
   return c != nullptr ? SSL_CIPHER_get_name(c) : "none";
+}
+
+// ---- The userspace TLS 1.3 record layer ------------------------------------------------------
+
+namespace {
+// Received bytes are read in large chunks (several records per recv()); the buffer also holds one
+// whole maximum record that straddles the end of a chunk.
+constexpr size_t kInputBuffer = kReadAheadBuffer + kRecordHeader + kMaxCiphertext;
+// Records sealed per send(): four full records, the pump's usual 64 KiB write.
+constexpr size_t kRecordsPerSend = 4;
+constexpr size_t kOutputBuffer = kRecordsPerSend * (kMaxPlaintext + kRecordOverhead);
+constexpr uint8_t kNewSessionTicket = 4;
+constexpr uint8_t kKeyUpdate = 24;
+}  // namespace
+
+bool TlsStream::fail(std::string detail, asio::error_code& ec, asio::error_code code) {
+  error_detail_ = std::move(detail);
+  ec = code;
+  release_input();
+  return false;
+}
+
+void TlsStream::release_input() {
+  in_.reset();
+  in_begin_ = in_end_ = plain_begin_ = plain_end_ = 0;
+}
+
+std::size_t TlsStream::try_read_records(std::span<char> buf, asio::error_code& ec) {
+  if (plain_begin_ < plain_end_) {
+    const size_t n = std::min(buf.size(), plain_end_ - plain_begin_);
+    std::memcpy(buf.data(), in_.get() + plain_begin_, n);
+    plain_begin_ += n;
+    return n;
+  }
+  if (deferred_error_) {
+    ec = deferred_error_;
+    return 0;
+  }
+  if (peer_closed_) {
+    return 0;
+  }
+  size_t total = 0;  // bytes placed in buf by this call
+  // A fatal error after some data: the data goes out now, the error with the next read.
+  const auto error_out = [&](std::string detail, asio::error_code code) -> std::size_t {
+    asio::error_code e;
+    fail(std::move(detail), e, code);
+    (total == 0 ? ec : deferred_error_) = e;
+    return total;
+  };
+  for (;;) {
+    const size_t avail = in_end_ - in_begin_;
+    if (avail >= kRecordHeader) {
+      const auto* h = reinterpret_cast<const unsigned char*>(in_.get() + in_begin_);
+      const size_t body = static_cast<size_t>(h[3]) << 8 | h[4];
+      if (body > kMaxCiphertext) {
+        return error_out("record_overflow: peer sent a record of " + std::to_string(body) +
+                             " bytes",
+                         asio::error::connection_aborted);
+      }
+      if (avail >= kRecordHeader + body) {
+        char* record = in_.get() + in_begin_;
+        // Decrypt straight into the caller's buffer when the record fits, else in place.
+        const size_t room = body > kAeadTag ? body - kAeadTag : 0;
+        const bool direct = buf.size() - total >= room;
+        char* out = direct ? buf.data() + total : record + kRecordHeader;
+        auto opened = rx_->open({record, kRecordHeader + body}, out);
+        if (!opened) {
+          return error_out(opened.error().message, asio::error::connection_aborted);
+        }
+        in_begin_ += kRecordHeader + body;
+        const size_t size = opened->size;
+        switch (opened->type) {
+          case kApplicationData:
+            if (direct) {
+              total += size;
+            } else if (size > 0) {
+              plain_begin_ = static_cast<size_t>(out - in_.get());
+              plain_end_ = plain_begin_ + size;
+              const size_t n = std::min(buf.size() - total, size);
+              std::memcpy(buf.data() + total, out, n);
+              plain_begin_ += n;
+              return total + n;
+            }
+            break;
+          case kAlert:
+            if (size == 2 && out[1] == 0) {
+              peer_closed_ = true;  // close_notify: a clean end of the peer's direction
+              release_input();
+              return total;
+            }
+            return error_out(
+                "peer sent alert " +
+                    ktls::alert_name(size >= 2 ? static_cast<uint8_t>(out[1]) : 255),
+                asio::error::connection_aborted);
+          case kHandshake: {
+            asio::error_code e;
+            if (!post_handshake(out, size, e)) {
+              (total == 0 ? ec : deferred_error_) = e;
+              return total;
+            }
+            break;
+          }
+          default:
+            return error_out("unexpected_message: record of type " +
+                                 std::to_string(opened->type),
+                             asio::error::connection_aborted);
+        }
+        continue;
+      }
+    }
+    if (total > 0) {
+      return total;  // deliver what we have; more is read on the next call
+    }
+    if (!in_) {
+      in_ = std::make_unique_for_overwrite<char[]>(kInputBuffer);
+    }
+    if (in_begin_ > 0) {  // keep the partial record at the front
+      std::memmove(in_.get(), in_.get() + in_begin_, avail);
+      in_begin_ = 0;
+      in_end_ = avail;
+    }
+    const ssize_t r =
+        ::recv(socket_.native_handle(), in_.get() + in_end_, kInputBuffer - in_end_, MSG_DONTWAIT);
+    if (r > 0) {
+      in_end_ += static_cast<size_t>(r);
+      continue;
+    }
+    if (r == 0) {
+      return error_out(avail > 0 ? "peer closed the connection in the middle of a record"
+                                 : "peer closed the connection without close_notify",
+                       asio::error::connection_reset);
+    }
+    const int e = errno;
+    if (e == EINTR) {
+      continue;
+    }
+    if (e == EAGAIN || e == EWOULDBLOCK) {
+      if (avail == 0) {
+        release_input();  // an idle session holds no buffer
+      }
+      ec = asio::error::would_block;
+      return 0;
+    }
+    return error_out(std::string("socket error: ") + std::strerror(e),
+                     asio::error_code(e, asio::system_category()));
+  }
+}
+
+bool TlsStream::post_handshake(const char* msg, std::size_t size, asio::error_code& ec) {
+  size_t off = 0;
+  while (off < size) {
+    if (size - off < 4) {
+      return fail("unexpected_message: truncated post-handshake message", ec,
+                  asio::error::connection_aborted);
+    }
+    const auto* m = reinterpret_cast<const unsigned char*>(msg + off);
+    const size_t len = static_cast<size_t>(m[1]) << 16 | static_cast<size_t>(m[2]) << 8 | m[3];
+    if (len > size - off - 4) {
+      return fail("unexpected_message: post-handshake message split across records", ec,
+                  asio::error::connection_aborted);
+    }
+    if (m[0] == kNewSessionTicket) {
+      off += 4 + len;  // sessions are never resumed; a third-party server's ticket is dropped
+      continue;
+    }
+    if (m[0] != kKeyUpdate) {
+      return fail("unexpected_message: post-handshake message " + std::to_string(m[0]), ec,
+                  asio::error::connection_aborted);
+    }
+    // KeyUpdate (RFC 8446 §4.6.3): one byte, and the last message under the old key.
+    if (len != 1 || m[4] > 1 || off + 5 != size) {
+      return fail("decode_error: malformed KeyUpdate", ec, asio::error::connection_aborted);
+    }
+    if (auto st = rx_->next_generation(); !st) {
+      return fail(st.error().message, ec, asio::error::connection_aborted);
+    }
+    if (m[4] == 1) {
+      key_update_due_ = true;  // answered before our next record
+    }
+    off += 5;
+  }
+  return true;
+}
+
+asio::awaitable<void> TlsStream::write_records(std::span<const char> buf, asio::error_code& ec) {
+  size_t done = 0;
+  std::unique_ptr<char[]> out;
+  while (done < buf.size() || key_update_due_) {
+    if (!out) {
+      out = std::make_unique_for_overwrite<char[]>(kOutputBuffer);
+    }
+    size_t fill = 0;
+    if (key_update_due_) {
+      constexpr char kUpdateNotRequested[] = {kKeyUpdate, 0, 0, 1, 0};
+      auto n = tx_->seal(kHandshake, kUpdateNotRequested, out.get());
+      auto st = n ? tx_->next_generation() : base::Status(n.error());
+      if (!st) {
+        fail(st.error().message, ec, asio::error::connection_aborted);
+        co_return;
+      }
+      key_update_due_ = false;
+      fill += *n;
+    }
+    while (done < buf.size() && fill + kMaxPlaintext + kRecordOverhead <= kOutputBuffer) {
+      const size_t chunk = std::min(kMaxPlaintext, buf.size() - done);
+      auto n = tx_->seal(kApplicationData, buf.subspan(done, chunk), out.get() + fill);
+      if (!n) {
+        fail(n.error().message, ec, asio::error::connection_aborted);
+        co_return;
+      }
+      fill += *n;
+      done += chunk;
+    }
+    co_await send_all(out.get(), fill, ec);
+    if (ec) {
+      co_return;
+    }
+  }
+}
+
+asio::awaitable<void> TlsStream::send_all(const char* data, std::size_t size,
+                                          asio::error_code& ec) {
+  size_t sent = 0;
+  while (sent < size) {
+    const ssize_t n =
+        ::send(socket_.native_handle(), data + sent, size - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) {
+      sent += static_cast<size_t>(n);
+      continue;
+    }
+    const int e = errno;
+    if (e == EINTR) {
+      continue;
+    }
+    if (e != EAGAIN && e != EWOULDBLOCK) {
+      error_detail_ = std::string("socket error: ") + std::strerror(e);
+      ec = asio::error_code(e, asio::system_category());
+      co_return;
+    }
+    co_await socket_.async_wait(asio::ip::tcp::socket::wait_write,
+                                asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      co_return;
+    }
+  }
 }
 
 }  // namespace spiffe_tunnel::tls

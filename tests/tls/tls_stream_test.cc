@@ -190,6 +190,9 @@ TEST_CASE("data flows both ways and a half-close leaves the other direction open
   Connection c = handshake(io, p.client.context(), p.server.context());
   REQUIRE_FALSE(c.client_ec);
   REQUIRE_FALSE(c.server_ec);
+  // No kernel offload here: TLS 1.3 records are this stream's own, both ends.
+  CHECK(c.client->own_records());
+  CHECK(c.server->own_records());
 
   // Larger than one TLS record and than the socket buffers, so writes must wait for reads.
   std::string big(3 * 1024 * 1024 + 17, '\0');
@@ -525,6 +528,9 @@ TEST_CASE("TLS 1.2 is negotiated when the client allows no more") {
   CHECK(c.server->outcome().peer_id->str() == "spiffe://example.org/client");
   CHECK(c.client->outcome().peer_id->str() == "spiffe://example.org/server");
   CHECK(c.client->cipher() == "ECDHE-ECDSA-AES128-GCM-SHA256");
+  // TLS 1.2 records stay with OpenSSL.
+  CHECK_FALSE(c.client->own_records());
+  CHECK_FALSE(c.server->own_records());
 
   bool echoed = false;
   asio::co_spawn(

@@ -18,11 +18,6 @@
 
 namespace spiffe_tunnel::tls::ktls {
 
-// TLS record content types (RFC 8446 §5.1).
-inline constexpr uint8_t kAlert = 21;
-inline constexpr uint8_t kHandshake = 22;
-inline constexpr uint8_t kApplicationData = 23;
-
 // True when this kernel accepts the "tls" upper-layer protocol on a TCP socket (the tls module
 // is built in or loadable). Probed once on a loopback connection.
 base::Status probe_kernel_tls();

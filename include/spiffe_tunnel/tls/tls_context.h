@@ -59,9 +59,11 @@ struct PeerOutcome {
 // Per-connection state OpenSSL callbacks write into (SSL app data). Owned by the TlsStream.
 struct ConnectionState {
   PeerOutcome outcome;
-  // The peer's TLS 1.3 application traffic secret 0, captured for installing kernel receive
-  // offload, then wiped.
+  // The TLS 1.3 application traffic secrets 0 of both directions, captured from the key log for
+  // the record layer that follows the handshake (kernel receive offload, or the userspace record
+  // layer), then wiped. Never written anywhere.
   std::vector<unsigned char> peer_traffic_secret;
+  std::vector<unsigned char> own_traffic_secret;
   // The peer sent a TLS 1.3 KeyUpdate (seen by OpenSSL on the userspace receive path).
   bool peer_key_update = false;
 

@@ -2,12 +2,20 @@
 // TlsStream: OpenSSL driven directly on a non-blocking TCP socket (SSL_set_fd), so that OpenSSL
 // can hand the record layer to the kernel (kTLS) -- memory BIOs, as asio::ssl uses, never can.
 // Readiness comes from asio (socket.async_wait). Owned by one session; used from its thread only.
+//
+// After the handshake the record layer runs in one of three places, per direction:
+//   - the kernel (kTLS), when the kernel and cipher allow it;
+//   - this stream's own TLS 1.3 record layer (RecordCipher), when neither direction is offloaded:
+//     the SSL object is freed, records are decrypted straight into the caller's buffer and
+//     written several per send();
+//   - OpenSSL's SSL_read/SSL_write: TLS 1.2, and TLS 1.3 with only one direction offloaded.
 
 #include <memory>
 #include <string>
 
 #include "spiffe_tunnel/base/byte_stream.h"
 #include "spiffe_tunnel/base/openssl.h"
+#include "spiffe_tunnel/tls/record_cipher.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 
 namespace spiffe_tunnel::tls {
@@ -28,6 +36,8 @@ class TlsStream final : public base::ByteStream {
   const std::string& error_detail() const { return error_detail_; }
   std::string protocol() const;  // "TLSv1.3"
   std::string cipher() const;    // "TLS_AES_128_GCM_SHA256"
+  // True when this stream runs its own TLS 1.3 record layer (the SSL object is gone).
+  bool own_records() const { return rx_ != nullptr; }
   // Why kernel offload was not used for a direction, "" when it was or was not wanted.
   const std::string& ktls_detail() const { return ktls_detail_; }
   const TlsContext& context() const { return *context_; }
@@ -61,6 +71,29 @@ class TlsStream final : public base::ByteStream {
   // Classifies a failed OpenSSL call outside a coroutine: true when it only has to wait (for
   // reading, or for writing when `want_write_` is set); false with ec set (eof for close_notify).
   bool classify(int ret, asio::error_code& ec);
+
+  // The userspace TLS 1.3 record layer (see the file comment).
+  bool start_own_records();
+  std::size_t try_read_records(std::span<char> buf, asio::error_code& ec);
+  // Handles a decrypted handshake record (NewSessionTicket, KeyUpdate); false on a fatal error.
+  bool post_handshake(const char* msg, std::size_t size, asio::error_code& ec);
+  asio::awaitable<void> write_records(std::span<const char> buf, asio::error_code& ec);
+  asio::awaitable<void> send_all(const char* data, std::size_t size, asio::error_code& ec);
+  bool fail(std::string detail, asio::error_code& ec, asio::error_code code);
+  void release_input();
+
+  std::unique_ptr<RecordCipher> rx_;
+  std::unique_ptr<RecordCipher> tx_;
+  std::unique_ptr<char[]> in_;      // received, not yet consumed: [in_begin_, in_end_)
+  std::size_t in_begin_ = 0;
+  std::size_t in_end_ = 0;
+  std::size_t plain_begin_ = 0;     // decrypted data the caller had no room for, inside in_
+  std::size_t plain_end_ = 0;
+  asio::error_code deferred_error_; // reported by the next read (data came first)
+  bool peer_closed_ = false;        // close_notify received
+  bool key_update_due_ = false;     // the peer asked for our KeyUpdate before our next record
+  const char* protocol_ = nullptr;  // static strings of libssl, kept when the SSL object goes
+  const char* cipher_ = nullptr;
 
   std::unique_ptr<ConnectionState> state_;
   bool manual_rx_ = false;  // we installed TLS 1.3 RX: OpenSSL must not read any more

@@ -1,0 +1,468 @@
+// The userspace TLS 1.3 record layer: RecordCipher on its own, and TlsStream running it against a
+// plain OpenSSL peer (an independent implementation of the same records, KeyUpdate included).
+
+#include "spiffe_tunnel/tls/record_cipher.h"
+
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <asio/co_spawn.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <cstring>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "spiffe_tunnel/base/clock.h"
+#include "spiffe_tunnel/identity/identity_store.h"
+#include "spiffe_tunnel/tls/tls_context.h"
+#include "spiffe_tunnel/tls/tls_stream.h"
+#include "tls/test_tls.h"
+
+using namespace spiffe_tunnel;
+using namespace spiffe_tunnel::tls::testing;
+using Catch::Matchers::Contains;
+using tls::RecordCipher;
+
+// g++ 12 may evaluate a co_await twice when it sits inside an assertion macro's expression, so
+// every co_await below stores its result before a CHECK looks at it.
+
+namespace {
+
+constexpr const char* kSuites[] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                   "TLS_CHACHA20_POLY1305_SHA256"};
+
+std::vector<unsigned char> secret_for(std::string_view suite, unsigned char fill) {
+  return std::vector<unsigned char>(suite == "TLS_AES_256_GCM_SHA384" ? 48 : 32, fill);
+}
+
+// A sealing and an opening cipher over the same secret: the two ends of one direction.
+struct Direction {
+  std::unique_ptr<RecordCipher> seal;
+  std::unique_ptr<RecordCipher> open;
+
+  explicit Direction(std::string_view suite, unsigned char fill = 7) {
+    const auto secret = secret_for(suite, fill);
+    auto s = RecordCipher::create(suite, secret, RecordCipher::Direction::kSeal);
+    auto o = RecordCipher::create(suite, secret, RecordCipher::Direction::kOpen);
+    REQUIRE(s.ok());
+    REQUIRE(o.ok());
+    seal = std::move(s).value();
+    open = std::move(o).value();
+  }
+
+  std::vector<char> record(uint8_t type, std::string_view data) {
+    std::vector<char> out(data.size() + tls::kRecordOverhead);
+    auto n = seal->seal(type, data, out.data());
+    REQUIRE(n.ok());
+    REQUIRE(*n == out.size());
+    return out;
+  }
+};
+
+std::string pattern(std::size_t n) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) {
+    s[i] = static_cast<char>((i * 7919) ^ (i >> 8));
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("records sealed by one end open at the other, for every TLS 1.3 suite") {
+  for (const char* suite : kSuites) {
+    INFO(suite);
+    Direction d(suite);
+    for (std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{1000}, tls::kMaxPlaintext}) {
+      const std::string data = pattern(size);
+      auto rec = d.record(tls::kApplicationData, data);
+      // The outer header: application_data, legacy version 3.3, length of the protected body.
+      CHECK(static_cast<uint8_t>(rec[0]) == tls::kApplicationData);
+      CHECK(rec[1] == 3);
+      CHECK(rec[2] == 3);
+      CHECK(((static_cast<uint8_t>(rec[3]) << 8) | static_cast<uint8_t>(rec[4])) ==
+            static_cast<int>(size + 1 + tls::kAeadTag));
+      if (size > 16) {
+        CHECK(std::string(rec.data() + tls::kRecordHeader, 16) != data.substr(0, 16));
+      }
+      // Opened in place, as the stream does when the caller's buffer is too small.
+      auto opened = d.open->open(rec, rec.data() + tls::kRecordHeader);
+      REQUIRE(opened.ok());
+      CHECK(opened->type == tls::kApplicationData);
+      CHECK(opened->size == size);
+      CHECK(std::string(rec.data() + tls::kRecordHeader, size) == data);
+    }
+    CHECK(d.seal->sequence() == 4);
+    CHECK(d.open->sequence() == 4);
+    // The inner content type is protected too.
+    auto alert = d.record(tls::kAlert, std::string_view("\x01\x00", 2));
+    CHECK(static_cast<uint8_t>(alert[0]) == tls::kApplicationData);
+    std::vector<char> out(alert.size());
+    auto opened = d.open->open(alert, out.data());
+    REQUIRE(opened.ok());
+    CHECK(opened->type == tls::kAlert);
+    CHECK(opened->size == 2);
+  }
+}
+
+TEST_CASE("a flipped bit, a replayed or a reordered record fails authentication") {
+  for (const char* suite : kSuites) {
+    INFO(suite);
+    Direction d(suite);
+    std::vector<char> out(100);
+    SECTION("flipped ciphertext bit") {
+      auto rec = d.record(tls::kApplicationData, "hello");
+      rec[tls::kRecordHeader + 2] ^= 0x10;
+      auto r = d.open->open(rec, out.data());
+      REQUIRE_FALSE(r.ok());
+      CHECK_THAT(r.error().message, Contains("bad_record_mac"));
+    }
+    SECTION("flipped tag bit") {
+      auto rec = d.record(tls::kApplicationData, "hello");
+      rec.back() ^= 0x01;
+      CHECK_FALSE(d.open->open(rec, out.data()).ok());
+    }
+    SECTION("header (additional data) changed") {
+      auto rec = d.record(tls::kApplicationData, "hello");
+      rec[2] = 1;  // legacy version 3.1
+      CHECK_FALSE(d.open->open(rec, out.data()).ok());
+    }
+    SECTION("replayed") {
+      auto rec = d.record(tls::kApplicationData, "once");
+      auto copy = rec;
+      REQUIRE(d.open->open(rec, out.data()).ok());
+      auto r = d.open->open(copy, out.data());
+      REQUIRE_FALSE(r.ok());
+      CHECK_THAT(r.error().message, Contains("bad_record_mac"));
+    }
+    SECTION("reordered") {
+      auto first = d.record(tls::kApplicationData, "first");
+      auto second = d.record(tls::kApplicationData, "second");
+      CHECK_FALSE(d.open->open(second, out.data()).ok());
+    }
+    SECTION("sealed under another secret") {
+      Direction other(suite, 8);
+      auto rec = other.record(tls::kApplicationData, "hello");
+      CHECK_FALSE(d.open->open(rec, out.data()).ok());
+    }
+  }
+}
+
+TEST_CASE("KeyUpdate moves each end to the next secret and restarts the sequence") {
+  for (const char* suite : kSuites) {
+    INFO(suite);
+    Direction d(suite);
+    std::vector<char> out(100);
+    auto before = d.record(tls::kApplicationData, "gen0");
+    REQUIRE(d.open->open(before, out.data()).ok());
+    REQUIRE(d.seal->next_generation().ok());
+    auto after = d.record(tls::kApplicationData, "gen1");
+    SECTION("the reader updates too: records open") {
+      REQUIRE(d.open->next_generation().ok());
+      auto r = d.open->open(after, out.data());
+      REQUIRE(r.ok());
+      CHECK(std::string(out.data(), r->size) == "gen1");
+      CHECK(d.open->sequence() == 1);
+      CHECK(d.open->generation() == 1);
+    }
+    SECTION("a reader still on the old key refuses them") {
+      CHECK_FALSE(d.open->open(after, out.data()).ok());
+    }
+  }
+}
+
+TEST_CASE("malformed records are refused with the alert they deserve") {
+  Direction d("TLS_AES_128_GCM_SHA256");
+  std::vector<char> out(tls::kMaxCiphertext + 100);
+  SECTION("an unprotected record after the handshake") {
+    std::vector<char> rec = {tls::kAlert, 3, 3, 0, 2, 2, 40};
+    auto r = d.open->open(rec, out.data());
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Contains("unexpected_message"));
+  }
+  SECTION("a body longer than 2^14 + 256") {
+    std::vector<char> rec(tls::kRecordHeader + tls::kMaxCiphertext + 1, 0);
+    rec[0] = tls::kApplicationData;
+    auto r = d.open->open(rec, out.data());
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Contains("record_overflow"));
+  }
+  SECTION("a body shorter than its tag") {
+    std::vector<char> rec = {tls::kApplicationData, 3, 3, 0, 3, 1, 2, 3};
+    auto r = d.open->open(rec, out.data());
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Contains("decode_error"));
+  }
+  SECTION("a plaintext of only padding has no content type") {
+    auto rec = d.record(0, "");
+    auto r = d.open->open(rec, out.data());
+    REQUIRE_FALSE(r.ok());
+    CHECK_THAT(r.error().message, Contains("unexpected_message"));
+  }
+  SECTION("a plaintext over 2^14 bytes") {
+    // Sealed by hand: the sealing side refuses to make one.
+    std::vector<char> too_big(tls::kMaxPlaintext + 1);
+    CHECK_FALSE(d.seal->seal(tls::kApplicationData, too_big, out.data()).ok());
+  }
+}
+
+TEST_CASE("unsupported suites and wrong secret sizes are named") {
+  const std::vector<unsigned char> secret(32, 1);
+  auto r = RecordCipher::create("TLS_AES_128_CCM_SHA256", secret, RecordCipher::Direction::kSeal);
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(r.error().message, Contains("TLS_AES_128_CCM_SHA256"));
+  auto s = RecordCipher::create("TLS_AES_256_GCM_SHA384", secret, RecordCipher::Direction::kSeal);
+  REQUIRE_FALSE(s.ok());
+  CHECK_THAT(s.error().message, Contains("32 bytes, expected 48"));
+}
+
+// ---- TlsStream's record layer against OpenSSL's ------------------------------------------------
+
+namespace {
+
+struct Pki {
+  spiffe::Issuer example = make_root("example.org");
+  std::shared_ptr<const spiffe::X509Svid> server = svid_of(example, "spiffe://example.org/server");
+  std::shared_ptr<const spiffe::X509Svid> client = svid_of(example, "spiffe://example.org/client");
+};
+
+int accept_any(int, X509_STORE_CTX*) { return 1; }
+
+// A plain OpenSSL endpoint on a blocking socket in its own thread: presents `svid`, asks for (and
+// does not check) the other side's certificate, and sends OpenSSL's default two session tickets
+// when it is the server.
+struct OpenSslPeer {
+  base::SslCtxPtr ctx;
+  base::SslPtr ssl;
+
+  OpenSslPeer(bool server, const spiffe::X509Svid& svid, int fd, std::string suite) {
+    ctx.reset(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
+    REQUIRE(ctx);
+    SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
+    REQUIRE(SSL_CTX_set_ciphersuites(ctx.get(), suite.c_str()) == 1);
+    REQUIRE(SSL_CTX_use_certificate(ctx.get(), svid.leaf()) == 1);
+    REQUIRE(SSL_CTX_use_PrivateKey(ctx.get(), svid.key.get()) == 1);
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, accept_any);
+    ssl.reset(SSL_new(ctx.get()));
+    REQUIRE(SSL_set_fd(ssl.get(), fd) == 1);
+    if (server) {
+      SSL_set_accept_state(ssl.get());
+    } else {
+      SSL_set_connect_state(ssl.get());
+    }
+  }
+
+  std::string read_exactly(std::size_t n) {
+    std::string out(n, '\0');
+    std::size_t got = 0;
+    while (got < n) {
+      std::size_t k = 0;
+      if (SSL_read_ex(ssl.get(), out.data() + got, n - got, &k) != 1) {
+        break;
+      }
+      got += k;
+    }
+    out.resize(got);
+    return out;
+  }
+  bool write(std::string_view s) {
+    std::size_t k = 0;
+    return SSL_write_ex(ssl.get(), s.data(), s.size(), &k) == 1 && k == s.size();
+  }
+};
+
+asio::awaitable<void> read_once(tls::TlsStream& s, std::size_t& n, asio::error_code& ec) {
+  char buf[256];
+  n = co_await s.read_some({buf, sizeof(buf)}, ec);
+}
+
+// What the OpenSSL side saw, returned from its thread.
+struct PeerReport {
+  bool handshake = false;
+  std::string hello;
+  std::string ack;
+  std::string bulk;
+  bool saw_close_notify = false;
+  std::string errors;
+};
+
+}  // namespace
+
+TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate included") {
+  Pki pki;
+  const bool we_are_server = GENERATE(true, false);
+  const std::string suite = GENERATE(std::string("TLS_AES_128_GCM_SHA256"),
+                                     std::string("TLS_AES_256_GCM_SHA384"),
+                                     std::string("TLS_CHACHA20_POLY1305_SHA256"));
+  INFO((we_are_server ? "spiffe-tunnel is the server" : "spiffe-tunnel is the client"));
+  INFO(suite);
+
+  identity::IdentityStore store;
+  store.publish(snapshot_of({we_are_server ? pki.server : pki.client}, {&pki.example}));
+  tls::TlsOptions options;
+  options.role = we_are_server ? tls::Role::kServer : tls::Role::kClient;
+  options.authorizer = allow_any_verified();
+  options.tls13_ciphersuites = suite;
+  tls::ContextProvider provider(options, store, base::SystemClock::instance());
+  auto context = provider.current();
+  REQUIRE(context.ok());
+
+  asio::io_context io;
+  auto [a, b] = connected_pair(io);
+  // The OpenSSL peer owns its end as a blocking descriptor.
+  const int peer_fd = b.release();
+  const std::string bulk = pattern(1024 * 1024 + 3);
+
+  auto peer_done = std::async(std::launch::async, [&, peer_fd] {
+    PeerReport r;
+    OpenSslPeer peer(!we_are_server, we_are_server ? *pki.client : *pki.server, peer_fd, suite);
+    r.handshake = SSL_do_handshake(peer.ssl.get()) == 1;
+    if (r.handshake) {
+      r.hello = peer.read_exactly(5);
+      // Ask for a KeyUpdate in return; it goes out with the next record.
+      SSL_key_update(peer.ssl.get(), SSL_KEY_UPDATE_REQUESTED);
+      peer.write("updated");
+      // Readable only if our KeyUpdate (and our new key) are right.
+      r.ack = peer.read_exactly(3);
+      peer.write(bulk);
+      r.bulk = peer.read_exactly(bulk.size());
+      SSL_shutdown(peer.ssl.get());  // our close_notify
+      char byte;
+      std::size_t k = 0;
+      r.saw_close_notify = SSL_read_ex(peer.ssl.get(), &byte, 1, &k) == 0 &&
+                           SSL_get_error(peer.ssl.get(), 0) == SSL_ERROR_ZERO_RETURN;
+    }
+    r.errors = base::drain_openssl_errors();
+    ::close(peer_fd);
+    return r;
+  });
+
+  auto stream = tls::TlsStream::create(std::move(a), *context);
+  REQUIRE(stream.ok());
+  tls::TlsStream& s = **stream;
+  bool done = false;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        asio::error_code ec;
+        co_await s.handshake(ec);
+        REQUIRE_FALSE(ec);
+        CHECK(s.own_records());
+        CHECK(s.cipher() == suite);
+        CHECK(s.protocol() == "TLSv1.3");
+        co_await s.write_all(std::string_view("hello"), ec);
+        REQUIRE_FALSE(ec);
+        std::string got;
+        char buf[64];
+        while (got.size() < 7) {
+          const std::size_t n = co_await s.read_some({buf, sizeof(buf)}, ec);
+          REQUIRE_FALSE(ec);
+          REQUIRE(n > 0);
+          got.append(buf, n);
+        }
+        CHECK(got == "updated");
+        co_await s.write_all(std::string_view("ack"), ec);
+        REQUIRE_FALSE(ec);
+        // A megabyte each way; the read buffer is smaller than a record, so plaintext waits in
+        // the stream between reads.
+        std::string in;
+        char small[1000];
+        while (in.size() < bulk.size()) {
+          const std::size_t n = co_await s.read_some({small, sizeof(small)}, ec);
+          REQUIRE_FALSE(ec);
+          REQUIRE(n > 0);
+          in.append(small, n);
+        }
+        CHECK((in == bulk));
+        co_await s.write_all(bulk, ec);
+        REQUIRE_FALSE(ec);
+        // The peer's close_notify is a clean end of stream; ours answers it.
+        const std::size_t n = co_await s.read_some({buf, sizeof(buf)}, ec);
+        CHECK(n == 0);
+        CHECK_FALSE(ec);
+        co_await s.shutdown_write(ec);
+        CHECK_FALSE(ec);
+        done = true;
+      },
+      rethrow);
+  run_bounded(io, std::chrono::seconds(20));
+  const PeerReport r = peer_done.get();
+  INFO("OpenSSL peer errors: " << r.errors);
+  CHECK(done);
+  CHECK(r.handshake);
+  CHECK(r.hello == "hello");
+  CHECK(r.ack == "ack");
+  CHECK((r.bulk == bulk));
+  CHECK(r.saw_close_notify);
+}
+
+TEST_CASE("a forged record on an established connection fails the read, never delivers data") {
+  Pki pki;
+  identity::IdentityStore server_store;
+  identity::IdentityStore client_store;
+  server_store.publish(snapshot_of({pki.server}, {&pki.example}));
+  client_store.publish(snapshot_of({pki.client}, {&pki.example}));
+  tls::TlsOptions so;
+  so.role = tls::Role::kServer;
+  so.authorizer = allow_any_verified();
+  tls::TlsOptions co = so;
+  co.role = tls::Role::kClient;
+  tls::ContextProvider sp(so, server_store, base::SystemClock::instance());
+  tls::ContextProvider cp(co, client_store, base::SystemClock::instance());
+  auto sctx = sp.current();
+  auto cctx = cp.current();
+  REQUIRE(sctx.ok());
+  REQUIRE(cctx.ok());
+
+  asio::io_context io;
+  auto [a, b] = connected_pair(io);
+  auto client = tls::TlsStream::create(std::move(a), *cctx);
+  auto server = tls::TlsStream::create(std::move(b), *sctx);
+  REQUIRE(client.ok());
+  REQUIRE(server.ok());
+  asio::error_code cec, sec;
+  asio::co_spawn(io, (*client)->handshake(cec), rethrow);
+  asio::co_spawn(io, (*server)->handshake(sec), rethrow);
+  run_bounded(io);
+  REQUIRE_FALSE(cec);
+  REQUIRE_FALSE(sec);
+  REQUIRE((*server)->own_records());
+
+  // Forge a well-formed application-data record of random bytes straight onto the wire.
+  std::vector<unsigned char> forged(tls::kRecordHeader + 64);
+  forged[0] = tls::kApplicationData;
+  forged[1] = forged[2] = 3;
+  forged[3] = 0;
+  forged[4] = 64;
+  REQUIRE(RAND_bytes(forged.data() + tls::kRecordHeader, 64) == 1);
+  std::string expected;
+  SECTION("a forged record") { expected = "bad_record_mac"; }
+  SECTION("a record header claiming more than 2^14 + 256 bytes") {
+    forged[3] = 0x48;
+    expected = "record_overflow";
+  }
+  SECTION("a record truncated by the end of the connection") {
+    forged[4] = 200;
+    expected = "in the middle of a record";
+  }
+  REQUIRE(::send((*client)->socket().native_handle(), forged.data(), forged.size(),
+                 MSG_NOSIGNAL) == static_cast<ssize_t>(forged.size()));
+  ::shutdown((*client)->socket().native_handle(), SHUT_WR);
+
+  tls::TlsStream& srv = **server;
+  std::size_t n = 1;
+  asio::error_code ec;
+  asio::co_spawn(io, read_once(srv, n, ec), rethrow);
+  run_bounded(io);
+  CHECK(n == 0);
+  CHECK(ec);
+  CHECK_THAT(srv.error_detail(), Contains(expected));
+}

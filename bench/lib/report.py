@@ -116,6 +116,39 @@ def summary(R: Results) -> list[str]:
     return out
 
 
+def handshake_floor_lines(R: Results) -> list[str]:
+    """The OpenSSL handshake floor beside the conn/s results, and what 2× the best peer needs."""
+    floor = R.med("limit", "openssl", "handshake_cpu_ms")
+    if floor is None:
+        return []
+    lines = ["", f"- **OpenSSL handshake floor** (`bench/hsfloor.c`: both ends of one mutual "
+                 f"TLS 1.3 handshake in one thread over a memory BIO pair, same certificates and "
+                 f"suite, OpenSSL's own chain verification, no sockets): "
+                 f"{R.cell('limit', 'openssl', 'handshake_cpu_ms', '{:.3f}')} CPU ms."]
+    st_ms = R.med("conn", "spiffe-tunnel", "cpu_ms_per_conn")
+    st_cs = R.med("conn", "spiffe-tunnel", "conn_per_s")
+    best, bp = R.best("conn", "conn_per_s")
+    direct = R.med("conn", "direct", "conn_per_s")
+    if st_ms:
+        lines.append(f"- spiffe-tunnel spends {st_ms:.2f} CPU ms per connection (both ends): "
+                     f"{st_ms / floor:.2f}× the floor; {st_ms - floor:.2f} ms is the three TCP "
+                     f"connections, socket I/O and everything beside the handshake math.")
+    if best and direct and st_ms and st_cs:
+        need = 2 * best
+        # CPU the two vCPUs would have to fit per connection: the tunnel pair plus the load
+        # generator and echo server (at most 2 CPU s / direct conn/s, measured without a tunnel).
+        app = 2000.0 / direct
+        budget = 2000.0 / need - app
+        lines.append(f"- 2× the best peer ({bp}, {best:.0f} conn/s) is {need:.0f} conn/s. On two "
+                     f"vCPUs that leaves at most 2000 ms / {need:.0f} − {app:.2f} ms (load "
+                     f"generator and echo server, from the direct run) = **{budget:.2f} CPU ms per "
+                     f"connection for both tunnel ends**, against an OpenSSL floor of "
+                     f"{floor:.2f} ms for the handshake alone"
+                     + (" — below the floor: no tunnel pair on this OpenSSL can reach it here."
+                        if budget < floor else "."))
+    return lines
+
+
 def limit_model(R: Results):
     relay = [R.med("bulk", p, "cpu_s_per_GB_1") for p in RELAYS if R.med("bulk", p, "cpu_s_per_GB_1")]
     aes = R.med("limit", "openssl", "aes128gcm_cpu_s_per_GB")
@@ -154,6 +187,7 @@ def tables(R: Results) -> list[str]:
         o.append(f"| {p} | {R.cell('conn', p, 'conn_per_s', '{:.0f}')} | "
                  f"{R.cell('conn', p, 'cpu_ms_per_conn')} | "
                  f"{_fmt(R.med('conn', p, 'failed'), '{:.0f}')} |")
+    o += handshake_floor_lines(R)
     d = R.med("latency", "direct", "p50_us")
     o += ["", "### Round-trip latency (1-byte ping-pong on one established connection)", "",
           "| Peer | p50 µs | p99 µs | p50 overhead over direct µs |", "|---|---|---|---|"]

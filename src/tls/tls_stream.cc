@@ -298,8 +298,9 @@ std::size_t TlsStream::try_read(std::span<char> buf, asio::error_code& ec) {
 
 asio::awaitable<void> TlsStream::wait_readable(asio::error_code& ec) {
   ec.clear();
-  if (rx_ ? has_buffered_input() || peer_closed_ || deferred_error_
-          : !manual_rx_ && SSL_has_pending(ssl_.get()) != 0) {
+  // Only what try_read() can use without the socket counts: a partial record waits for its rest
+  // (returning at once for one would spin until it arrives).
+  if (rx_ ? record_ready() : !manual_rx_ && SSL_pending(ssl_.get()) > 0) {
     co_return;
   }
   co_await socket_.async_wait(
@@ -376,6 +377,19 @@ void TlsStream::close() {
   asio::error_code ignored;
   socket_.close(ignored);
   release_input();
+}
+
+bool TlsStream::record_ready() const {
+  if (plain_begin_ < plain_end_ || peer_closed_ || deferred_error_) {
+    return true;
+  }
+  const size_t avail = in_end_ - in_begin_;
+  if (avail < kRecordHeader) {
+    return false;
+  }
+  const auto* h = reinterpret_cast<const unsigned char*>(in_.get() + in_begin_);
+  const size_t body = static_cast<size_t>(h[3]) << 8 | h[4];
+  return body > kMaxCiphertext || avail >= kRecordHeader + body;  // a whole record, or an error
 }
 
 bool TlsStream::has_buffered_input() const {

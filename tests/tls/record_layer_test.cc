@@ -466,3 +466,76 @@ TEST_CASE("a forged record on an established connection fails the read, never de
   CHECK(ec);
   CHECK_THAT(srv.error_detail(), Contains(expected));
 }
+
+TEST_CASE("a partial record makes the reader wait for the socket, not spin") {
+  Pki pki;
+  identity::IdentityStore server_store;
+  identity::IdentityStore client_store;
+  server_store.publish(snapshot_of({pki.server}, {&pki.example}));
+  client_store.publish(snapshot_of({pki.client}, {&pki.example}));
+  tls::TlsOptions so;
+  so.role = tls::Role::kServer;
+  so.authorizer = allow_any_verified();
+  tls::TlsOptions co = so;
+  co.role = tls::Role::kClient;
+  tls::ContextProvider sp(so, server_store, base::SystemClock::instance());
+  tls::ContextProvider cp(co, client_store, base::SystemClock::instance());
+  auto sctx = sp.current();
+  auto cctx = cp.current();
+  REQUIRE(sctx.ok());
+  REQUIRE(cctx.ok());
+
+  asio::io_context io;
+  auto [a, b] = connected_pair(io);
+  auto client = tls::TlsStream::create(std::move(a), *cctx);
+  auto server = tls::TlsStream::create(std::move(b), *sctx);
+  REQUIRE(client.ok());
+  REQUIRE(server.ok());
+  asio::error_code cec, sec;
+  asio::co_spawn(io, (*client)->handshake(cec), rethrow);
+  asio::co_spawn(io, (*server)->handshake(sec), rethrow);
+  run_bounded(io);
+  REQUIRE_FALSE(cec);
+  REQUIRE_FALSE(sec);
+  tls::TlsStream& srv = **server;
+  REQUIRE(srv.own_records());
+
+  // The first 15 bytes of a 69-byte record.
+  std::vector<unsigned char> record(tls::kRecordHeader + 64, 0x5a);
+  record[0] = tls::kApplicationData;
+  record[1] = record[2] = 3;
+  record[3] = 0;
+  record[4] = 64;
+  const int fd = (*client)->socket().native_handle();
+  REQUIRE(::send(fd, record.data(), 15, MSG_NOSIGNAL) == 15);
+  char buf[128];
+  asio::error_code ec;
+  // try_read takes in the partial record and has nothing to give.
+  for (int i = 0; i < 100 && !srv.has_buffered_input(); ++i) {
+    CHECK(srv.try_read({buf, sizeof(buf)}, ec) == 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE(ec == asio::error::would_block);
+  REQUIRE(srv.has_buffered_input());
+
+  bool woke = false;
+  asio::error_code wec;
+  asio::co_spawn(
+      io,
+      [&srv, &woke, &wec]() -> asio::awaitable<void> {
+        co_await srv.wait_readable(wec);
+        woke = true;
+      },
+      rethrow);
+  io.run_for(std::chrono::milliseconds(200));
+  CHECK_FALSE(woke);  // nothing more on the socket: it must still be waiting
+  // The rest arrives: the wait ends, and the (forged) record is refused.
+  REQUIRE(::send(fd, record.data() + 15, record.size() - 15, MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(record.size() - 15));
+  run_bounded(io);
+  CHECK(woke);
+  CHECK_FALSE(wec);
+  CHECK(srv.try_read({buf, sizeof(buf)}, ec) == 0);
+  CHECK(ec);
+  CHECK_THAT(srv.error_detail(), Contains("bad_record_mac"));
+}

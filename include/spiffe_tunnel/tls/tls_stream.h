@@ -80,6 +80,8 @@ class TlsStream final : public base::ByteStream {
   asio::awaitable<void> write_records(std::span<const char> buf, asio::error_code& ec);
   asio::awaitable<void> send_all(const char* data, std::size_t size, asio::error_code& ec);
   bool fail(std::string detail, asio::error_code& ec, asio::error_code code);
+  // try_read() can make progress without the socket: plaintext, a whole record, an end or error.
+  bool record_ready() const;
   void release_input();
 
   std::unique_ptr<RecordCipher> rx_;

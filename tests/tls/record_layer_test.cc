@@ -284,6 +284,49 @@ asio::awaitable<void> read_once(tls::TlsStream& s, std::size_t& n, asio::error_c
   n = co_await s.read_some({buf, sizeof(buf)}, ec);
 }
 
+// Two spiffe-tunnel streams after a TLS 1.3 handshake over loopback.
+struct EstablishedPair {
+  Pki pki;
+  identity::IdentityStore server_store;
+  identity::IdentityStore client_store;
+  std::unique_ptr<tls::ContextProvider> server_provider;
+  std::unique_ptr<tls::ContextProvider> client_provider;
+  asio::io_context io;
+  std::unique_ptr<tls::TlsStream> client;
+  std::unique_ptr<tls::TlsStream> server;
+
+  EstablishedPair() {
+    server_store.publish(snapshot_of({pki.server}, {&pki.example}));
+    client_store.publish(snapshot_of({pki.client}, {&pki.example}));
+    tls::TlsOptions so;
+    so.role = tls::Role::kServer;
+    so.authorizer = allow_any_verified();
+    tls::TlsOptions co = so;
+    co.role = tls::Role::kClient;
+    server_provider =
+        std::make_unique<tls::ContextProvider>(so, server_store, base::SystemClock::instance());
+    client_provider =
+        std::make_unique<tls::ContextProvider>(co, client_store, base::SystemClock::instance());
+    auto sctx = server_provider->current();
+    auto cctx = client_provider->current();
+    REQUIRE(sctx.ok());
+    REQUIRE(cctx.ok());
+    auto [a, b] = connected_pair(io);
+    auto c = tls::TlsStream::create(std::move(a), *cctx);
+    auto s = tls::TlsStream::create(std::move(b), *sctx);
+    REQUIRE(c.ok());
+    REQUIRE(s.ok());
+    client = std::move(c).value();
+    server = std::move(s).value();
+    asio::error_code cec, sec;
+    asio::co_spawn(io, client->handshake(cec), rethrow);
+    asio::co_spawn(io, server->handshake(sec), rethrow);
+    run_bounded(io);
+    REQUIRE_FALSE(cec);
+    REQUIRE_FALSE(sec);
+  }
+};
+
 // What the OpenSSL side saw, returned from its thread.
 struct PeerReport {
   bool handshake = false;
@@ -405,36 +448,9 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
 }
 
 TEST_CASE("a forged record on an established connection fails the read, never delivers data") {
-  Pki pki;
-  identity::IdentityStore server_store;
-  identity::IdentityStore client_store;
-  server_store.publish(snapshot_of({pki.server}, {&pki.example}));
-  client_store.publish(snapshot_of({pki.client}, {&pki.example}));
-  tls::TlsOptions so;
-  so.role = tls::Role::kServer;
-  so.authorizer = allow_any_verified();
-  tls::TlsOptions co = so;
-  co.role = tls::Role::kClient;
-  tls::ContextProvider sp(so, server_store, base::SystemClock::instance());
-  tls::ContextProvider cp(co, client_store, base::SystemClock::instance());
-  auto sctx = sp.current();
-  auto cctx = cp.current();
-  REQUIRE(sctx.ok());
-  REQUIRE(cctx.ok());
-
-  asio::io_context io;
-  auto [a, b] = connected_pair(io);
-  auto client = tls::TlsStream::create(std::move(a), *cctx);
-  auto server = tls::TlsStream::create(std::move(b), *sctx);
-  REQUIRE(client.ok());
-  REQUIRE(server.ok());
-  asio::error_code cec, sec;
-  asio::co_spawn(io, (*client)->handshake(cec), rethrow);
-  asio::co_spawn(io, (*server)->handshake(sec), rethrow);
-  run_bounded(io);
-  REQUIRE_FALSE(cec);
-  REQUIRE_FALSE(sec);
-  REQUIRE((*server)->own_records());
+  EstablishedPair p;
+  asio::io_context& io = p.io;
+  REQUIRE(p.server->own_records());
 
   // Forge a well-formed application-data record of random bytes straight onto the wire.
   std::vector<unsigned char> forged(tls::kRecordHeader + 64);
@@ -453,11 +469,11 @@ TEST_CASE("a forged record on an established connection fails the read, never de
     forged[4] = 200;
     expected = "in the middle of a record";
   }
-  REQUIRE(::send((*client)->socket().native_handle(), forged.data(), forged.size(),
+  REQUIRE(::send(p.client->socket().native_handle(), forged.data(), forged.size(),
                  MSG_NOSIGNAL) == static_cast<ssize_t>(forged.size()));
-  ::shutdown((*client)->socket().native_handle(), SHUT_WR);
+  ::shutdown(p.client->socket().native_handle(), SHUT_WR);
 
-  tls::TlsStream& srv = **server;
+  tls::TlsStream& srv = *p.server;
   std::size_t n = 1;
   asio::error_code ec;
   asio::co_spawn(io, read_once(srv, n, ec), rethrow);
@@ -468,36 +484,9 @@ TEST_CASE("a forged record on an established connection fails the read, never de
 }
 
 TEST_CASE("a partial record makes the reader wait for the socket, not spin") {
-  Pki pki;
-  identity::IdentityStore server_store;
-  identity::IdentityStore client_store;
-  server_store.publish(snapshot_of({pki.server}, {&pki.example}));
-  client_store.publish(snapshot_of({pki.client}, {&pki.example}));
-  tls::TlsOptions so;
-  so.role = tls::Role::kServer;
-  so.authorizer = allow_any_verified();
-  tls::TlsOptions co = so;
-  co.role = tls::Role::kClient;
-  tls::ContextProvider sp(so, server_store, base::SystemClock::instance());
-  tls::ContextProvider cp(co, client_store, base::SystemClock::instance());
-  auto sctx = sp.current();
-  auto cctx = cp.current();
-  REQUIRE(sctx.ok());
-  REQUIRE(cctx.ok());
-
-  asio::io_context io;
-  auto [a, b] = connected_pair(io);
-  auto client = tls::TlsStream::create(std::move(a), *cctx);
-  auto server = tls::TlsStream::create(std::move(b), *sctx);
-  REQUIRE(client.ok());
-  REQUIRE(server.ok());
-  asio::error_code cec, sec;
-  asio::co_spawn(io, (*client)->handshake(cec), rethrow);
-  asio::co_spawn(io, (*server)->handshake(sec), rethrow);
-  run_bounded(io);
-  REQUIRE_FALSE(cec);
-  REQUIRE_FALSE(sec);
-  tls::TlsStream& srv = **server;
+  EstablishedPair p;
+  asio::io_context& io = p.io;
+  tls::TlsStream& srv = *p.server;
   REQUIRE(srv.own_records());
 
   // The first 15 bytes of a 69-byte record.
@@ -506,7 +495,7 @@ TEST_CASE("a partial record makes the reader wait for the socket, not spin") {
   record[1] = record[2] = 3;
   record[3] = 0;
   record[4] = 64;
-  const int fd = (*client)->socket().native_handle();
+  const int fd = p.client->socket().native_handle();
   REQUIRE(::send(fd, record.data(), 15, MSG_NOSIGNAL) == 15);
   char buf[128];
   asio::error_code ec;

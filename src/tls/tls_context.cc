@@ -142,7 +142,7 @@ ContextProvider::ContextProvider(TlsOptions options, const identity::IdentitySto
       store_(store),
       clock_(clock) {}
 
-base::Result<std::shared_ptr<const TlsContext>> ContextProvider::current() {
+base::Result<std::shared_ptr<const TlsContext>> ContextProvider::current() const {
   std::shared_ptr<const identity::Snapshot> snapshot = store_.current();
   if (!snapshot) {
     return base::make_error(

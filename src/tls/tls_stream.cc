@@ -89,11 +89,8 @@ bool TlsStream::classify(int ret, asio::error_code& ec) {
   }
 }
 
-asio::awaitable<bool> TlsStream::wait_for_retry(int ret, asio::error_code& ec, bool* eof) {
+asio::awaitable<bool> TlsStream::wait_for_retry(int ret, asio::error_code& ec) {
   if (!classify(ret, ec)) {
-    if (ec == asio::error::eof && eof != nullptr) {
-      *eof = true;
-    }
     co_return false;
   }
   co_await socket_.async_wait(

@@ -166,10 +166,10 @@ void Tunnel::on_session_end(uint64_t id) {
   sessions_.erase(id);
 }
 
-bool Tunnel::ready() const { return const_cast<tls::ContextProvider&>(*tls_).current().ok(); }
+bool Tunnel::ready() const { return tls_->current().ok(); }
 
 std::string Tunnel::readiness_detail() const {
-  auto c = const_cast<tls::ContextProvider&>(*tls_).current();
+  auto c = tls_->current();
   return c ? "ready" : c.error().message;
 }
 

@@ -99,8 +99,9 @@ class ContextProvider {
                   const base::Clock& clock);
 
   // The context for the newest snapshot. Fails (and new connections are refused) when there is
-  // no snapshot yet, or the snapshot lacks the SVID this tunnel presents.
-  base::Result<std::shared_ptr<const TlsContext>> current();
+  // no snapshot yet, or the snapshot lacks the SVID this tunnel presents. Logically const: the
+  // context built for a snapshot is cached.
+  base::Result<std::shared_ptr<const TlsContext>> current() const;
 
   const TlsOptions& options() const { return *options_; }
 
@@ -111,9 +112,9 @@ class ContextProvider {
   std::shared_ptr<const TlsOptions> options_;
   const identity::IdentityStore& store_;
   const base::Clock& clock_;
-  std::mutex mutex_;
-  std::shared_ptr<const identity::Snapshot> cached_snapshot_;  // guarded by mutex_
-  std::shared_ptr<const TlsContext> cached_;                   // guarded by mutex_
+  mutable std::mutex mutex_;
+  mutable std::shared_ptr<const identity::Snapshot> cached_snapshot_;  // guarded by mutex_
+  mutable std::shared_ptr<const TlsContext> cached_;                   // guarded by mutex_
 };
 
 // Parses "1.2" / "1.3" into an OpenSSL version constant.

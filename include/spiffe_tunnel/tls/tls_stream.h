@@ -57,9 +57,9 @@ class TlsStream final : public base::ByteStream {
 
  private:
   TlsStream(asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context);
-  // Waits for what OpenSSL asked for after a call returned `ret`. Returns false (with ec set) on
-  // a fatal error; `eof` is set for a clean close_notify.
-  asio::awaitable<bool> wait_for_retry(int ret, asio::error_code& ec, bool* eof = nullptr);
+  // Waits for what OpenSSL asked for after a call returned `ret`. Returns false (with ec set,
+  // asio::error::eof for a clean close_notify) on anything else.
+  asio::awaitable<bool> wait_for_retry(int ret, asio::error_code& ec);
 
   asio::ip::tcp::socket socket_;
   std::shared_ptr<const TlsContext> context_;

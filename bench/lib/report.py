@@ -151,11 +151,9 @@ def handshake_floor_lines(R: Results) -> list[str]:
 
 def throughput_bound_lines(R: Results, model: float) -> list[str]:
     """How much faster than the best peer a tunnel at exactly the limit model could be."""
-    peers = [(R.med("bulk", p, "cpu_s_per_GB_1"), p) for p in TLS_PEERS
-             if R.med("bulk", p, "cpu_s_per_GB_1")]
-    if not peers:
+    best_cpu, best = R.best("bulk", "cpu_s_per_GB_1", higher=False)
+    if best_cpu is None:
         return []
-    best_cpu, best = min(peers)
     return [f"- Loopback throughput is CPU-bound here (both tunnel ends and iperf3's two ends share "
             f"two vCPUs), so a tunnel's speed-up over a peer is at most the ratio of their CPU per "
             f"byte, and less once iperf3's own CPU is counted. A tunnel at exactly the model "
@@ -168,15 +166,11 @@ def throughput_bound_lines(R: Results, model: float) -> list[str]:
 def latency_bound_lines(R: Results) -> list[str]:
     """The plain relays' overhead beside the latency target: a TLS tunnel cannot beat a relay."""
     d = R.med("latency", "direct", "p50_us")
-    relays = [(R.med("latency", p, "p50_us") - d, p) for p in RELAYS
-              if d and R.med("latency", p, "p50_us")]
-    tls = [(R.med("latency", p, "p50_us") - d, p) for p in TLS_PEERS
-           if d and R.med("latency", p, "p50_us")]
-    if not relays or not tls:
+    relay_rtt, relay = R.best("latency", "p50_us", higher=False, among=RELAYS)
+    best_rtt, best = R.best("latency", "p50_us", higher=False)
+    if d is None or relay_rtt is None or best_rtt is None:
         return []
-    relay_ov, relay = min(relays)
-    best_ov, best = min(tls)
-    target = best_ov / 2
+    relay_ov, target = relay_rtt - d, (best_rtt - d) / 2
     return ["", f"- The best plain relay pair ({relay}, no TLS at all) adds {relay_ov:.1f} µs at "
                 f"p50: the extra hops through two relay processes, each woken for every byte. "
                 f"Half the best TLS peer's overhead ({best}) is {target:.1f} µs"
@@ -186,11 +180,11 @@ def latency_bound_lines(R: Results) -> list[str]:
 
 
 def limit_model(R: Results):
-    relay = [R.med("bulk", p, "cpu_s_per_GB_1") for p in RELAYS if R.med("bulk", p, "cpu_s_per_GB_1")]
+    relay_cpu, _ = R.best("bulk", "cpu_s_per_GB_1", higher=False, among=RELAYS)
     aes = R.med("limit", "openssl", "aes128gcm_cpu_s_per_GB")
-    if not relay or aes is None:
+    if relay_cpu is None or aes is None:
         return None
-    return min(relay) + 2 * aes
+    return relay_cpu + 2 * aes
 
 
 def tables(R: Results) -> list[str]:
@@ -201,22 +195,21 @@ def tables(R: Results) -> list[str]:
     for p in R.peers:
         o.append(f"| {p} | {R.cell('bulk', p, 'gbit_s_1')} | {R.cell('bulk', p, 'gbit_s_4')} | "
                  f"{R.cell('bulk', p, 'cpu_s_per_GB_1')} | {R.cell('bulk', p, 'cpu_s_per_GB_4')} |")
-    relay = [(R.med("bulk", p, "cpu_s_per_GB_1"), p) for p in RELAYS
-             if R.med("bulk", p, "cpu_s_per_GB_1")]
+    relay_cpu, relay = R.best("bulk", "cpu_s_per_GB_1", higher=False, among=RELAYS)
     aes = R.med("limit", "openssl", "aes128gcm_cpu_s_per_GB")
-    if relay and aes:
-        best_relay = min(relay)
+    model = limit_model(R)
+    if model is not None:
+        ours = R.med("bulk", "spiffe-tunnel", "cpu_s_per_GB_1")
         o += ["", "### Limit model", "",
               f"- `openssl speed -evp aes-128-gcm -bytes 16384` in this run: "
               f"{R.cell('limit', 'openssl', 'aes128gcm_GBps')} GB/s on one core → "
               f"{aes:.3f} CPU s per GB for one pass.",
-              f"- Best plain relay pair CPU per GB (1 stream): {best_relay[0]:.3f} s/GB "
-              f"({best_relay[1]}).",
+              f"- Best plain relay pair CPU per GB (1 stream): {relay_cpu:.3f} s/GB ({relay}).",
               f"- **Model = relay + 2 × AES-GCM (encrypt at one end, decrypt at the other) = "
-              f"{best_relay[0]:.3f} + 2 × {aes:.3f} = {best_relay[0] + 2 * aes:.3f} CPU s/GB.**",
-              f"- spiffe-tunnel: {_fmt(R.med('bulk', 'spiffe-tunnel', 'cpu_s_per_GB_1'))} s/GB "
-              f"= {_fmt(R.med('bulk', 'spiffe-tunnel', 'cpu_s_per_GB_1') / (best_relay[0] + 2 * aes) if R.med('bulk', 'spiffe-tunnel', 'cpu_s_per_GB_1') else None)}× the model."]
-        o += throughput_bound_lines(R, best_relay[0] + 2 * aes)
+              f"{relay_cpu:.3f} + 2 × {aes:.3f} = {model:.3f} CPU s/GB.**",
+              f"- spiffe-tunnel: {_fmt(ours)} s/GB = "
+              f"{_fmt(ours / model if ours else None)}× the model."]
+        o += throughput_bound_lines(R, model)
     o += ["", "### New connections (connect, 1 byte echoed, close; full mTLS handshakes)", "",
           "| Peer | conn/s | CPU ms per connection (both ends) | failed connections (median) |",
           "|---|---|---|---|"]

@@ -94,6 +94,9 @@ class WorkloadApiSource::Streams {
 
   void publish_svids(X509SvidMessage message, SvidStreamLog& log);
   void publish_bundles(uint64_t epoch, BundleMap bundles, BundlesStreamLog& log);
+  // Logs and publishes what the merger made of a message; called with mutex_ held.
+  template <typename StreamLog>
+  void deliver(std::optional<X509Context> ctx, StreamLog& log);
   void revoke(const std::string& reason);
 
   const WorkloadApiOptions& options_;
@@ -167,9 +170,8 @@ void WorkloadApiSource::Streams::stop() {
   cv_.notify_all();
 }
 
-void WorkloadApiSource::Streams::publish_svids(X509SvidMessage message, SvidStreamLog& log) {
-  std::lock_guard lock(mutex_);
-  auto ctx = merger_.take_svids(std::move(message));
+template <typename StreamLog>
+void WorkloadApiSource::Streams::deliver(std::optional<X509Context> ctx, StreamLog& log) {
   if (!ctx) {
     log.unchanged();
     return;
@@ -178,6 +180,11 @@ void WorkloadApiSource::Streams::publish_svids(X509SvidMessage message, SvidStre
   if (callbacks_.on_update) {
     callbacks_.on_update(std::move(*ctx));
   }
+}
+
+void WorkloadApiSource::Streams::publish_svids(X509SvidMessage message, SvidStreamLog& log) {
+  std::lock_guard lock(mutex_);
+  deliver(merger_.take_svids(std::move(message)), log);
 }
 
 void WorkloadApiSource::Streams::publish_bundles(uint64_t epoch, BundleMap bundles,
@@ -192,14 +199,7 @@ void WorkloadApiSource::Streams::publish_bundles(uint64_t epoch, BundleMap bundl
     log.held();
     return;
   }
-  if (!ctx) {
-    log.unchanged();
-    return;
-  }
-  log.updated(*ctx);
-  if (callbacks_.on_update) {
-    callbacks_.on_update(std::move(*ctx));
-  }
+  deliver(std::move(ctx), log);
 }
 
 void WorkloadApiSource::Streams::revoke(const std::string& reason) {

@@ -25,11 +25,17 @@
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
 #include "tls/test_tls.h"
+#include "tls/tls_pair.h"
 
 using namespace spiffe_tunnel;
 using namespace spiffe_tunnel::tls::testing;
 using Catch::Matchers::Contains;
 using tls::RecordCipher;
+
+// g++ 12 reports asio's coroutine frames as freed with a "mismatched" operator delete in some
+// inlining contexts (asio's awaitable_frame_base declares the matching operator new and delete);
+// a false positive of that compiler, silenced for this file only.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 
 // g++ 12 may evaluate a co_await twice when it sits inside an assertion macro's expression, so
 // every co_await below stores its result before a CHECK looks at it.
@@ -287,43 +293,20 @@ asio::awaitable<void> read_once(tls::TlsStream& s, std::size_t& n, asio::error_c
 // Two spiffe-tunnel streams after a TLS 1.3 handshake over loopback.
 struct EstablishedPair {
   Pki pki;
-  identity::IdentityStore server_store;
-  identity::IdentityStore client_store;
-  std::unique_ptr<tls::ContextProvider> server_provider;
-  std::unique_ptr<tls::ContextProvider> client_provider;
+  Side server_side{options_for(tls::Role::kServer, allow_any_verified()),
+                   snapshot_of({pki.server}, {&pki.example})};
+  Side client_side{options_for(tls::Role::kClient, allow_any_verified()),
+                   snapshot_of({pki.client}, {&pki.example})};
   asio::io_context io;
-  std::unique_ptr<tls::TlsStream> client;
-  std::unique_ptr<tls::TlsStream> server;
+  Connection c = handshake(io, client_side.context(), server_side.context());
+  tls::TlsStream* client = nullptr;
+  tls::TlsStream* server = nullptr;
 
   EstablishedPair() {
-    server_store.publish(snapshot_of({pki.server}, {&pki.example}));
-    client_store.publish(snapshot_of({pki.client}, {&pki.example}));
-    tls::TlsOptions so;
-    so.role = tls::Role::kServer;
-    so.authorizer = allow_any_verified();
-    tls::TlsOptions co = so;
-    co.role = tls::Role::kClient;
-    server_provider =
-        std::make_unique<tls::ContextProvider>(so, server_store, base::SystemClock::instance());
-    client_provider =
-        std::make_unique<tls::ContextProvider>(co, client_store, base::SystemClock::instance());
-    auto sctx = server_provider->current();
-    auto cctx = client_provider->current();
-    REQUIRE(sctx.ok());
-    REQUIRE(cctx.ok());
-    auto [a, b] = connected_pair(io);
-    auto c = tls::TlsStream::create(std::move(a), *cctx);
-    auto s = tls::TlsStream::create(std::move(b), *sctx);
-    REQUIRE(c.ok());
-    REQUIRE(s.ok());
-    client = std::move(c).value();
-    server = std::move(s).value();
-    asio::error_code cec, sec;
-    asio::co_spawn(io, client->handshake(cec), rethrow);
-    asio::co_spawn(io, server->handshake(sec), rethrow);
-    run_bounded(io);
-    REQUIRE_FALSE(cec);
-    REQUIRE_FALSE(sec);
+    REQUIRE_FALSE(c.client_ec);
+    REQUIRE_FALSE(c.server_ec);
+    client = c.client.get();
+    server = c.server.get();
   }
 };
 
@@ -339,6 +322,50 @@ struct PeerReport {
 
 }  // namespace
 
+// spiffe-tunnel's side of the OpenSSL interop conversation (see the peer thread below).
+asio::awaitable<void> talk_to_openssl(tls::TlsStream& s, const std::string& suite,
+                                      const std::string& bulk, bool& done) {
+  asio::error_code ec;
+  co_await s.handshake(ec);
+  REQUIRE_FALSE(ec);
+  CHECK(s.own_records());
+  CHECK(s.cipher() == suite);
+  CHECK(s.protocol() == "TLSv1.3");
+  co_await s.write_all(std::string_view("hello"), ec);
+  REQUIRE_FALSE(ec);
+  std::string got;
+  char buf[64];
+  while (got.size() < 7) {
+    const std::size_t n = co_await s.read_some({buf, sizeof(buf)}, ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(n > 0);
+    got.append(buf, n);
+  }
+  CHECK(got == "updated");
+  co_await s.write_all(std::string_view("ack"), ec);
+  REQUIRE_FALSE(ec);
+  // A megabyte each way; the read buffer is smaller than a record, so plaintext waits in
+  // the stream between reads.
+  std::string in;
+  char small[1000];
+  while (in.size() < bulk.size()) {
+    const std::size_t n = co_await s.read_some({small, sizeof(small)}, ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(n > 0);
+    in.append(small, n);
+  }
+  CHECK((in == bulk));
+  co_await s.write_all(bulk, ec);
+  REQUIRE_FALSE(ec);
+  // The peer's close_notify is a clean end of stream; ours answers it.
+  const std::size_t n = co_await s.read_some({buf, sizeof(buf)}, ec);
+  CHECK(n == 0);
+  CHECK_FALSE(ec);
+  co_await s.shutdown_write(ec);
+  CHECK_FALSE(ec);
+  done = true;
+}
+
 TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate included") {
   Pki pki;
   const bool we_are_server = GENERATE(true, false);
@@ -348,15 +375,10 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
   INFO((we_are_server ? "spiffe-tunnel is the server" : "spiffe-tunnel is the client"));
   INFO(suite);
 
-  identity::IdentityStore store;
-  store.publish(snapshot_of({we_are_server ? pki.server : pki.client}, {&pki.example}));
-  tls::TlsOptions options;
-  options.role = we_are_server ? tls::Role::kServer : tls::Role::kClient;
-  options.authorizer = allow_any_verified();
+  auto options = options_for(we_are_server ? tls::Role::kServer : tls::Role::kClient,
+                             allow_any_verified());
   options.tls13_ciphersuites = suite;
-  tls::ContextProvider provider(options, store, base::SystemClock::instance());
-  auto context = provider.current();
-  REQUIRE(context.ok());
+  Side side(options, snapshot_of({we_are_server ? pki.server : pki.client}, {&pki.example}));
 
   asio::io_context io;
   auto [a, b] = connected_pair(io);
@@ -388,54 +410,11 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
     return r;
   });
 
-  auto stream = tls::TlsStream::create(std::move(a), *context);
+  auto stream = tls::TlsStream::create(std::move(a), side.context());
   REQUIRE(stream.ok());
   tls::TlsStream& s = **stream;
   bool done = false;
-  asio::co_spawn(
-      io,
-      [&]() -> asio::awaitable<void> {
-        asio::error_code ec;
-        co_await s.handshake(ec);
-        REQUIRE_FALSE(ec);
-        CHECK(s.own_records());
-        CHECK(s.cipher() == suite);
-        CHECK(s.protocol() == "TLSv1.3");
-        co_await s.write_all(std::string_view("hello"), ec);
-        REQUIRE_FALSE(ec);
-        std::string got;
-        char buf[64];
-        while (got.size() < 7) {
-          const std::size_t n = co_await s.read_some({buf, sizeof(buf)}, ec);
-          REQUIRE_FALSE(ec);
-          REQUIRE(n > 0);
-          got.append(buf, n);
-        }
-        CHECK(got == "updated");
-        co_await s.write_all(std::string_view("ack"), ec);
-        REQUIRE_FALSE(ec);
-        // A megabyte each way; the read buffer is smaller than a record, so plaintext waits in
-        // the stream between reads.
-        std::string in;
-        char small[1000];
-        while (in.size() < bulk.size()) {
-          const std::size_t n = co_await s.read_some({small, sizeof(small)}, ec);
-          REQUIRE_FALSE(ec);
-          REQUIRE(n > 0);
-          in.append(small, n);
-        }
-        CHECK((in == bulk));
-        co_await s.write_all(bulk, ec);
-        REQUIRE_FALSE(ec);
-        // The peer's close_notify is a clean end of stream; ours answers it.
-        const std::size_t n = co_await s.read_some({buf, sizeof(buf)}, ec);
-        CHECK(n == 0);
-        CHECK_FALSE(ec);
-        co_await s.shutdown_write(ec);
-        CHECK_FALSE(ec);
-        done = true;
-      },
-      rethrow);
+  asio::co_spawn(io, talk_to_openssl(s, suite, bulk, done), rethrow);
   run_bounded(io, std::chrono::seconds(20));
   const PeerReport r = peer_done.get();
   INFO("OpenSSL peer errors: " << r.errors);

@@ -21,6 +21,7 @@
 #include "spiffe_tunnel/tls/ktls.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "tls/test_tls.h"
+#include "tls/tls_pair.h"
 
 using namespace std::chrono_literals;
 using namespace spiffe_tunnel;
@@ -48,57 +49,6 @@ struct Pki {
   std::shared_ptr<const spiffe::X509Svid> client = svid_of(example, "spiffe://example.org/client");
   std::shared_ptr<const spiffe::X509Svid> stranger = svid_of(other, "spiffe://other.org/client");
 };
-
-// One side's identity and TLS settings: a store with one snapshot and a provider over it.
-struct Side {
-  identity::IdentityStore store;
-  std::unique_ptr<ContextProvider> provider;
-
-  Side(TlsOptions options, std::shared_ptr<const identity::Snapshot> snapshot) {
-    if (snapshot) {
-      store.publish(std::move(snapshot));
-    }
-    provider = std::make_unique<ContextProvider>(std::move(options), store,
-                                                 base::SystemClock::instance());
-  }
-
-  ContextPtr context() {
-    auto c = provider->current();
-    INFO((c.ok() ? "" : c.error().message));
-    REQUIRE(c.ok());
-    return *c;
-  }
-};
-
-TlsOptions options_for(Role role, std::shared_ptr<const policy::Authorizer> authorizer) {
-  TlsOptions o;
-  o.role = role;
-  o.authorizer = std::move(authorizer);
-  return o;
-}
-
-// Both ends of one connection after their handshakes ran concurrently.
-struct Connection {
-  std::unique_ptr<TlsStream> client;
-  std::unique_ptr<TlsStream> server;
-  asio::error_code client_ec;
-  asio::error_code server_ec;
-};
-
-Connection handshake(asio::io_context& io, ContextPtr client_ctx, ContextPtr server_ctx) {
-  auto [client_sock, server_sock] = connected_pair(io);
-  Connection c;
-  auto client = TlsStream::create(std::move(client_sock), std::move(client_ctx));
-  auto server = TlsStream::create(std::move(server_sock), std::move(server_ctx));
-  REQUIRE(client.ok());
-  REQUIRE(server.ok());
-  c.client = std::move(*client);
-  c.server = std::move(*server);
-  asio::co_spawn(io, c.client->handshake(c.client_ec), rethrow);
-  asio::co_spawn(io, c.server->handshake(c.server_ec), rethrow);
-  run_bounded(io);
-  return c;
-}
 
 // Reads exactly `n` bytes (or fewer at end of stream).
 asio::awaitable<std::string> read_exactly(base::ByteStream& s, std::size_t n,

@@ -18,10 +18,13 @@
 #include <utility>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
+
 #include <catch2/catch.hpp>
 
 #include "spiffe/test_pki.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
+#include "workload.grpc.pb.h"
 #include "workload.pb.h"
 
 namespace spiffe_tunnel::workload::testing {
@@ -187,6 +190,27 @@ inline bool bundle_is(const workload::X509Context& ctx, std::string_view td,
     }
   }
   return true;
+}
+
+// One raw call to the Workload API at `socket`, carrying `headers` copies of the security header
+// set to `value`: whether a first message arrived, and the call's final status. `Response` and
+// `rpc` pick the stream, e.g. <X509SVIDResponse>(&Stub::FetchX509SVID, X509SVIDRequest()).
+template <typename Response, typename Rpc, typename Request>
+std::pair<bool, grpc::StatusCode> call_with_headers(const std::string& socket, int headers,
+                                                    const std::string& value, Rpc rpc,
+                                                    const Request& request) {
+  auto stub = SpiffeWorkloadAPI::NewStub(
+      grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  for (int i = 0; i < headers; ++i) {
+    ctx.AddMetadata("workload.spiffe.io", value);
+  }
+  auto reader = ((*stub).*rpc)(&ctx, request);
+  Response r;
+  const bool got = reader->Read(&r);
+  const grpc::Status status = reader->Finish();
+  return {got, status.error_code()};
 }
 
 }  // namespace spiffe_tunnel::workload::testing

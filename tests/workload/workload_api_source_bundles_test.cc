@@ -235,18 +235,9 @@ TEST_CASE("the source sends the security header exactly once on both RPCs") {
   FakeWorkloadApi fake(dir.socket());
   Federation f;
   // The fake is as strict on FetchX509Bundles as SPIRE...
-  auto stub = SpiffeWorkloadAPI::NewStub(
-      grpc::CreateChannel("unix:" + dir.socket(), grpc::InsecureChannelCredentials()));
   auto call = [&](int headers, const std::string& value) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    for (int i = 0; i < headers; ++i) {
-      ctx.AddMetadata("workload.spiffe.io", value);
-    }
-    auto reader = stub->FetchX509Bundles(&ctx, X509BundlesRequest());
-    X509BundlesResponse r;
-    const bool got = reader->Read(&r);
-    return std::make_pair(got, reader->Finish().error_code());
+    return call_with_headers<X509BundlesResponse>(dir.socket(), headers, value,
+                                     &SpiffeWorkloadAPI::Stub::FetchX509Bundles, X509BundlesRequest());
   };
   CHECK(call(0, "true") == std::make_pair(false, grpc::StatusCode::INVALID_ARGUMENT));
   CHECK(call(2, "true") == std::make_pair(false, grpc::StatusCode::INVALID_ARGUMENT));

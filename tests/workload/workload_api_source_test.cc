@@ -363,19 +363,9 @@ TEST_CASE("the fake agent, like SPIRE, rejects calls without exactly one securit
   TempDir dir;
   FakeWorkloadApi fake(dir.socket());
   Agent agent;
-  auto stub = SpiffeWorkloadAPI::NewStub(
-      grpc::CreateChannel("unix:" + dir.socket(), grpc::InsecureChannelCredentials()));
   auto call = [&](int headers, const std::string& value) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    for (int i = 0; i < headers; ++i) {
-      ctx.AddMetadata("workload.spiffe.io", value);
-    }
-    auto reader = stub->FetchX509SVID(&ctx, X509SVIDRequest());
-    X509SVIDResponse r;
-    const bool got = reader->Read(&r);
-    const grpc::Status status = reader->Finish();
-    return std::make_pair(got, status.error_code());
+    return call_with_headers<X509SVIDResponse>(dir.socket(), headers, value,
+                                     &SpiffeWorkloadAPI::Stub::FetchX509SVID, X509SVIDRequest());
   };
   CHECK(call(0, "true") == std::make_pair(false, grpc::StatusCode::INVALID_ARGUMENT));
   CHECK(call(2, "true") == std::make_pair(false, grpc::StatusCode::INVALID_ARGUMENT));

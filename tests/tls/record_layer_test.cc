@@ -244,21 +244,26 @@ int accept_any(int, X509_STORE_CTX*) { return 1; }
 
 // A plain OpenSSL endpoint on a blocking socket in its own thread: presents `svid`, asks for (and
 // does not check) the other side's certificate, and sends OpenSSL's default two session tickets
-// when it is the server.
+// when it is the server. It makes no Catch2 assertions (they are not thread-safe): a setup
+// failure leaves `ssl` empty and the test's thread checks the report.
 struct OpenSslPeer {
   base::SslCtxPtr ctx;
   base::SslPtr ssl;
 
-  OpenSslPeer(bool server, const spiffe::X509Svid& svid, int fd, std::string suite) {
+  OpenSslPeer(bool server, const spiffe::X509Svid& svid, int fd, const std::string& suite) {
     ctx.reset(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
-    REQUIRE(ctx);
-    SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
-    REQUIRE(SSL_CTX_set_ciphersuites(ctx.get(), suite.c_str()) == 1);
-    REQUIRE(SSL_CTX_use_certificate(ctx.get(), svid.leaf()) == 1);
-    REQUIRE(SSL_CTX_use_PrivateKey(ctx.get(), svid.key.get()) == 1);
+    if (!ctx || SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION) != 1 ||
+        SSL_CTX_set_ciphersuites(ctx.get(), suite.c_str()) != 1 ||
+        SSL_CTX_use_certificate(ctx.get(), svid.leaf()) != 1 ||
+        SSL_CTX_use_PrivateKey(ctx.get(), svid.key.get()) != 1) {
+      return;
+    }
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, accept_any);
     ssl.reset(SSL_new(ctx.get()));
-    REQUIRE(SSL_set_fd(ssl.get(), fd) == 1);
+    if (!ssl || SSL_set_fd(ssl.get(), fd) != 1) {
+      ssl.reset();
+      return;
+    }
     if (server) {
       SSL_set_accept_state(ssl.get());
     } else {
@@ -379,6 +384,7 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
                              allow_any_verified());
   options.tls13_ciphersuites = suite;
   Side side(options, snapshot_of({we_are_server ? pki.server : pki.client}, {&pki.example}));
+  auto context = side.context();  // before the peer thread starts: Catch2 is single-threaded
 
   asio::io_context io;
   auto [a, b] = connected_pair(io);
@@ -389,7 +395,7 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
   auto peer_done = std::async(std::launch::async, [&, peer_fd] {
     PeerReport r;
     OpenSslPeer peer(!we_are_server, we_are_server ? *pki.client : *pki.server, peer_fd, suite);
-    r.handshake = SSL_do_handshake(peer.ssl.get()) == 1;
+    r.handshake = peer.ssl && SSL_do_handshake(peer.ssl.get()) == 1;
     if (r.handshake) {
       r.hello = peer.read_exactly(5);
       // Ask for a KeyUpdate in return; it goes out with the next record.
@@ -410,7 +416,7 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
     return r;
   });
 
-  auto stream = tls::TlsStream::create(std::move(a), side.context());
+  auto stream = tls::TlsStream::create(std::move(a), context);
   REQUIRE(stream.ok());
   tls::TlsStream& s = **stream;
   bool done = false;

@@ -39,6 +39,7 @@ struct GlobalFlags {
   std::string log_level = "info";
   std::size_t threads = 0;
   std::string admin;
+  std::string busy_poll;
 };
 
 void add_tunnel_flags(CLI::App* cmd, TunnelFlags& f, bool server) {
@@ -108,6 +109,13 @@ base::Result<Config> to_config(const TunnelFlags& f, const GlobalFlags& g, bool 
   c.log_level = g.log_level;
   c.threads = g.threads;
   c.admin_listen = g.admin;
+  if (!g.busy_poll.empty()) {
+    auto d = config::parse_busy_poll(g.busy_poll);
+    if (!d) {
+      return base::make_error("flag --busy-poll: " + d.error().message);
+    }
+    c.busy_poll = *d;
+  }
   const bool files = !f.cert.empty() || !f.key.empty() || !f.bundles.empty();
   const bool wl = f.use_workload_api || !f.workload_api.empty();
   if (files && wl) {
@@ -247,6 +255,9 @@ int run_cli(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--threads", g.threads, "Data-path threads (default: one per core)");
   app.add_option("--admin", g.admin, "Admin HTTP endpoint host:port (/metrics, /healthz, /readyz)");
+  app.add_option("--busy-poll", g.busy_poll,
+                 "Keep polling this long after the last event before sleeping (e.g. 200us; "
+                 "default 0): lower latency on VMs for more CPU");
 
   TunnelFlags server_flags, client_flags;
   auto* server = app.add_subcommand("server", "Accept mTLS, forward plain TCP to a target");
@@ -304,6 +315,13 @@ int run_cli(int argc, char** argv) {
     }
     if (!g.admin.empty()) {
       cfg->admin_listen = g.admin;
+    }
+    if (!g.busy_poll.empty()) {
+      auto d = config::parse_busy_poll(g.busy_poll);
+      if (!d) {
+        return fail("flag --busy-poll: " + d.error().message);
+      }
+      cfg->busy_poll = *d;
     }
   }
   return run_daemon(*cfg);

@@ -275,7 +275,13 @@ int run_daemon(const Config& config) {
   base::MetricsRegistry metrics;
   const std::size_t threads =
       config.threads != 0 ? config.threads : std::max(1u, std::thread::hardware_concurrency());
-  tunnel::IoPool pool(threads);
+  tunnel::IoPool pool(threads, config.busy_poll);
+  if (config.busy_poll.count() > 0) {
+    spdlog::info("data path: {} thread(s), busy-polling {}us after each event", threads,
+                 config.busy_poll.count());
+  } else {
+    spdlog::info("data path: {} thread(s)", threads);
+  }
   std::vector<std::unique_ptr<tunnel::Tunnel>> tunnels;
   for (const auto& t : config.tunnels) {
     auto tls_options = make_tls_options(t);

@@ -313,7 +313,9 @@ Result<Config> read_config(const Reader& r, const YAML::Node& root) {
   if (!root || root.IsNull()) {
     return make_error(r.origin + ": the file is empty");
   }
-  ST_TRY(r.only_keys(root, {"identity", "tunnels", "admin", "log_level", "threads", "drain_timeout"},
+  ST_TRY(r.only_keys(root,
+                     {"identity", "tunnels", "admin", "log_level", "threads", "drain_timeout",
+                      "busy_poll"},
                      "the top level"));
   if (const auto id = root["identity"]) {
     ST_TRY(r.only_keys(id, {"workload_api", "files"}, "identity"));
@@ -375,6 +377,15 @@ Result<Config> read_config(const Reader& r, const YAML::Node& root) {
     }
   }
   ST_TRY(read_duration(r, root["drain_timeout"], "drain_timeout", c.drain_timeout));
+  if (root["busy_poll"]) {
+    std::string text;
+    ST_TRY(r.optional_scalar(root["busy_poll"], "busy_poll", text));
+    auto d = parse_busy_poll(text);
+    if (!d) {
+      return r.fail(root["busy_poll"], "busy_poll: " + d.error().message);
+    }
+    c.busy_poll = *d;
+  }
   const auto tunnels = root["tunnels"];
   if (!tunnels || !tunnels.IsSequence() || tunnels.size() == 0) {
     return r.fail(tunnels ? tunnels : root, "\"tunnels\" must be a non-empty list");
@@ -473,6 +484,29 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   return d;
 }
 
+Result<std::chrono::microseconds> parse_busy_poll(std::string_view text) {
+  using namespace std::chrono;
+  const std::string q = "\"" + std::string(text) + "\"";
+  if (text == "0" || text == "off") {
+    return microseconds(0);
+  }
+  size_t i = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+    ++i;
+  }
+  const std::string_view unit = text.substr(i);
+  if (i == 0 || i > 9 || (unit != "us" && unit != "ms")) {
+    return make_error(q + " is not a busy-poll window (examples: 0, 50us, 200us, 1ms)");
+  }
+  const long long n = std::stoll(std::string(text.substr(0, i)));
+  const microseconds d = unit == "ms" ? microseconds(n * 1000) : microseconds(n);
+  if (d > kMaxBusyPoll) {
+    return make_error(q + " is longer than " + std::to_string(kMaxBusyPoll.count() / 1000) +
+                      "ms: a longer window only burns CPU");
+  }
+  return d;
+}
+
 Result<Config> load_config_text(const std::string& text, const std::string& origin) {
   Reader r{origin};
   YAML::Node root;
@@ -541,6 +575,10 @@ base::Status validate(const Config& c) {
   if (c.threads > kMaxThreads) {
     return make_error("threads must be at most " + std::to_string(kMaxThreads) +
                       " (0: one per core)");
+  }
+  if (c.busy_poll < std::chrono::microseconds(0) || c.busy_poll > kMaxBusyPoll) {
+    return make_error("busy_poll must be between 0 and " +
+                      std::to_string(kMaxBusyPoll.count() / 1000) + "ms");
   }
   if (c.tunnels.empty()) {
     return make_error("no tunnel configured");

@@ -2,7 +2,8 @@
 
 namespace spiffe_tunnel::tunnel {
 
-IoPool::IoPool(std::size_t threads) {
+IoPool::IoPool(std::size_t threads, std::chrono::microseconds busy_poll)
+    : busy_poll_(busy_poll) {
   if (threads == 0) {
     threads = 1;
   }
@@ -17,7 +18,29 @@ IoPool::~IoPool() { stop(); }
 
 void IoPool::start() {
   for (auto& ctx : contexts_) {
-    threads_.emplace_back([c = ctx.get()] { c->run(); });
+    threads_.emplace_back([c = ctx.get(), window = busy_poll_] {
+      if (window.count() > 0) {
+        run_busy_polling(*c, window);
+      } else {
+        c->run();
+      }
+    });
+  }
+}
+
+void IoPool::run_busy_polling(asio::io_context& ctx, std::chrono::microseconds window) {
+  using Clock = std::chrono::steady_clock;
+  auto last_work = Clock::now();
+  while (!ctx.stopped()) {
+    if (ctx.poll() > 0) {  // ran handlers: keep polling
+      last_work = Clock::now();
+      continue;
+    }
+    if (Clock::now() - last_work < window) {
+      continue;
+    }
+    ctx.run_one();  // quiet for the whole window: sleep until the next event
+    last_work = Clock::now();
   }
 }
 

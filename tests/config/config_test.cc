@@ -18,6 +18,7 @@ using spiffe_tunnel::config::IdentityConfig;
 using spiffe_tunnel::config::load_config_file;
 using spiffe_tunnel::config::load_config_text;
 using spiffe_tunnel::config::Mode;
+using spiffe_tunnel::config::parse_busy_poll;
 using spiffe_tunnel::config::parse_duration;
 using spiffe_tunnel::config::parse_host_port;
 using Catch::Matchers::Contains;
@@ -213,6 +214,7 @@ TEST_CASE("loads a Workload API identity, with or without an endpoint") {
   CHECK(c.identity.workload_api == "unix:///run/spire/agent.sock");
   CHECK(c.threads == 0);
   CHECK(c.drain_timeout == 15s);
+  CHECK(c.busy_poll == 0us);
   CHECK(c.admin_listen.empty());
 
   const Config from_env = load_ok(R"(identity:
@@ -535,6 +537,14 @@ TEST_CASE("every error names the file, line and column of the bad value") {
        "test.yaml:3:10", "threads must be a number"},
       {"admin that is a value", "admin: 9090\ntunnels: []\n", "test.yaml:3:8",
        "\"admin\" must be a mapping"},
+      {"busy_poll without a unit", "busy_poll: 200\ntunnels: []\n", "test.yaml:3:12",
+       "busy_poll: \"200\" is not a busy-poll window"},
+      {"busy_poll too long", "busy_poll: 1s\ntunnels: []\n", "test.yaml:3:12",
+       "busy_poll: \"1s\" is not a busy-poll window"},
+      {"busy_poll over the limit", "busy_poll: 11ms\ntunnels: []\n", "test.yaml:3:12",
+       "busy_poll: \"11ms\" is longer than 10ms"},
+      {"busy_poll that is a list", "busy_poll: [1ms]\ntunnels: []\n", "test.yaml:3:12",
+       "\"busy_poll\" must be a single value"},
   };
   for (const auto& c : cases) {
     INFO(c.what);
@@ -833,5 +843,58 @@ TEST_CASE("parse_duration refuses other units, signs, fractions and absurd lengt
     auto d = parse_duration(c.text);
     REQUIRE_FALSE(d.ok());
     CHECK_THAT(d.error().message, Contains(c.reason));
+  }
+}
+
+TEST_CASE("busy_poll is a top-level setting") {
+  const Config c = load_ok(std::string(kWorkloadApiIdentity) + R"(busy_poll: 200us
+tunnels:
+  - {name: a, mode: client, listen: ":1000", target: "db:5432", expect: {trust_domains: [td]}}
+)");
+  CHECK(c.busy_poll == 200us);
+  const Config off = load_ok(std::string(kWorkloadApiIdentity) + R"(busy_poll: "off"
+tunnels:
+  - {name: a, mode: client, listen: ":1000", target: "db:5432", expect: {trust_domains: [td]}}
+)");
+  CHECK(off.busy_poll == 0us);
+}
+
+TEST_CASE("parse_busy_poll reads us and ms up to 10ms, and 0 or off") {
+  struct Case {
+    std::string text;
+    bool ok;
+    std::chrono::microseconds value;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {"0", true, 0us, ""},
+      {"off", true, 0us, ""},
+      {"0us", true, 0us, ""},
+      {"50us", true, 50us, ""},
+      {"200us", true, 200us, ""},
+      {"1ms", true, 1000us, ""},
+      {"10ms", true, 10000us, ""},
+      {"10000us", true, 10000us, ""},
+      {"10001us", false, 0us, "is longer than 10ms"},
+      {"11ms", false, 0us, "is longer than 10ms"},
+      {"999999999ms", false, 0us, "is longer than 10ms"},
+      {"", false, 0us, "is not a busy-poll window"},
+      {"us", false, 0us, "is not a busy-poll window"},
+      {"200", false, 0us, "is not a busy-poll window"},
+      {"1s", false, 0us, "is not a busy-poll window"},
+      {"-5us", false, 0us, "is not a busy-poll window"},
+      {"1.5ms", false, 0us, "is not a busy-poll window"},
+      {"on", false, 0us, "is not a busy-poll window"},
+      {"1234567890us", false, 0us, "is not a busy-poll window"},
+  };
+  for (const auto& c : cases) {
+    INFO("\"" << c.text << "\"");
+    auto d = parse_busy_poll(c.text);
+    REQUIRE(d.ok() == c.ok);
+    if (c.ok) {
+      CHECK(d->count() == c.value.count());
+    } else {
+      CHECK_THAT(d.error().message, Contains(c.reason));
+    }
   }
 }

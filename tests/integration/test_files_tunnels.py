@@ -270,6 +270,32 @@ def _bad(args, *must_mention):
     return err
 
 
+def test_busy_polling_pair_relays_and_says_so(pki):
+    """--busy-poll on both ends: the daemons log the mode and move data both ways intact."""
+    backend = Backend("echo")
+    server, sport = start_server(pki, backend.port, "--busy-poll", "200us")
+    client, cport = start_client(pki, sport, "--busy-poll", "1ms")
+    try:
+        server.wait_for(r"data path: \d+ thread\(s\), busy-polling 200us after each event")
+        client.wait_for(r"data path: \d+ thread\(s\), busy-polling 1000us after each event")
+        with socket.create_connection(("127.0.0.1", cport), timeout=30) as s:
+            for i in range(200):  # ping-pong on one connection
+                msg = b"ping %d" % i
+                s.sendall(msg)
+                got = b""
+                while len(got) < len(msg):
+                    chunk = s.recv(64)
+                    assert chunk, "connection closed mid-exchange"
+                    got += chunk
+                assert got == msg
+        payload = os.urandom(4 << 20)
+        assert exchange(cport, payload) == payload
+    finally:
+        client.stop()
+        server.stop()
+        backend.close()
+
+
 def test_bad_input_gets_one_clear_line(pki, tmp_path):
     cert, key = pki["server"]
     other_cert, _ = pki["client"]
@@ -290,6 +316,10 @@ def test_bad_input_gets_one_clear_line(pki, tmp_path):
     _bad(["server", *common, "--cert", cert, "--key", key, *bundles(pki, A), "--frobnicate"],
          "--frobnicate")
     _bad(["server", *common, "--cert", cert, "--key", key, "--bundle", "Bad_TD=x"], "--bundle")
+    _bad(["server", *common, "--cert", cert, "--key", key, *bundles(pki, A), "--busy-poll",
+          "5s"], "--busy-poll", "\"5s\" is not a busy-poll window")
+    _bad(["server", *common, "--cert", cert, "--key", key, *bundles(pki, A), "--busy-poll",
+          "50ms"], "--busy-poll", "longer than 10ms")
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen(1)

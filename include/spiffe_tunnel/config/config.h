@@ -78,6 +78,9 @@ struct Config {
   std::string log_level = "info";
   std::size_t threads = 0;   // 0 = number of cores
   std::chrono::milliseconds drain_timeout{15000};
+  // How long a data-path thread keeps polling its sockets after its last event before it sleeps
+  // in epoll_wait; 0 = sleep at once (see docs/configuration.md, "Busy polling").
+  std::chrono::microseconds busy_poll{0};
 };
 
 // Loads and validates a YAML configuration file.
@@ -93,5 +96,8 @@ base::Status validate(const Config& config);
 base::Result<HostPort> parse_host_port(std::string_view text);
 // "250ms", "10s", "5m", "1h", or a bare number of seconds.
 base::Result<std::chrono::milliseconds> parse_duration(std::string_view text);
+// Busy-poll window: "0" or "off", "200us", "1ms"; at most kMaxBusyPoll.
+inline constexpr std::chrono::microseconds kMaxBusyPoll{10'000};
+base::Result<std::chrono::microseconds> parse_busy_poll(std::string_view text);
 
 }  // namespace spiffe_tunnel::config

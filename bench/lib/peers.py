@@ -47,6 +47,7 @@ class Peer:
     sides: Optional[Callable] = None  # (pki, workdir, L, S, T) -> [server Side, client Side]
     max_idle: int = 10_000  # idle-connection test size (thread/process-per-connection designs)
     note: str = ""
+    tests: Optional[frozenset] = None  # only these tests (None: all)
 
 
 def _hp(addr: tuple[str, int]) -> str:
@@ -84,11 +85,13 @@ def mint_pki(directory: Path, repo: Path) -> Pki:
 
 
 # --- spiffe-tunnel ------------------------------------------------------------------------------
-def spiffe_tunnel_sides(binary: Path, threads: Optional[int]):
+def spiffe_tunnel_sides(binary: Path, threads: Optional[int], busy_poll: str = ""):
     def sides(pki: Pki, wd: Path, L, S, T):
         common = [str(binary), "--log-level", "warn"]
         if threads:
             common += ["--threads", str(threads)]
+        if busy_poll:
+            common += ["--busy-poll", busy_poll]
         tls = ["--cipher-suites", SUITE, "--ktls", "auto"]
         srv = common + ["server", "--listen", _hp(S), "--target", _hp(T),
                         "--cert", str(pki.server_cert), "--key", str(pki.server_key),
@@ -126,19 +129,22 @@ _HAPROXY_GLOBAL = ("global\n  maxconn 9950\n  nbthread 2\n  tune.ssl.cachesize 0
 _HAPROXY_TLS = f"ssl-min-ver TLSv1.3 ciphersuites {SUITE} no-tls-tickets"
 
 
-def haproxy_sides(tls: bool):
+def haproxy_sides(tls: bool, busy_polling: bool = False):
+    glob = _HAPROXY_GLOBAL.replace("global\n", "global\n  busy-polling\n", 1) if busy_polling \
+        else _HAPROXY_GLOBAL
+
     def sides(pki: Pki, wd: Path, L, S, T):
-        tag = "haproxy" if tls else "relay-haproxy"
+        tag = ("haproxy" if tls else "relay-haproxy") + ("-bp" if busy_polling else "")
         srv_bind = (f"  bind {_hp(S)}" + (f" ssl crt {pki.server_combined} ca-file {pki.ca_client}"
                                           f" verify required {_HAPROXY_TLS}" if tls else ""))
         cli_server = (f"  server s {_hp(S)}" + (f" ssl crt {pki.client_combined} ca-file "
                                                 f"{pki.ca_server} verify required no-ssl-reuse "
                                                 f"{_HAPROXY_TLS}" if tls else ""))
         s = wd / f"{tag}-server.cfg"
-        s.write_text(_HAPROXY_GLOBAL + f"frontend f\n{srv_bind}\n  default_backend b\n"
+        s.write_text(glob + f"frontend f\n{srv_bind}\n  default_backend b\n"
                      f"backend b\n  server s {_hp(T)}\n")
         c = wd / f"{tag}-client.cfg"
-        c.write_text(_HAPROXY_GLOBAL + f"frontend f\n  bind {_hp(L)}\n  default_backend b\n"
+        c.write_text(glob + f"frontend f\n  bind {_hp(L)}\n  default_backend b\n"
                      f"backend b\n{cli_server}\n")
         return [Side("server", ["haproxy", "-db", "-f", str(s)]),
                 Side("client", ["haproxy", "-db", "-f", str(c)])]
@@ -210,4 +216,10 @@ def all_peers(binary: Path, threads: Optional[int]) -> list[Peer]:
         Peer("nginx", True, False, nginx_sides, note="nginx stream module, 2 workers each"),
         Peer("socat", True, True, socat_sides(True), max_idle=1000,
              note="socat OPENSSL, fork per connection"),
+        # Busy polling trades CPU for latency: measured in the connection/latency test only, and
+        # against the one peer that has the same option.
+        Peer("spiffe-tunnel-bp", True, False, spiffe_tunnel_sides(binary, threads, "200us"),
+             note="spiffe-tunnel --busy-poll 200us", tests=frozenset({"conn"})),
+        Peer("haproxy-bp", True, False, haproxy_sides(True, busy_polling=True),
+             note="haproxy mode tcp, 2 threads each, `busy-polling`", tests=frozenset({"conn"})),
     ]

@@ -42,15 +42,44 @@ def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for top in pids:
         for pid in [top] + children_of(top):
+            fields = _stat_fields(f"/proc/{pid}/stat")
+            if fields:
+                # fields[11..14] = utime stime cutime cstime (stat fields 14..17)
+                total += sum(int(x) for x in fields[11:15])
+    return total / tick
+
+
+def _stat_fields(path: str) -> list[str]:
+    """The fields of a /proc stat file after the command name, or [] if it is gone."""
+    try:
+        with open(path) as f:
+            stat = f.read()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def thread_seconds(pids: list[int]) -> dict[int, float]:
+    """utime+stime of every thread of the processes and their descendants, by thread ID."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for top in pids:
+        for pid in [top] + children_of(top):
             try:
-                with open(f"/proc/{pid}/stat") as f:
-                    stat = f.read()
+                tids = os.listdir(f"/proc/{pid}/task")
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            # fields[11..14] = utime stime cutime cstime (stat fields 14..17)
-            total += sum(int(x) for x in fields[11:15])
-    return total / tick
+            for tid in tids:
+                fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+                if fields:
+                    out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def busiest_thread(before: dict[int, float], after: dict[int, float], secs: float) -> float:
+    """The largest share of one CPU any single thread used between two thread_seconds() calls."""
+    used = [after[t] - before.get(t, 0.0) for t in after]
+    return max(used, default=0.0) / secs if secs > 0 else 0.0
 
 
 def memory_kib(pids: list[int]) -> tuple[int, int]:

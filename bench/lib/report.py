@@ -12,7 +12,9 @@ from pathlib import Path
 
 TLS_PEERS = ["stunnel", "haproxy", "nginx", "socat"]
 RELAYS = ["relay-haproxy", "relay-socat"]
-ORDER = ["direct", "relay-haproxy", "relay-socat", "spiffe-tunnel"] + TLS_PEERS
+# Busy-polling variants, measured in the connection/latency test only.
+BUSY_POLL = ["spiffe-tunnel-bp", "haproxy-bp"]
+ORDER = ["direct", "relay-haproxy", "relay-socat", "spiffe-tunnel"] + TLS_PEERS + BUSY_POLL
 NOTES = Path(__file__).resolve().parent.parent / "notes.md"
 
 
@@ -22,6 +24,10 @@ class Results:
         for r in rows:
             self.v[(r["test"], r["peer"], r["metric"])].append(float(r["value"]))
         self.peers = [p for p in ORDER if any(k[1] == p for k in self.v)]
+
+    def peers_in(self, *tests):
+        """Peers with at least one value (or a recorded failure) in one of the tests."""
+        return [p for p in self.peers if any(k[0] in tests and k[1] == p for k in self.v)]
 
     def med(self, test, peer, metric):
         xs = self.v.get((test, peer, metric))
@@ -98,6 +104,14 @@ def summary(R: Results) -> list[str]:
         line(f"p50 RTT overhead over direct ({d:.1f} µs) (µs)", ov, bov, bpl, rl,
              "≤ 0.5×" if bov > 0 else "≤ 0.5× (best peer is faster than direct: unattainable)",
              rl is not None and rl <= 0.5)
+    lat_bp = R.med("latency", "spiffe-tunnel-bp", "p50_us")
+    if d and lat_bp and blat:
+        # With busy polling on: against every TLS peer, including haproxy with its own option.
+        bbp, bpbp = R.best("latency", "p50_us", higher=False, among=TLS_PEERS + ["haproxy-bp"])
+        ov, bov = lat_bp - d, bbp - d
+        rl = ov / bov if bov > 0 else None
+        line("p50 RTT overhead, spiffe-tunnel `--busy-poll 200us` (µs)", ov, bov, bpbp, rl,
+             "≤ 0.5×", rl is not None and rl <= 0.5)
     mem = R.med("memory", st, "kib_per_conn")
     bm, bpm = R.best("memory", "kib_per_conn", higher=False)
     rmem = mem / bm if mem and bm else None
@@ -171,12 +185,51 @@ def latency_bound_lines(R: Results) -> list[str]:
     if d is None or relay_rtt is None or best_rtt is None:
         return []
     relay_ov, target = relay_rtt - d, (best_rtt - d) / 2
-    return ["", f"- The best plain relay pair ({relay}, no TLS at all) adds {relay_ov:.1f} µs at "
-                f"p50: the extra hops through two relay processes, each woken for every byte. "
-                f"Half the best TLS peer's overhead ({best}) is {target:.1f} µs"
-            + (f", less than a relay without TLS costs here: the latency target is out of reach "
-               f"for any relay pair on this machine."
-               if relay_ov > target else ".")]
+    lines = ["", f"- The best plain relay pair ({relay}, no TLS at all) adds {relay_ov:.1f} µs "
+                 f"at p50: the extra hops through two relay processes, each woken for every byte. "
+                 f"Half the best TLS peer's overhead ({best}) is {target:.1f} µs"
+             + (f", less than a relay without TLS costs here: the latency target is out of reach "
+                f"for any relay pair that sleeps between packets on this machine."
+                if relay_ov > target else ".")]
+    bp = R.med("latency", "spiffe-tunnel-bp", "p50_us")
+    hbp = R.med("latency", "haproxy-bp", "p50_us")
+    if bp is not None:
+        lines.append(f"- The overhead is the wake-ups: with busy polling (`--busy-poll 200us`, "
+                     f"each data thread keeps polling for 200 µs after an event instead of "
+                     f"sleeping) spiffe-tunnel adds {bp - d:.1f} µs"
+                     + (f", and haproxy with its `busy-polling` {hbp - d:.1f} µs" if hbp else "")
+                     + ". The price is CPU: a polling thread stays busy while messages keep "
+                       "coming (see the connection table for what it does to conn/s).")
+    return lines
+
+
+def shaped_bound_lines(R: Results) -> list[str]:
+    """Whether the shaped-link runs were held back by the link or by the machine's CPU."""
+    sd = R.med("shaped", "direct", "gbit_s_1")
+    busy_d = R.med("shaped", "direct", "machine_busy")
+    so = R.med("shaped", "spiffe-tunnel", "gbit_s_1")
+    busy_o = R.med("shaped", "spiffe-tunnel", "machine_busy")
+    if None in (sd, busy_d, so, busy_o):
+        return []
+    hot = R.med("shaped", "spiffe-tunnel", "busiest_thread")
+    soft = R.med("shaped", "spiffe-tunnel", "machine_softirq")
+    lines = ["", f"- Direct iperf3 fills the shaped link ({sd:.2f} Gbit/s) with the machine "
+                 f"{busy_d:.0%} busy. With spiffe-tunnel in the path the machine is "
+                 f"{busy_o:.0%} busy"
+             + (f" and the tunnel's busiest thread (the client end's: it reads the stream, "
+                f"encrypts it and sends it) uses {hot:.0%} of a vCPU in its own time; the "
+                f"kernel's softirq work ({_fmt(soft, '{:.0%}')} of the machine), which the veth "
+                f"runs inside that thread's send() for the receiving side, comes on top"
+                if hot is not None else "")
+             + ". One connection is served by one thread, so a single stream through any of "
+               "these tunnels is held back by one vCPU — which here shares its physical core "
+               "with the other — rather than by the link."]
+    if so < 0.95 * sd:
+        need = 0.95 * sd / so
+        lines.append(f"- 95 % of direct is {0.95 * sd:.2f} Gbit/s, {need:.2f}× what spiffe-tunnel "
+                     f"moved: that thread would have to do the same work in {1 / need:.0%} of "
+                     f"the CPU time.")
+    return lines
 
 
 def limit_model(R: Results):
@@ -192,7 +245,7 @@ def tables(R: Results) -> list[str]:
     o += ["### Bulk throughput on loopback (iperf3, app → app through the pair)", "",
           "| Peer | 1 stream Gbit/s | 4 streams Gbit/s | CPU s/GB, 1 stream | CPU s/GB, 4 streams |",
           "|---|---|---|---|---|"]
-    for p in R.peers:
+    for p in R.peers_in("bulk"):
         o.append(f"| {p} | {R.cell('bulk', p, 'gbit_s_1')} | {R.cell('bulk', p, 'gbit_s_4')} | "
                  f"{R.cell('bulk', p, 'cpu_s_per_GB_1')} | {R.cell('bulk', p, 'cpu_s_per_GB_4')} |")
     relay_cpu, relay = R.best("bulk", "cpu_s_per_GB_1", higher=False, among=RELAYS)
@@ -213,7 +266,7 @@ def tables(R: Results) -> list[str]:
     o += ["", "### New connections (connect, 1 byte echoed, close; full mTLS handshakes)", "",
           "| Peer | conn/s | CPU ms per connection (both ends) | failed connections (median) |",
           "|---|---|---|---|"]
-    for p in R.peers:
+    for p in R.peers_in("conn"):
         o.append(f"| {p} | {R.cell('conn', p, 'conn_per_s', '{:.0f}')} | "
                  f"{R.cell('conn', p, 'cpu_ms_per_conn')} | "
                  f"{_fmt(R.med('conn', p, 'failed'), '{:.0f}')} |")
@@ -221,7 +274,7 @@ def tables(R: Results) -> list[str]:
     d = R.med("latency", "direct", "p50_us")
     o += ["", "### Round-trip latency (1-byte ping-pong on one established connection)", "",
           "| Peer | p50 µs | p99 µs | p50 overhead over direct µs |", "|---|---|---|---|"]
-    for p in R.peers:
+    for p in R.peers_in("latency", "conn"):
         m = R.med("latency", p, "p50_us")
         o.append(f"| {p} | {R.cell('latency', p, 'p50_us', '{:.1f}')} | "
                  f"{R.cell('latency', p, 'p99_us', '{:.1f}')} | "
@@ -233,7 +286,7 @@ def tables(R: Results) -> list[str]:
           "", "| Peer | RSS idle KiB | " + " | ".join(f"RSS {n:,} conns KiB" for n in counts) +
           " | " + " | ".join(f"KiB per conn at {n:,}" for n in counts) + " |",
           "|---|---|" + "---|" * (2 * len(counts))]
-    for p in R.peers:
+    for p in R.peers_in("memory"):
         if p == "direct":
             continue
         o.append(f"| {p} | {R.cell('memory', p, 'rss_kib_0', '{:.0f}')} | " +
@@ -243,11 +296,17 @@ def tables(R: Results) -> list[str]:
                  " |")
     sd = R.med("shaped", "direct", "gbit_s_1")
     o += ["", "### Two namespaces, veth shaped to 10 Gbit/s with tc tbf (1 stream)", "",
-          "| Peer | Gbit/s | fraction of direct |", "|---|---|---|"]
-    for p in R.peers:
+          "| Peer | Gbit/s | fraction of direct | machine busy (2 vCPUs) | busiest tunnel thread "
+          "(share of one vCPU) | tunnel CPU s/GB |",
+          "|---|---|---|---|---|---|"]
+    for p in R.peers_in("shaped"):
         m = R.med("shaped", p, "gbit_s_1")
         o.append(f"| {p} | {R.cell('shaped', p, 'gbit_s_1')} | "
-                 f"{_fmt(m / sd if m and sd else None, '{:.0%}')} |")
+                 f"{_fmt(m / sd if m and sd else None, '{:.0%}')} | "
+                 f"{_fmt(R.med('shaped', p, 'machine_busy'), '{:.0%}')} | "
+                 f"{_fmt(R.med('shaped', p, 'busiest_thread'), '{:.0%}')} | "
+                 f"{R.cell('shaped', p, 'cpu_s_per_GB')} |")
+    o += shaped_bound_lines(R)
     errs = [(t, p, R.errors(t, p)) for t in ("bulk", "conn", "memory", "shaped") for p in R.peers
             if R.errors(t, p)]
     if errs:
@@ -300,8 +359,8 @@ def plots(R: Results, outdir: Path) -> list[str]:
 
     bars("throughput.png", "Bulk throughput", "Gbit/s",
          [("loopback 1 stream", "bulk", "gbit_s_1"), ("loopback 4 streams", "bulk", "gbit_s_4"),
-          ("10 Gbit/s veth, 1 stream", "shaped", "gbit_s_1")])
-    tun = [p for p in R.peers if p != "direct"]
+          ("10 Gbit/s veth, 1 stream", "shaped", "gbit_s_1")], R.peers_in("bulk", "shaped"))
+    tun = [p for p in R.peers_in("bulk") if p != "direct"]
     bars("cpu_per_gb.png", "Tunnel CPU per GB moved", "CPU s/GB",
          [("1 stream", "bulk", "cpu_s_per_GB_1"), ("4 streams", "bulk", "cpu_s_per_GB_4")], tun)
     bars("conn_per_s.png", "New connections per second", "conn/s",
@@ -309,7 +368,8 @@ def plots(R: Results, outdir: Path) -> list[str]:
     bars("latency.png", "1-byte round trip", "µs",
          [("p50", "latency", "p50_us"), ("p99", "latency", "p99_us")], logy=True)
     bars("memory_per_conn.png", "Memory per idle tunneled connection", "KiB",
-         [("both ends", "memory", "kib_per_conn")], tun, logy=True,
+         [("both ends", "memory", "kib_per_conn")],
+         [p for p in R.peers_in("memory") if p != "direct"], logy=True,
          hline=(24, "issue #5 target: 24 KiB"))
     return made
 
@@ -329,7 +389,8 @@ def write(rows, meta, docs: Path) -> None:
          "## Summary against the targets of issue #5", "",
          "| Metric | spiffe-tunnel | best peer | ratio | target | |", "|---|---|---|---|---|---|"]
     o += summary(R)
-    o += ["", "Best peer = best median among stunnel, haproxy, nginx and socat (TLS peers only). "
+    o += ["", "Best peer = best median among stunnel, haproxy, nginx and socat (TLS peers only, "
+          "default settings); for the busy-polling row, also haproxy with its `busy-polling`. "
           f"Load average when the run ended: {' '.join(meta.get('load_end', []))}.",
           "", "## Machine and versions", ""]
     for k in ("machine", "os", "kernel", "spiffe-tunnel", "binary", "openssl", "stunnel", "haproxy",

@@ -138,6 +138,22 @@ int read_record(int fd, std::span<char> buf, Record& out) {
   return 1;
 }
 
+ssize_t send_record(int fd, uint8_t type, std::span<const char> data) {
+  char control[CMSG_SPACE(sizeof(unsigned char))] = {};
+  iovec iov{const_cast<char*>(data.data()), data.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_TLS;
+  c->cmsg_type = TLS_SET_RECORD_TYPE;
+  c->cmsg_len = CMSG_LEN(sizeof(unsigned char));
+  *reinterpret_cast<unsigned char*>(CMSG_DATA(c)) = type;
+  return ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
 std::string alert_name(uint8_t d) {
   switch (d) {
     case 0: return "close_notify";

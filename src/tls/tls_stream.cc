@@ -132,11 +132,12 @@ asio::awaitable<void> TlsStream::handshake(asio::error_code& ec) {
   cipher_ = suite != nullptr ? SSL_CIPHER_get_name(suite) : "none";
   enable_kernel_offload();
   const bool own = !ktls_tx_ && !ktls_rx_ && start_own_records();
+  const bool kernel = ktls_tx_ && ktls_rx_ && hand_over_to_kernel();
   OPENSSL_cleanse(state_->peer_traffic_secret.data(), state_->peer_traffic_secret.size());
   OPENSSL_cleanse(state_->own_traffic_secret.data(), state_->own_traffic_secret.size());
   state_->peer_traffic_secret = {};
   state_->own_traffic_secret = {};
-  if (own) {
+  if (own || kernel) {
     ssl_.reset();  // the buffers, transcript and the peer's parsed chain go with it
     co_return;
   }
@@ -197,6 +198,17 @@ bool TlsStream::start_own_records() {
   }
   rx_ = std::move(rx).value();
   tx_ = std::move(tx).value();
+  return true;
+}
+
+bool TlsStream::hand_over_to_kernel() {
+  // TLS 1.3 receive is ours already (manual_rx_); TLS 1.2 receive was installed by OpenSSL, which
+  // must not have read anything past the handshake. Post-handshake messages are handled by
+  // try_read_kernel() either way (TLS 1.2 renegotiation is refused, as OpenSSL does with kTLS).
+  if (SSL_has_pending(ssl_.get()) != 0) {
+    return false;
+  }
+  manual_rx_ = true;
   return true;
 }
 
@@ -324,6 +336,10 @@ asio::awaitable<void> TlsStream::write_all(std::span<const char> buf, asio::erro
     co_await write_records(buf, ec);
     co_return;
   }
+  if (!ssl_) {  // both directions in the kernel: it makes the records
+    co_await send_all(buf.data(), buf.size(), ec);
+    co_return;
+  }
   size_t done = 0;
   while (done < buf.size()) {
     ERR_clear_error();
@@ -350,6 +366,14 @@ asio::awaitable<void> TlsStream::shutdown_write(asio::error_code& ec) {
       co_return;
     }
     co_await send_all(record, *n, ec);
+    if (!ec) {
+      ::shutdown(socket_.native_handle(), SHUT_WR);
+    }
+    co_return;
+  }
+  if (!ssl_) {  // both directions in the kernel: the alert goes out as a kTLS control record
+    constexpr char kCloseNotify[] = {1, 0};
+    co_await send_all(kCloseNotify, sizeof(kCloseNotify), ec, kAlert);
     if (!ec) {
       ::shutdown(socket_.native_handle(), SHUT_WR);
     }
@@ -629,11 +653,14 @@ asio::awaitable<void> TlsStream::write_records(std::span<const char> buf, asio::
 }
 
 asio::awaitable<void> TlsStream::send_all(const char* data, std::size_t size,
-                                          asio::error_code& ec) {
+                                          asio::error_code& ec, int kernel_record_type) {
   size_t sent = 0;
   while (sent < size) {
     const ssize_t n =
-        ::send(socket_.native_handle(), data + sent, size - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        kernel_record_type < 0
+            ? ::send(socket_.native_handle(), data + sent, size - sent, MSG_NOSIGNAL | MSG_DONTWAIT)
+            : ktls::send_record(socket_.native_handle(), static_cast<uint8_t>(kernel_record_type),
+                                {data + sent, size - sent});
     if (n >= 0) {
       sent += static_cast<size_t>(n);
       continue;

@@ -3,7 +3,7 @@ backend on the guest's loopback, for one TLS configuration per case. Prints one 
 case on stdout; the host-side test asserts on them.
 
 Usage: python3 ktls_scenario.py CASE [CASE...]   where CASE is a name from CASES or a special
-scenario: halfclose, reset, s_server_nst_keyupdate, ktls_on_without_module.
+scenario: halfclose, reset, s_server_nst_keyupdate, ktls_on_without_module, idle_memory.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -222,6 +223,64 @@ def run_s_server(site: Site, root: Path) -> dict:
     return out
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+IDLE_CONNECTIONS = 300
+
+
+def idle_memory(site: Site, extra: list) -> dict:
+    """RSS of both tunnel ends with IDLE_CONNECTIONS idle established tunneled connections."""
+    # Each connection holds two sockets and, on the splice path, two pipes (four descriptors) in
+    # each tunnel end, and two sockets here; the daemons inherit the raised limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8 * IDLE_CONNECTIONS + 256
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    backend = Backend("echo")
+    server, sport = site.server_tunnel(backend.port, extra)
+    client, cport = site.client_tunnel(sport, extra)
+    pids = (server.proc.pid, client.proc.pid)
+
+    def open_one() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", cport), timeout=60)
+        s.sendall(b"x")
+        assert s.recv(1) == b"x", "no echo through the tunnel pair"
+        return s
+
+    held = [open_one()]  # the first one warms up allocator arenas and the thread's buffers
+    time.sleep(0.3)
+    before = sum(rss_kib(p) for p in pids)
+    held += [open_one() for _ in range(IDLE_CONNECTIONS)]
+    time.sleep(0.5)
+    after = sum(rss_kib(p) for p in pids)
+    for s in held:
+        s.close()
+    client.stop(), server.stop(), backend.close()
+    return {"kib_per_conn": round((after - before) / IDLE_CONNECTIONS, 1),
+            "rss_kib": [before, after]}
+
+
+def run_idle_memory(site: Site) -> dict:
+    # TLS 1.3 with both directions in the kernel, beside the userspace record layer (--ktls off).
+    ktls = idle_memory(site, [])
+    user = idle_memory(site, ["--ktls", "off"])
+    # One more pair at info level, to read the data path every session took.
+    backend = Backend("echo")
+    server, sport = site.server_tunnel(backend.port, [])
+    client, cport = site.client_tunnel(sport, [])
+    ok = exchange(cport, b"path?") == b"path?"
+    server.wait_for(r" closed peer=", timeout=30)
+    client.stop(), server.stop(), backend.close()
+    return {"case": "idle_memory", "connections": IDLE_CONNECTIONS, "ktls": ktls,
+            "userspace": user, "echo": ok, "server_tls": paths(server),
+            "client_tls": paths(client)}
+
+
 def run_ktls_on(site: Site) -> dict:
     d = Daemon(["server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:1",
                 "--cert", site.server[0], "--key", site.server[1], *site.bundles(),
@@ -247,6 +306,8 @@ def main() -> None:
                 r = run_s_server(site, root)
             elif case == "ktls_on_without_module":
                 r = run_ktls_on(site)
+            elif case == "idle_memory":
+                r = run_idle_memory(site)
             else:
                 r = {"case": case, "error": "unknown case"}
         except Exception as e:  # reported to the host-side test, which fails on it

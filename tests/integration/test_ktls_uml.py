@@ -4,7 +4,8 @@ One guest boot runs every case of ktls_scenario.py; the assertions here read its
 64 MiB each way intact per cipher, /proc/net/tls_stat TX and RX counters rising for both tunnel
 ends, both directions on kTLS + splice; the same with --ktls off and without the tls module on
 the userspace path; close_notify, half-close and reset on both paths; a third-party
-openssl s_server's session tickets dropped and its KeyUpdate closing the session cleanly.
+openssl s_server's session tickets dropped and its KeyUpdate closing the session cleanly; and
+the memory an idle connection costs on the kernel path, beside the userspace record layer.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _run(cases, tls_module=True, timeout=900):
 @pytest.fixture(scope="module")
 def with_module():
     return _run(OFFLOAD_CASES + ["ktls-off", "halfclose", "reset", "reset-userspace",
-                                 "s_server_nst_keyupdate"])
+                                 "s_server_nst_keyupdate", "idle_memory"])
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,17 @@ def test_third_party_tickets_dropped_and_keyupdate_closes(with_module):
     assert r["data_after_tickets"], "data after the server's NewSessionTickets did not arrive"
     assert "KeyUpdate" in r["close_reason"]
     assert r["app_after_keyupdate"] in ("", "error 104")
+
+
+def test_idle_kernel_tls_connection_costs_no_more_than_userspace_one(with_module):
+    """Once the kernel holds both directions the SSL object goes, as with the userspace record
+    layer: both ends together stay within issue #5's 24 KiB per idle connection."""
+    r = with_module["idle_memory"]
+    assert r["echo"]
+    assert r["server_tls"] == [["ktls", "ktls"]] and r["client_tls"] == [["ktls", "ktls"]]
+    ktls, user = r["ktls"]["kib_per_conn"], r["userspace"]["kib_per_conn"]
+    print(f"idle connection, both ends: {ktls} KiB with kTLS, {user} KiB with the userspace "
+          f"record layer ({r['connections']} connections, RSS {r['ktls']['rss_kib']} / "
+          f"{r['userspace']['rss_kib']} KiB)")
+    assert 0 < ktls <= 24, r
+    assert 0 < user <= 24, r

@@ -143,6 +143,8 @@ TEST_CASE("data flows both ways and a half-close leaves the other direction open
   // No kernel offload here: TLS 1.3 records are this stream's own, both ends.
   CHECK(c.client->own_records());
   CHECK(c.server->own_records());
+  CHECK_FALSE(c.client->holds_openssl());
+  CHECK_FALSE(c.server->holds_openssl());
 
   // Larger than one TLS record and than the socket buffers, so writes must wait for reads.
   std::string big(3 * 1024 * 1024 + 17, '\0');
@@ -481,6 +483,8 @@ TEST_CASE("TLS 1.2 is negotiated when the client allows no more") {
   // TLS 1.2 records stay with OpenSSL.
   CHECK_FALSE(c.client->own_records());
   CHECK_FALSE(c.server->own_records());
+  CHECK(c.client->holds_openssl());
+  CHECK(c.server->holds_openssl());
 
   bool echoed = false;
   asio::co_spawn(

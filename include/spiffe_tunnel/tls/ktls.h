@@ -7,6 +7,10 @@
 // key and IV from the traffic secret (RFC 8446 §7.3) and hands them to the socket with
 // setsockopt(SOL_TLS, TLS_RX). From then on the kernel decrypts and OpenSSL must never read
 // from that socket again; read_record() reads plaintext records, with their type, instead.
+// Once both directions are in the kernel the SSL object is not needed at all: data goes out with
+// send(), the closing alert with send_record().
+
+#include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +43,11 @@ struct Record {
 // TLS_GET_RECORD_TYPE control message. Returns -1 with errno set on error (EAGAIN when nothing is
 // ready), 0 at TCP end of stream, 1 with `out` filled otherwise.
 int read_record(int fd, std::span<char> buf, Record& out);
+
+// Sends one non-data record (an alert, say) on a kTLS TX socket with sendmsg and a
+// TLS_SET_RECORD_TYPE control message; the kernel encrypts it as a record of that type. Returns
+// the bytes sent, or -1 with errno set (EAGAIN when the socket buffer is full).
+ssize_t send_record(int fd, uint8_t type, std::span<const char> data);
 
 // A readable description of a TLS alert ("close_notify", "bad_record_mac", ...).
 std::string alert_name(uint8_t description);

@@ -4,11 +4,13 @@
 // Readiness comes from asio (socket.async_wait). Owned by one session; used from its thread only.
 //
 // After the handshake the record layer runs in one of three places, per direction:
-//   - the kernel (kTLS), when the kernel and cipher allow it;
+//   - the kernel (kTLS), when the kernel and cipher allow it; with both directions there the SSL
+//     object is freed (data goes out with send(), alerts as kTLS control records);
 //   - this stream's own TLS 1.3 record layer (RecordCipher), when neither direction is offloaded:
 //     the SSL object is freed, records are decrypted straight into the caller's buffer and
 //     written several per send();
-//   - OpenSSL's SSL_read/SSL_write: TLS 1.2, and TLS 1.3 with only one direction offloaded.
+//   - OpenSSL's SSL_read/SSL_write: TLS 1.2 in userspace, and TLS 1.3 with only one direction
+//     offloaded.
 
 #include <memory>
 #include <string>
@@ -38,6 +40,9 @@ class TlsStream final : public base::ByteStream {
   std::string cipher() const;    // "TLS_AES_128_GCM_SHA256"
   // True when this stream runs its own TLS 1.3 record layer (the SSL object is gone).
   bool own_records() const { return rx_ != nullptr; }
+  // True while OpenSSL still holds the connection: false with the userspace record layer and
+  // when the kernel took both directions.
+  bool holds_openssl() const { return ssl_ != nullptr; }
   // Why kernel offload was not used for a direction, "" when it was or was not wanted.
   const std::string& ktls_detail() const { return ktls_detail_; }
   const TlsContext& context() const { return *context_; }
@@ -74,11 +79,18 @@ class TlsStream final : public base::ByteStream {
 
   // The userspace TLS 1.3 record layer (see the file comment).
   bool start_own_records();
+  // With both directions in the kernel and nothing left in OpenSSL's buffers: reads go through
+  // read_record() from now on and the SSL object can go. False leaves OpenSSL in charge.
+  bool hand_over_to_kernel();
+
   std::size_t try_read_records(std::span<char> buf, asio::error_code& ec);
   // Handles a decrypted handshake record (NewSessionTicket, KeyUpdate); false on a fatal error.
   bool post_handshake(const char* msg, std::size_t size, asio::error_code& ec);
   asio::awaitable<void> write_records(std::span<const char> buf, asio::error_code& ec);
-  asio::awaitable<void> send_all(const char* data, std::size_t size, asio::error_code& ec);
+  // Sends all of data, waiting for socket space. With kernel_record_type, the bytes go out as a
+  // kTLS record of that type (a control record such as an alert) instead of application data.
+  asio::awaitable<void> send_all(const char* data, std::size_t size, asio::error_code& ec,
+                                 int kernel_record_type = -1);
   bool fail(std::string detail, asio::error_code& ec, asio::error_code code);
   // try_read() can make progress without the socket: plaintext, a whole record, an end or error.
   bool record_ready() const;

@@ -1,5 +1,7 @@
 #include "spiffe_tunnel/tunnel/io_pool.h"
 
+#include <sched.h>
+
 namespace spiffe_tunnel::tunnel {
 
 IoPool::IoPool(std::size_t threads, std::chrono::microseconds busy_poll)
@@ -37,6 +39,7 @@ void IoPool::run_busy_polling(asio::io_context& ctx, std::chrono::microseconds w
       continue;
     }
     if (Clock::now() - last_work < window) {
+      sched_yield();
       continue;
     }
     ctx.run_one();  // quiet for the whole window: sleep until the next event

@@ -337,7 +337,7 @@ def plots(R: Results, outdir: Path) -> list[str]:
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(peers))]
             b = ax.bar(xs, mids, width, yerr=[lo, hi], capsize=3, label=label)
             for rect, p in zip(b, peers):
-                if p == "spiffe-tunnel":
+                if p.startswith("spiffe-tunnel"):
                     rect.set_edgecolor("black")
                     rect.set_linewidth(1.5)
         if logy:

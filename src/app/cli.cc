@@ -109,13 +109,6 @@ base::Result<Config> to_config(const TunnelFlags& f, const GlobalFlags& g, bool 
   c.log_level = g.log_level;
   c.threads = g.threads;
   c.admin_listen = g.admin;
-  if (!g.busy_poll.empty()) {
-    auto d = config::parse_busy_poll(g.busy_poll);
-    if (!d) {
-      return base::make_error("flag --busy-poll: " + d.error().message);
-    }
-    c.busy_poll = *d;
-  }
   const bool files = !f.cert.empty() || !f.key.empty() || !f.bundles.empty();
   const bool wl = f.use_workload_api || !f.workload_api.empty();
   if (files && wl) {
@@ -302,6 +295,13 @@ int run_cli(int argc, char** argv) {
   if (!cfg) {
     return fail(cfg.error().message);
   }
+  if (!g.busy_poll.empty()) {  // for every command, over the file's busy_poll
+    auto d = config::parse_busy_poll(g.busy_poll);
+    if (!d) {
+      return fail("flag --busy-poll: " + d.error().message);
+    }
+    cfg->busy_poll = *d;
+  }
   if (*check) {
     std::cout << config_path << ": OK, " << cfg->tunnels.size() << " tunnel(s)\n";
     return 0;
@@ -315,13 +315,6 @@ int run_cli(int argc, char** argv) {
     }
     if (!g.admin.empty()) {
       cfg->admin_listen = g.admin;
-    }
-    if (!g.busy_poll.empty()) {
-      auto d = config::parse_busy_poll(g.busy_poll);
-      if (!d) {
-        return fail("flag --busy-poll: " + d.error().message);
-      }
-      cfg->busy_poll = *d;
     }
   }
   return run_daemon(*cfg);

@@ -13,6 +13,13 @@ def test_example_config_validates():
     assert "OK, 2 tunnel(s)" in r.stdout
 
 
+def test_busy_poll_flag_is_checked_for_config_files_too():
+    r = run_once(["check-config", "-c", REPO / "config" / "spiffe-tunnel.example.yaml",
+                  "--busy-poll", "1s"])
+    assert r.returncode > 0
+    assert "flag --busy-poll" in r.stderr and '"1s" is not a busy-poll window' in r.stderr, r.stderr
+
+
 def test_config_error_names_file_line_and_column(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("identity:\n  workload_api: unix:///run/agent.sock\ntunnels:\n"

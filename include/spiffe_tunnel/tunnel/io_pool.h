@@ -4,7 +4,8 @@
 // touched by one thread. start() and stop() are called by the owner (app) only.
 //
 // With a busy-poll window, a thread that has just run handlers keeps polling (epoll_wait with a
-// zero timeout) for that long before it sleeps: the next packet is picked up without a wake-up,
+// zero timeout, sched_yield() between polls so that other runnable processes on its CPU go
+// first) for that long before it sleeps: the next packet is picked up without a wake-up,
 // which on a VM (where waking an idle vCPU goes through the hypervisor) is most of a relay's
 // round-trip time. An idle daemon still sleeps; a busy one trades CPU for latency.
 

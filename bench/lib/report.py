@@ -407,3 +407,38 @@ def write(rows, meta, docs: Path) -> None:
     if NOTES.exists():
         o += ["", NOTES.read_text()]
     (docs / "benchmarks.md").write_text("\n".join(o) + "\n")
+
+
+# Metrics of the A/B comparison (bench/run --reference): (test, metric, unit, higher is better).
+AB_METRICS = [
+    ("bulk", "gbit_s_1", "Gbit/s", True),
+    ("bulk", "cpu_s_per_GB_1", "CPU s/GB", False),
+    ("bulk", "gbit_s_4", "Gbit/s", True),
+    ("conn", "conn_per_s", "conn/s", True),
+    ("conn", "cpu_ms_per_conn", "CPU ms", False),
+    ("latency", "p50_us", "µs", False),
+    ("memory", "kib_per_conn", "KiB/conn", False),
+]
+
+
+def compare(rows, new: str, ref: str) -> list[str]:
+    """A table of new/reference ratios with each side's median and min–max over repetitions.
+
+    The run-to-run spread is the reference's own (max-min)/median: a ratio inside 1 ± spread is
+    no measurable difference.
+    """
+    R = Results([{k: str(v) for k, v in r.items()} for r in rows])
+    out = [f"| metric | {new} | {ref} | ratio | reference spread | verdict |",
+           "|---|---|---|---|---|---|"]
+    for test, metric, unit, higher in AB_METRICS:
+        a, b = R.spread(test, new, metric), R.spread(test, ref, metric)
+        if a is None or b is None:
+            continue
+        ratio = a[1] / b[1] if b[1] else float("nan")
+        spread = max((b[2] - b[0]) / b[1], (a[2] - a[0]) / a[1]) if b[1] and a[1] else 0.0
+        worse = ratio < 1 - spread if higher else ratio > 1 + spread
+        better = ratio > 1 + spread if higher else ratio < 1 - spread
+        verdict = "worse" if worse else "better" if better else "within spread"
+        out.append(f"| {test} {metric} ({unit}) | {R.cell(test, new, metric)} | "
+                   f"{R.cell(test, ref, metric)} | {ratio:.3f} | ±{spread:.1%} | {verdict} |")
+    return out

@@ -7,6 +7,8 @@
 #include <asio/streambuf.hpp>
 #include <asio/write.hpp>
 
+#include "spiffe_tunnel/base/listener.h"
+
 namespace spiffe_tunnel::admin {
 namespace {
 
@@ -77,27 +79,11 @@ base::Result<std::unique_ptr<AdminServer>> AdminServer::create(const std::string
                                                                const base::MetricsRegistry& metrics,
                                                                AdminHooks hooks) {
   std::unique_ptr<AdminServer> s(new AdminServer(metrics, std::move(hooks)));
-  const std::string where = "admin endpoint " + host + ":" + std::to_string(port);
-  asio::error_code ec;
-  auto address = asio::ip::make_address(host, ec);
-  if (ec) {
-    return base::make_error(where + ": \"" + host + "\" is not an IP address");
+  auto bound = base::bind_listener(s->acceptor_, "admin endpoint", host, port, 64);
+  if (!bound) {
+    return bound.error();
   }
-  asio::ip::tcp::endpoint ep(address, port);
-  s->acceptor_.open(ep.protocol(), ec);
-  if (!ec) {
-    s->acceptor_.set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
-  }
-  if (!ec) {
-    s->acceptor_.bind(ep, ec);
-  }
-  if (!ec) {
-    s->acceptor_.listen(64, ec);
-  }
-  if (ec) {
-    return base::make_error(where + ": " + ec.message());
-  }
-  s->local_ = s->acceptor_.local_endpoint();
+  s->local_ = *bound;
   return s;
 }
 

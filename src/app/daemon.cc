@@ -170,7 +170,7 @@ admin::Readiness readiness(const identity::IdentityStore& store,
   for (const auto& t : tunnels) {
     const bool ok = t->ready();
     r.ready = r.ready && ok;
-    r.detail += "tunnel " + t->options().name + ": " + t->readiness_detail() + "\n";
+    r.detail += "tunnel " + t->name() + ": " + t->readiness_detail() + "\n";
   }
   return r;
 }
@@ -197,9 +197,9 @@ std::string status_json(const identity::IdentityStore& store,
   }
   for (const auto& t : tunnels) {
     const auto ep = t->local_endpoint();
-    j["tunnels"].push_back({{"name", t->options().name},
+    j["tunnels"].push_back({{"name", t->name()},
                             {"listen", ep.address().to_string() + ":" + std::to_string(ep.port())},
-                            {"target", t->options().target_host + ":" + t->options().target_port},
+                            {"target", t->context()->target.str()},
                             {"ready", t->ready()},
                             {"detail", t->readiness_detail()},
                             {"active_sessions", t->active_sessions()}});
@@ -233,10 +233,9 @@ struct IdentityMetrics {
   base::Gauge& expiry;
 };
 
-}  // namespace
-
-int run_daemon(const Config& config) {
-  // Signals are taken synchronously by the main thread; every other thread inherits the mask.
+// Takes SIGINT/SIGTERM/SIGHUP synchronously on the main thread (every other thread inherits the
+// mask) and ignores SIGPIPE.
+void block_signals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -244,148 +243,223 @@ int run_daemon(const Config& config) {
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
+}
 
-  identity::IdentityStore store;
-  identity::ExpiryWatch expiry(store, base::SystemClock::instance());
-  auto made_source = make_source(config);
-  if (!made_source) {
-    spdlog::error("identity: {}", made_source.error().message);
-    return 1;
-  }
-  std::unique_ptr<workload::IdentitySource> source = std::move(*made_source);
-  if (auto* files = dynamic_cast<workload::FilesSource*>(source.get())) {
-    // Fail fast on a bad initial set; later changes are only warned about.
-    auto first = files->load();
-    if (!first) {
-      spdlog::error("{}", first.error().message);
-      return 1;
-    }
-  }
-
+// ktls: on needs kernel TLS; checked once for all tunnels, before anything binds.
+bool probe_ktls_if_required(const Config& config) {
   for (const auto& t : config.tunnels) {
     if (t.ktls == "on") {
       if (auto st = tls::ktls::probe_kernel_tls(); !st) {
         spdlog::error("tunnel \"{}\": ktls is \"on\" but {}", t.name, st.error().message);
-        return 1;
+        return false;
       }
-      break;
+      return true;
     }
   }
+  return true;
+}
 
-  base::MetricsRegistry metrics;
+// The daemon's parts and the order in which they come up and go down: build() creates
+// everything that can fail on bad input, start() waits for the first identity and starts
+// accepting, run_until_signal() serves, drain() shuts down. Only the main thread calls these.
+// Members are declared so that they are destroyed in reverse dependency order: sessions (frames
+// in the pool) hold tunnel contexts that point into the store and the metrics registry, and the
+// identity source calls into the expiry watch and the identity metrics.
+class Daemon {
+ public:
+  explicit Daemon(const Config& config) : config_(config) {}
+  ~Daemon() { stop_services(); }
+
+  // Logs the reason and returns false when the configuration or environment does not allow a
+  // start (bad identity files, kTLS missing, a port in use).
+  bool build();
+  // Starts the identity source and waits for the first identity, then the data path. False when
+  // SIGINT/SIGTERM came first.
+  bool start();
+  // Serves until SIGINT/SIGTERM: watchdog pings, expiry checks, SIGHUP logged and ignored.
+  void run_until_signal() { wait_for_stop(notifier_, expiry_); }
+  // Stops accepting everywhere, lets sessions end until drain_timeout, closes the rest, stops.
+  void drain();
+
+ private:
+  bool build_source();
+  bool build_tunnels();
+  bool build_admin();
+  void start_source();
+  // Stops the identity source, admin and the data path. Safe to call twice.
+  void stop_services();
+
+  const Config& config_;
+  base::MetricsRegistry metrics_;
+  IdentityMetrics identity_metrics_{metrics_};
+  identity::IdentityStore store_;
+  identity::ExpiryWatch expiry_{store_, base::SystemClock::instance()};
+  std::unique_ptr<workload::IdentitySource> source_;
+  bool source_started_ = false;
+  std::unique_ptr<tunnel::IoPool> pool_;
+  std::vector<std::unique_ptr<tunnel::Tunnel>> tunnels_;
+  std::unique_ptr<admin::AdminServer> admin_;
+  SystemdNotifier notifier_;
+};
+
+bool Daemon::build() {
+  if (!build_source() || !probe_ktls_if_required(config_)) {
+    return false;
+  }
   const std::size_t threads =
-      config.threads != 0 ? config.threads : std::max(1u, std::thread::hardware_concurrency());
-  tunnel::IoPool pool(threads, config.busy_poll);
-  if (config.busy_poll.count() > 0) {
+      config_.threads != 0 ? config_.threads : std::max(1u, std::thread::hardware_concurrency());
+  pool_ = std::make_unique<tunnel::IoPool>(threads, config_.busy_poll);
+  if (config_.busy_poll.count() > 0) {
     spdlog::info("data path: {} thread(s), busy-polling {}us after each event", threads,
-                 config.busy_poll.count());
+                 config_.busy_poll.count());
   } else {
     spdlog::info("data path: {} thread(s)", threads);
   }
-  std::vector<std::unique_ptr<tunnel::Tunnel>> tunnels;
-  for (const auto& t : config.tunnels) {
+  return build_tunnels() && build_admin();
+}
+
+bool Daemon::build_source() {
+  auto made = make_source(config_);
+  if (!made) {
+    spdlog::error("identity: {}", made.error().message);
+    return false;
+  }
+  source_ = std::move(*made);
+  if (auto* files = dynamic_cast<workload::FilesSource*>(source_.get())) {
+    // Fail fast on a bad initial set; later changes are only warned about.
+    auto first = files->load();
+    if (!first) {
+      spdlog::error("{}", first.error().message);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool Daemon::build_tunnels() {
+  for (const auto& t : config_.tunnels) {
     auto tls_options = make_tls_options(t);
     if (!tls_options) {
       spdlog::error("tunnel \"{}\": {}", t.name, tls_options.error().message);
-      return 1;
+      return false;
     }
-    auto provider = std::make_unique<tls::ContextProvider>(std::move(*tls_options), store,
+    auto provider = std::make_unique<tls::ContextProvider>(std::move(*tls_options), store_,
                                                            base::SystemClock::instance());
-    auto tunnel = tunnel::Tunnel::create(make_tunnel_options(t), std::move(provider), pool, metrics);
-    if (!tunnel) {
-      spdlog::error("{}", tunnel.error().message);
-      return 1;
-    }
-    tunnels.push_back(std::move(*tunnel));
-  }
-
-  std::unique_ptr<admin::AdminServer> admin_server;
-  if (!config.admin_listen.empty()) {
-    auto hp = config::parse_host_port(config.admin_listen);
-    if (!hp) {
-      spdlog::error("admin listen address: {}", hp.error().message);
-      return 1;
-    }
-    auto made = admin::AdminServer::create(
-        hp->host, hp->port, metrics,
-        {.readiness = [&store, &tunnels] { return readiness(store, tunnels); },
-         .status_json = [&store, &tunnels] { return status_json(store, tunnels); }});
+    auto made =
+        tunnel::Tunnel::create(make_tunnel_options(t), std::move(provider), *pool_, metrics_);
     if (!made) {
       spdlog::error("{}", made.error().message);
-      return 1;
+      return false;
     }
-    admin_server = std::move(*made);
-    admin_server->start();
+    tunnels_.push_back(std::move(*made));
   }
+  return true;
+}
 
-  IdentityMetrics identity_metrics(metrics);
-  store.subscribe([&identity_metrics](const std::shared_ptr<const identity::Snapshot>& s) {
-    identity_metrics.observe(s);
+// Admin serves as soon as it is built, so /healthz and /readyz answer while the daemon waits
+// for its first identity.
+bool Daemon::build_admin() {
+  if (config_.admin_listen.empty()) {
+    return true;
+  }
+  auto hp = config::parse_host_port(config_.admin_listen);
+  if (!hp) {
+    spdlog::error("admin listen address: {}", hp.error().message);
+    return false;
+  }
+  auto made = admin::AdminServer::create(
+      hp->host, hp->port, metrics_,
+      {.readiness = [this] { return readiness(store_, tunnels_); },
+       .status_json = [this] { return status_json(store_, tunnels_); }});
+  if (!made) {
+    spdlog::error("{}", made.error().message);
+    return false;
+  }
+  admin_ = std::move(*made);
+  admin_->start();
+  return true;
+}
+
+void Daemon::start_source() {
+  store_.subscribe([this](const std::shared_ptr<const identity::Snapshot>& s) {
+    identity_metrics_.observe(s);
   });
-  const std::string source_name = source->describe();
-  source->start({
+  source_->start({
       .on_update =
-          [&expiry, &identity_metrics, source_name](workload::X509Context ctx) {
-            identity_metrics.updates.inc();
-            expiry.publish(to_snapshot(std::move(ctx), source_name));
+          [this, source_name = source_->describe()](workload::X509Context ctx) {
+            identity_metrics_.updates.inc();
+            expiry_.publish(to_snapshot(std::move(ctx), source_name));
           },
       .on_revoked =
-          [&expiry, &identity_metrics](const std::string& reason) {
-            identity_metrics.revocations.inc();
+          [this](const std::string& reason) {
+            identity_metrics_.revocations.inc();
             spdlog::error("identity revoked: {}; refusing new connections", reason);
-            expiry.withdraw();
+            expiry_.withdraw();
           },
   });
+  source_started_ = true;
+}
 
+bool Daemon::start() {
+  start_source();
   // Listeners are bound (so a port in use fails at startup) but accept nothing until the first
   // identity arrives: connections wait in the backlog instead of being refused.
-  if (!store.current()) {
-    spdlog::info("waiting for the first identity from {}", source_name);
-    if (!wait_for_identity(store)) {
-      source->stop();
-      if (admin_server) {
-        admin_server->stop();
-      }
-      return 0;
+  if (!store_.current()) {
+    spdlog::info("waiting for the first identity from {}", source_->describe());
+    if (!wait_for_identity(store_)) {
+      return false;
     }
   }
-  pool.start();
-  for (auto& t : tunnels) {
+  pool_->start();
+  for (auto& t : tunnels_) {
     t->start();
   }
-  SystemdNotifier notifier;
-  notifier.ready("spiffe-tunnel: " + std::to_string(tunnels.size()) + " tunnel(s) listening");
+  notifier_.ready("spiffe-tunnel: " + std::to_string(tunnels_.size()) + " tunnel(s) listening");
+  return true;
+}
 
-  wait_for_stop(notifier, expiry);
-  notifier.stopping();
-  for (auto& t : tunnels) {
+void Daemon::drain() {
+  notifier_.stopping();
+  // One deadline for every tunnel: all stop accepting first, then each waits for what is left
+  // of the same drain_timeout and closes the sessions still open when it passes.
+  const auto deadline = std::chrono::steady_clock::now() + config_.drain_timeout;
+  for (auto& t : tunnels_) {
     t->stop();
   }
-  const auto deadline = std::chrono::steady_clock::now() + config.drain_timeout;
-  auto open_sessions = [&tunnels] {
-    std::size_t n = 0;
-    for (auto& t : tunnels) {
-      n += t->active_sessions();
-    }
-    return n;
-  };
-  while (open_sessions() > 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (auto& t : tunnels_) {
+    t->drain(deadline);
   }
-  if (const std::size_t n = open_sessions(); n > 0) {
-    spdlog::warn("drain timeout: closing {} open session(s)", n);
-    for (auto& t : tunnels) {
-      t->close_sessions();
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  source->stop();
-  if (admin_server) {
-    admin_server->stop();
-  }
-  pool.stop();
-  tunnels.clear();
+  stop_services();
+  tunnels_.clear();
   spdlog::info("stopped");
+}
+
+void Daemon::stop_services() {
+  if (source_started_) {
+    source_->stop();
+    source_started_ = false;
+  }
+  if (admin_) {
+    admin_->stop();
+  }
+  if (pool_) {
+    pool_->stop();
+  }
+}
+
+}  // namespace
+
+int run_daemon(const Config& config) {
+  block_signals();
+  Daemon daemon(config);
+  if (!daemon.build()) {
+    return 1;
+  }
+  if (!daemon.start()) {
+    return 0;
+  }
+  daemon.run_until_signal();
+  daemon.drain();
   return 0;
 }
 

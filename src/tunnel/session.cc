@@ -25,22 +25,24 @@ std::string endpoint_string(const asio::ip::tcp::socket& s) {
 
 }  // namespace
 
-Session::Session(Tunnel& tunnel, uint64_t id, asio::ip::tcp::socket downstream)
-    : tunnel_(tunnel),
+Session::Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
+                 asio::ip::tcp::socket downstream)
+    : context_(std::move(context)),
       id_(id),
       peer_address_(endpoint_string(downstream)),
       accepted_(std::move(downstream)),
+      target_(accepted_.get_executor()),
       deadline_(accepted_.get_executor()),
       idle_timer_(accepted_.get_executor()),
       started_(std::chrono::steady_clock::now()),
       last_activity_(started_) {}
 
 std::string Session::prefix() const {
-  return "tunnel=" + tunnel_.options().name + " session=" + std::to_string(id_) +
-         " from=" + peer_address_;
+  return "tunnel=" + context_->name + " session=" + std::to_string(id_) + " from=" + peer_address_;
 }
 
-void Session::start() {
+void Session::start(base::DrainToken token) {
+  token_ = std::move(token);
   asio::co_spawn(accepted_.get_executor(), [self = shared_from_this()] { return self->run(); },
                  asio::detached);
 }
@@ -57,17 +59,15 @@ void Session::abort(std::string reason) {
 void Session::close_all() {
   asio::error_code ignored;
   accepted_.close(ignored);
+  target_.close(ignored);
+  if (resolver_) {
+    resolver_->cancel();
+  }
   if (tls_) {
     tls_->close();
   }
   if (plain_) {
     plain_->close();
-  }
-  if (resolving_ != nullptr) {
-    resolving_->cancel();
-  }
-  if (connecting_ != nullptr) {
-    connecting_->close(ignored);
   }
 }
 
@@ -84,7 +84,7 @@ void Session::arm_deadline(std::chrono::milliseconds after, std::string what) {
 void Session::disarm_deadline() { deadline_.cancel(); }
 
 void Session::arm_idle() {
-  const auto idle = tunnel_.options().idle_timeout;
+  const auto idle = context_->limits.idle_timeout;
   if (idle.count() == 0) {
     return;
   }
@@ -103,36 +103,41 @@ void Session::arm_idle() {
 }
 
 void Session::reject(std::string_view reason_label, const std::string& detail) {
-  tunnel_.metrics().reject(reason_label);
+  context_->metrics->reject(reason_label);
   spdlog::warn("{} rejected reason={}: {}", prefix(), reason_label, detail);
 }
 
-asio::awaitable<std::unique_ptr<tls::TlsStream>> Session::handshake(asio::ip::tcp::socket socket) {
-  auto ctx = tunnel_.tls().current();
+asio::awaitable<bool> Session::handshake(asio::ip::tcp::socket socket) {
+  auto ctx = context_->tls->current();
   if (!ctx) {
     reject("not_ready", "refusing connection: " + ctx.error().message);
-    co_return nullptr;
+    co_return false;
   }
   auto stream = tls::TlsStream::create(std::move(socket), *ctx);
   if (!stream) {
     reject("internal", stream.error().message);
-    co_return nullptr;
+    co_return false;
   }
   tls_ = std::move(*stream);
-  arm_deadline(tunnel_.options().handshake_timeout, "TLS handshake timeout");
+  arm_deadline(context_->limits.handshake_timeout, "TLS handshake timeout");
   asio::error_code ec;
   co_await tls_->handshake(ec);
   disarm_deadline();
-  if (!ec) {
-    if (tls_->context().options().ktls == tls::KtlsMode::kOn &&
-        !(tls_->kernel_writes() && tls_->kernel_reads())) {
-      reject("ktls_unavailable", "ktls is \"on\" but this connection (" + tls_->protocol() + " " +
-                                     tls_->cipher() + ") was not offloaded both ways: " +
-                                     tls_->ktls_detail());
-      co_return nullptr;
-    }
-    co_return std::move(tls_);
+  if (ec) {
+    reject_handshake(ec);
+    co_return false;
   }
+  if (tls_->context().options().ktls == tls::KtlsMode::kOn &&
+      !(tls_->kernel_writes() && tls_->kernel_reads())) {
+    reject("ktls_unavailable", "ktls is \"on\" but this connection (" + tls_->protocol() + " " +
+                                   tls_->cipher() + ") was not offloaded both ways: " +
+                                   tls_->ktls_detail());
+    co_return false;
+  }
+  co_return true;
+}
+
+void Session::reject_handshake(const asio::error_code& ec) {
   const tls::PeerOutcome& o = tls_->outcome();
   if (!timed_out_.empty()) {
     reject("handshake_timeout", timed_out_);
@@ -143,53 +148,47 @@ asio::awaitable<std::unique_ptr<tls::TlsStream>> Session::handshake(asio::ip::tc
                                   (tls_->error_detail().empty() ? ec.message()
                                                                 : tls_->error_detail()));
   }
-  co_return nullptr;
 }
 
-asio::awaitable<bool> Session::connect_target(asio::ip::tcp::socket& out) {
-  const TunnelOptions& o = tunnel_.options();
-  arm_deadline(o.connect_timeout, "connect to target timed out");
+asio::awaitable<bool> Session::connect_target() {
+  const Target& target = context_->target;
+  arm_deadline(context_->limits.connect_timeout, "connect to target timed out");
   asio::error_code ec;
-  connecting_ = &out;
-  if (const auto literal = tunnel_.target_endpoint()) {
+  if (target.literal) {
     // An IP target needs no lookup (asio resolves on a helper thread: a hop per connection).
-    co_await out.async_connect(*literal, asio::redirect_error(asio::use_awaitable, ec));
+    co_await target_.async_connect(*target.literal, asio::redirect_error(asio::use_awaitable, ec));
   } else {
-    asio::ip::tcp::resolver resolver(out.get_executor());
-    resolving_ = &resolver;
-    auto endpoints = co_await resolver.async_resolve(
-        o.target_host, o.target_port, asio::redirect_error(asio::use_awaitable, ec));
-    resolving_ = nullptr;
+    resolver_.emplace(target_.get_executor());
+    auto endpoints = co_await resolver_->async_resolve(
+        target.host, target.port, asio::redirect_error(asio::use_awaitable, ec));
+    resolver_.reset();
     if (!ec && !timed_out_.empty()) {
       ec = asio::error::operation_aborted;  // the deadline fired while resolving
     }
     if (!ec) {
-      co_await asio::async_connect(out, endpoints, asio::redirect_error(asio::use_awaitable, ec));
+      co_await asio::async_connect(target_, endpoints,
+                                   asio::redirect_error(asio::use_awaitable, ec));
     }
   }
-  resolving_ = nullptr;
-  connecting_ = nullptr;
   disarm_deadline();
   if (ec) {
-    reject("target_unreachable", "cannot connect to target " + o.target_host + ":" +
-                                     o.target_port + ": " +
+    reject("target_unreachable", "cannot connect to target " + target.str() + ": " +
                                      (timed_out_.empty() ? ec.message() : timed_out_));
     co_return false;
   }
-  out.set_option(asio::ip::tcp::no_delay(true), ec);
+  target_.set_option(asio::ip::tcp::no_delay(true), ec);
   co_return true;
 }
 
 asio::awaitable<bool> Session::ask_opa() {
-  const auto& opa = tunnel_.options().opa;
+  const auto& opa = context_->opa;
   if (!opa) {
     co_return true;
   }
   const tls::PeerOutcome& o = tls_->outcome();
   // A named input: GCC 12 mishandles temporaries that live across a co_await.
-  policy::OpaInput input{tunnel_.options().name,
-                         tunnel_.tls().options().role == tls::Role::kServer ? "server" : "client",
-                         *o.peer_id, tls_->context().svid().id.str()};
+  policy::OpaInput input{context_->name, std::string(context_->mode_name()), *o.peer_id,
+                         tls_->context().svid().id.str()};
   policy::OpaDecision d = co_await opa->decide(std::move(input));
   if (d.error) {
     reject("opa_unavailable", "peer " + o.peer_id->str() + " refused: " + d.reason);
@@ -202,35 +201,37 @@ asio::awaitable<bool> Session::ask_opa() {
   co_return true;
 }
 
+// Each step's result is named before it is tested: GCC 12 miscompiles `if (!co_await step())`
+// here (the awaited coroutine resumes with a corrupt frame).
 asio::awaitable<bool> Session::open_server() {
-  auto stream = co_await handshake(std::move(accepted_));
-  if (!stream) {
+  const bool verified = co_await handshake(std::move(accepted_));
+  if (!verified) {
     co_return false;
   }
-  tls_ = std::move(stream);
-  if (!co_await ask_opa()) {
+  const bool allowed = co_await ask_opa();
+  if (!allowed) {
     co_return false;
   }
-  asio::ip::tcp::socket target(tls_->socket().get_executor());
-  if (!co_await connect_target(target)) {
+  const bool connected = co_await connect_target();
+  if (!connected) {
     co_return false;
   }
-  plain_ = std::make_unique<base::TcpStream>(std::move(target));
+  plain_ = std::make_unique<base::TcpStream>(std::move(target_));
   co_return true;
 }
 
 asio::awaitable<bool> Session::open_client() {
-  asio::ip::tcp::socket target(accepted_.get_executor());
-  if (!co_await connect_target(target)) {
+  const bool connected = co_await connect_target();
+  if (!connected) {
     co_return false;
   }
   plain_ = std::make_unique<base::TcpStream>(std::move(accepted_));
-  auto stream = co_await handshake(std::move(target));
-  if (!stream) {
+  const bool verified = co_await handshake(std::move(target_));
+  if (!verified) {
     co_return false;
   }
-  tls_ = std::move(stream);
-  co_return co_await ask_opa();
+  const bool allowed = co_await ask_opa();
+  co_return allowed;
 }
 
 // The session lines are built only when info is logged: at warn level a busy tunnel formats
@@ -247,10 +248,11 @@ void Session::log_opened() const {
                tls_->ktls_detail().empty() ? "" : " (" + tls_->ktls_detail() + ")");
 }
 
-void Session::log_closed(const pump::PumpResult& r, bool server) const {
+void Session::log_closed(const pump::PumpResult& r) const {
   if (!spdlog::should_log(spdlog::level::info)) {
     return;
   }
+  const bool server = context_->mode == tls::Role::kServer;
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::steady_clock::now() - started_)
                       .count();
@@ -267,35 +269,39 @@ void Session::log_closed(const pump::PumpResult& r, bool server) const {
                pump::path_name(r.a_to_b.path), pump::path_name(r.b_to_a.path), why);
 }
 
+void Session::count_and_log(const pump::PumpResult& r) const {
+  TunnelMetrics& m = *context_->metrics;
+  m.bytes_in.inc(r.a_to_b.bytes);
+  m.bytes_out.inc(r.b_to_a.bytes);
+  (r.a_to_b.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
+  (r.b_to_a.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
+  log_closed(r);
+}
+
 asio::awaitable<void> Session::run() {
-  TunnelMetrics& m = tunnel_.metrics();
-  const bool server = tunnel_.tls().options().role == tls::Role::kServer;
   asio::error_code ec;
   accepted_.set_option(asio::ip::tcp::no_delay(true), ec);
 
+  const bool server = context_->mode == tls::Role::kServer;
   const bool opened = server ? co_await open_server() : co_await open_client();
   if (opened) {
-    m.established.inc();
+    context_->metrics->established.inc();
     log_opened();
     pump::PumpOptions po;
-    po.buffer_size = tunnel_.options().buffer_size;
+    po.buffer_size = context_->limits.buffer_size;
     po.allow_splice = tls_->context().options().ktls != tls::KtlsMode::kOff;
     po.on_activity = [this] { last_activity_ = std::chrono::steady_clock::now(); };
     arm_idle();
     // a = TLS side, b = plain side.
-    pump::PumpResult r = co_await pump::pump_both(*tls_, *plain_, po);
-    m.bytes_in.inc(r.a_to_b.bytes);
-    m.bytes_out.inc(r.b_to_a.bytes);
-    (r.a_to_b.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
-    (r.b_to_a.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
-    log_closed(r, server);
+    const pump::PumpResult r = co_await pump::pump_both(*tls_, *plain_, po);
+    count_and_log(r);
   }
   finished_ = true;
   deadline_.cancel();
   idle_timer_.cancel();
   close_all();
-  m.active.add(-1);
-  tunnel_.on_session_end(id_);
+  context_->metrics->active.add(-1);
+  token_.release();
 }
 
 }  // namespace spiffe_tunnel::tunnel

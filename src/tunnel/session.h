@@ -1,6 +1,8 @@
 #pragma once
-// Session: one proxied connection of a tunnel, from accept to close. A session lives on one
-// io_context; its coroutine owns both ends. Timers that may fire after the coroutine has moved on
+// Session: one proxied connection of a tunnel, from accept to close. It keeps the TunnelContext
+// it started with and the drain token the tunnel gave it, and knows nothing else of the tunnel.
+// A session lives on one io_context; its coroutine owns both ends, the target socket and resolver
+// while it connects, and the TLS stream. Timers that may fire after the coroutine has moved on
 // hold a shared_ptr to the session, so they never touch freed state.
 
 #include <asio/ip/tcp.hpp>
@@ -8,21 +10,25 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "spiffe_tunnel/base/byte_stream.h"
+#include "spiffe_tunnel/base/drain.h"
 #include "spiffe_tunnel/pump/pump.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
-#include "spiffe_tunnel/tunnel/tunnel.h"
+#include "spiffe_tunnel/tunnel/tunnel_context.h"
 
 namespace spiffe_tunnel::tunnel {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(Tunnel& tunnel, uint64_t id, asio::ip::tcp::socket downstream);
+  Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
+          asio::ip::tcp::socket downstream);
 
-  void start();
-  // Aborts both ends from any thread.
+  // Runs the session on its socket's io_context; `token` is released when the session ends.
+  void start(base::DrainToken token);
+  // Aborts both ends from any thread; `reason` ends up in the session's closing line.
   void abort(std::string reason);
 
  private:
@@ -31,10 +37,14 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<bool> open_server();
   // Client mode: connect the target, then TLS on it.
   asio::awaitable<bool> open_client();
-  asio::awaitable<std::unique_ptr<tls::TlsStream>> handshake(asio::ip::tcp::socket socket);
-  asio::awaitable<bool> connect_target(asio::ip::tcp::socket& out);
+  // The TLS handshake on `socket`; on success tls_ holds the verified, authorized stream.
+  asio::awaitable<bool> handshake(asio::ip::tcp::socket socket);
+  void reject_handshake(const asio::error_code& ec);
+  // Connects target_ to the context's target.
+  asio::awaitable<bool> connect_target();
   // The tunnel's OPA decision for the verified peer; true when there is none to ask.
   asio::awaitable<bool> ask_opa();
+  void count_and_log(const pump::PumpResult& r) const;
 
   // Closes everything if not cancelled within `after`.
   void arm_deadline(std::chrono::milliseconds after, std::string what);
@@ -44,18 +54,19 @@ class Session : public std::enable_shared_from_this<Session> {
   void reject(std::string_view reason_label, const std::string& detail);
   std::string prefix() const;
   void log_opened() const;
-  void log_closed(const pump::PumpResult& r, bool server) const;
+  void log_closed(const pump::PumpResult& r) const;
 
-  Tunnel& tunnel_;
+  const std::shared_ptr<const TunnelContext> context_;
   const uint64_t id_;
+  base::DrainToken token_;
   std::string peer_address_;
   asio::ip::tcp::socket accepted_;
+  // The target while connect_target() runs (then moved into plain_ or the TLS stream), and the
+  // resolver when the target is a name: both are closed or cancelled by a deadline or abort.
+  asio::ip::tcp::socket target_;
+  std::optional<asio::ip::tcp::resolver> resolver_;
   std::unique_ptr<tls::TlsStream> tls_;
   std::unique_ptr<base::TcpStream> plain_;
-  // The target socket and resolver while connect_target() runs, so that a deadline or abort can
-  // cancel the connect too (closing only the sockets held above would leave it running).
-  asio::ip::tcp::socket* connecting_ = nullptr;
-  asio::ip::tcp::resolver* resolving_ = nullptr;
   asio::steady_timer deadline_;
   asio::steady_timer idle_timer_;
   std::string timed_out_;  // what timed out, if anything

@@ -4,50 +4,42 @@
 
 #include <asio/post.hpp>
 
-#include <charconv>
-
 #include "session.h"
+#include "spiffe_tunnel/base/listener.h"
 
 namespace spiffe_tunnel::tunnel {
+namespace {
 
-TunnelMetrics::TunnelMetrics(base::MetricsRegistry& r, const std::string& t)
-    : accepted(r.counter("spiffe_tunnel_connections_accepted_total",
-                         "TCP connections accepted by the tunnel's listener.", {{"tunnel", t}})),
-      established(r.counter("spiffe_tunnel_connections_established_total",
-                            "Sessions that passed verification and authorization and reached "
-                            "the target.",
-                            {{"tunnel", t}})),
-      active(r.gauge("spiffe_tunnel_sessions_active", "Sessions open now.", {{"tunnel", t}})),
-      bytes_in(r.counter("spiffe_tunnel_bytes_total",
-                         "Application bytes moved, by direction (from_peer: TLS side to target "
-                         "side; to_peer: the reverse).",
-                         {{"tunnel", t}, {"direction", "from_peer"}})),
-      bytes_out(r.counter("spiffe_tunnel_bytes_total", "",
-                          {{"tunnel", t}, {"direction", "to_peer"}})),
-      path_userspace(r.counter("spiffe_tunnel_session_directions_total",
-                               "Session directions by the data path that moved them.",
-                               {{"tunnel", t}, {"path", "userspace"}})),
-      path_splice(r.counter("spiffe_tunnel_session_directions_total", "",
-                            {{"tunnel", t}, {"path", "ktls+splice"}})),
-      registry(r),
-      tunnel(t) {}
+// How long drain() waits for sessions it closed to go: closing is a post to each session's
+// thread and a few syscalls, so this only bounds a wedged thread.
+constexpr std::chrono::seconds kCloseGrace{2};
 
-void TunnelMetrics::reject(std::string_view reason) {
-  registry
-      .counter("spiffe_tunnel_connections_rejected_total",
-               "Connections refused, by reason (see docs/metrics.md).",
-               {{"tunnel", tunnel}, {"reason", std::string(reason)}})
-      .inc();
+std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
+                                                  std::unique_ptr<tls::ContextProvider> tls,
+                                                  base::MetricsRegistry& metrics) {
+  auto c = std::make_shared<TunnelContext>();
+  c->name = o.name;
+  c->mode = tls->options().role;
+  c->limits = {.handshake_timeout = o.handshake_timeout,
+               .connect_timeout = o.connect_timeout,
+               .idle_timeout = o.idle_timeout,
+               .max_connections = o.max_connections,
+               .buffer_size = o.buffer_size};
+  c->target = Target::of(std::move(o.target_host), std::move(o.target_port));
+  c->opa = std::move(o.opa);
+  c->tls = std::move(tls);
+  c->metrics = std::make_shared<TunnelMetrics>(metrics, o.name);
+  return c;
 }
 
-Tunnel::Tunnel(TunnelOptions options, std::unique_ptr<tls::ContextProvider> tls, IoPool& pool,
-               base::MetricsRegistry& metrics)
-    : options_(std::move(options)),
-      tls_(std::move(tls)),
+}  // namespace
+
+Tunnel::Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool)
+    : name_(context->name),
       pool_(pool),
-      metrics_(metrics, options_.name),
       acceptor_(pool.at(0)),
-      accept_backoff_(pool.at(0)) {}
+      accept_backoff_(pool.at(0)),
+      context_(std::move(context)) {}
 
 Tunnel::~Tunnel() { stop(); }
 
@@ -55,45 +47,32 @@ base::Result<std::unique_ptr<Tunnel>> Tunnel::create(TunnelOptions options,
                                                      std::unique_ptr<tls::ContextProvider> tls,
                                                      IoPool& pool,
                                                      base::MetricsRegistry& metrics) {
-  std::unique_ptr<Tunnel> t(new Tunnel(std::move(options), std::move(tls), pool, metrics));
-  const TunnelOptions& o = t->options_;
-  const std::string where = "tunnel \"" + o.name + "\": listen " + o.listen_host + ":" +
-                            std::to_string(o.listen_port);
-  asio::error_code ec;
-  auto address = asio::ip::make_address(o.listen_host, ec);
-  if (ec) {
-    return base::make_error(where + ": \"" + o.listen_host + "\" is not an IP address");
+  const std::string host = options.listen_host;
+  const uint16_t port = options.listen_port;
+  std::unique_ptr<Tunnel> t(
+      new Tunnel(make_context(std::move(options), std::move(tls), metrics), pool));
+  auto bound = base::bind_listener(t->acceptor_, "tunnel \"" + t->name_ + "\": listen", host, port);
+  if (!bound) {
+    return bound.error();
   }
-  asio::ip::tcp::endpoint ep(address, o.listen_port);
-  t->acceptor_.open(ep.protocol(), ec);
-  if (!ec) {
-    t->acceptor_.set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
-  }
-  if (!ec) {
-    t->acceptor_.bind(ep, ec);
-  }
-  if (!ec) {
-    t->acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-  }
-  if (ec) {
-    return base::make_error(where + ": " + ec.message());
-  }
-  t->local_ = t->acceptor_.local_endpoint();
-  asio::error_code not_ip;
-  const auto target_address = asio::ip::make_address(o.target_host, not_ip);
-  uint16_t port = 0;
-  const auto* end = o.target_port.data() + o.target_port.size();
-  if (!not_ip && std::from_chars(o.target_port.data(), end, port).ptr == end) {
-    t->target_ip_ = asio::ip::tcp::endpoint(target_address, port);
-  }
+  t->local_ = *bound;
   return t;
 }
 
+std::shared_ptr<const TunnelContext> Tunnel::context() const {
+  std::lock_guard lock(context_mutex_);
+  return context_;
+}
+
+void Tunnel::swap_context(std::shared_ptr<const TunnelContext> next) {
+  std::lock_guard lock(context_mutex_);
+  context_ = std::move(next);
+}
+
 void Tunnel::start() {
-  spdlog::info("tunnel={} mode={} listening on {}:{} target {}:{}", options_.name,
-               tls_->options().role == tls::Role::kServer ? "server" : "client",
-               local_.address().to_string(), local_.port(), options_.target_host,
-               options_.target_port);
+  const auto c = context();
+  spdlog::info("tunnel={} mode={} listening on {}:{} target {}", name_, c->mode_name(),
+               local_.address().to_string(), local_.port(), c->target.str());
   asio::post(acceptor_.get_executor(), [this] { accept_next(); });
 }
 
@@ -103,14 +82,14 @@ void Tunnel::accept_next() {
   }
   // Accept straight onto the io_context that will run the session.
   acceptor_.async_accept(pool_.next(), [this](asio::error_code ec, asio::ip::tcp::socket s) {
-    if (ec) {
-      if (ec == asio::error::operation_aborted || stopped_) {
-        return;
-      }
+    if (!ec) {
+      start_session(std::move(s));
+    } else if (ec == asio::error::operation_aborted || stopped_) {
+      return;
+    } else {
       // EMFILE and friends: retrying at once would spin; pause, then accept again. Sessions
       // that end meanwhile free descriptors.
-      spdlog::warn("tunnel={} accept failed: {}; pausing accepts for 100 ms", options_.name,
-                   ec.message());
+      spdlog::warn("tunnel={} accept failed: {}; pausing accepts for 100 ms", name_, ec.message());
       accept_backoff_.expires_after(std::chrono::milliseconds(100));
       accept_backoff_.async_wait([this](asio::error_code wec) {
         if (!wec) {
@@ -118,30 +97,38 @@ void Tunnel::accept_next() {
         }
       });
       return;
-    } else {
-      metrics_.accepted.inc();
-      if (static_cast<std::size_t>(metrics_.active.value()) >= options_.max_connections) {
-        metrics_.reject("max_connections");
-        spdlog::warn("tunnel={} refusing connection: {} sessions open (max_connections)",
-                     options_.name, metrics_.active.value());
-        asio::error_code ignored;
-        s.close(ignored);
-      } else {
-        const uint64_t id = next_session_id_++;
-        auto session = std::make_shared<Session>(*this, id, std::move(s));
-        {
-          std::lock_guard lock(sessions_mutex_);
-          sessions_[id] = session;
-        }
-        metrics_.active.add(1);
-        session->start();
-      }
     }
     accept_next();
   });
 }
 
+void Tunnel::start_session(asio::ip::tcp::socket socket) {
+  auto c = context();
+  TunnelMetrics& m = *c->metrics;
+  m.accepted.inc();
+  if (drain_.held() >= c->limits.max_connections) {
+    m.reject("max_connections");
+    spdlog::warn("tunnel={} refusing connection: {} sessions open (max_connections)", name_,
+                 drain_.held());
+    asio::error_code ignored;
+    socket.close(ignored);
+    return;
+  }
+  auto session = std::make_shared<Session>(std::move(c), next_session_id_++, std::move(socket));
+  auto token = drain_.acquire([weak = std::weak_ptr<Session>(session)] {
+    if (auto s = weak.lock()) {
+      s->abort("tunnel draining");
+    }
+  });
+  if (!token) {
+    return;  // draining: the session is dropped with its socket, never started
+  }
+  m.active.add(1);
+  session->start(std::move(*token));
+}
+
 void Tunnel::stop() {
+  drain_.begin();
   if (stopped_.exchange(true)) {
     return;
   }
@@ -152,29 +139,29 @@ void Tunnel::stop() {
   });
 }
 
-void Tunnel::close_sessions() {
-  std::lock_guard lock(sessions_mutex_);
-  for (auto& [id, weak] : sessions_) {
-    if (auto s = weak.lock()) {
-      s->abort("daemon shutting down");
-    }
+void Tunnel::close_sessions() { drain_.abort_all(); }
+
+bool Tunnel::wait_sessions_ended(std::chrono::steady_clock::time_point deadline) const {
+  return drain_.wait_released(deadline);
+}
+
+std::size_t Tunnel::drain(std::chrono::steady_clock::time_point deadline) {
+  stop();
+  if (drain_.wait_released(deadline)) {
+    return 0;
   }
+  const std::size_t open = drain_.held();
+  spdlog::warn("tunnel={} drain timeout: closing {} open session(s)", name_, open);
+  close_sessions();
+  drain_.wait_released(std::chrono::steady_clock::now() + kCloseGrace);
+  return open;
 }
 
-void Tunnel::on_session_end(uint64_t id) {
-  std::lock_guard lock(sessions_mutex_);
-  sessions_.erase(id);
-}
-
-bool Tunnel::ready() const { return tls_->current().ok(); }
+bool Tunnel::ready() const { return context()->tls->current().ok(); }
 
 std::string Tunnel::readiness_detail() const {
-  auto c = tls_->current();
+  auto c = context()->tls->current();
   return c ? "ready" : c.error().message;
-}
-
-std::size_t Tunnel::active_sessions() const {
-  return static_cast<std::size_t>(std::max<int64_t>(0, metrics_.active.value()));
 }
 
 }  // namespace spiffe_tunnel::tunnel

@@ -40,6 +40,7 @@ std::chrono::nanoseconds cpu_time(clockid_t clock) {
 // CPU the pool thread uses during `wall` of real time.
 std::chrono::milliseconds cpu_during(clockid_t clock, std::chrono::milliseconds wall) {
   const auto before = cpu_time(clock);
+  // The sleep is the measurement: the pool thread's CPU over this much wall time.
   std::this_thread::sleep_for(wall);
   return std::chrono::duration_cast<std::chrono::milliseconds>(cpu_time(clock) - before);
 }
@@ -52,7 +53,8 @@ TEST_CASE("a busy-polling pool keeps its thread running for the window, then sle
   const clockid_t clock = pool_thread_clock(pool);  // the last event: the window starts now
   // Inside the window the thread polls instead of sleeping: it uses CPU with nothing to do.
   const auto spinning = cpu_during(clock, 200ms);
-  std::this_thread::sleep_for(400ms);  // the window has passed: epoll_wait sleeps
+  // Letting the 400 ms window run out is the behaviour under test: after it, epoll_wait sleeps.
+  std::this_thread::sleep_for(400ms);
   const auto idle = cpu_during(clock, 300ms);
   pool.stop();
   INFO("CPU in 200 ms inside the window: " << spinning.count() << " ms; in 300 ms after it: "
@@ -88,6 +90,7 @@ TEST_CASE("a busy-polling pool handles socket events inside and after its window
                              got.set_value(ec ? 0 : n);
                            });
     });
+    // The gaps are the behaviour under test: shorter than the window, then longer.
     std::this_thread::sleep_for(i < 10 ? 1ms : 60ms);
     const char c = static_cast<char>('a' + i);
     REQUIRE(::write(theirs.native_handle(), &c, 1) == 1);
@@ -102,7 +105,12 @@ TEST_CASE("a busy-polling pool handles socket events inside and after its window
 TEST_CASE("stop() ends a busy-polling pool promptly") {
   IoPool pool(2, 10ms);
   pool.start();
-  std::this_thread::sleep_for(5ms);  // inside the window of the start-up
+  // One event on each thread, handled: both are polling inside their window now.
+  for (std::size_t i = 0; i < pool.size(); ++i) {
+    std::promise<void> ran;
+    asio::post(pool.at(i), [&ran] { ran.set_value(); });
+    REQUIRE(ran.get_future().wait_for(5s) == std::future_status::ready);
+  }
   const auto t0 = std::chrono::steady_clock::now();
   pool.stop();
   CHECK(std::chrono::steady_clock::now() - t0 < 2s);

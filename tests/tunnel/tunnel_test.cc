@@ -1,5 +1,6 @@
 #include "spiffe_tunnel/tunnel/tunnel.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -13,6 +14,7 @@
 
 #include <chrono>
 #include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <thread>
@@ -36,7 +38,8 @@ using Endpoint = asio::ip::tcp::endpoint;
 
 namespace {
 
-// Polls `condition` until it holds or `limit` passes.
+// Polls `condition` until it holds or `limit` passes. For conditions nothing signals (a metric
+// line, a refused connect); the short sleep is the polling interval, not a guess at a duration.
 bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit = 5s) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   while (!condition()) {
@@ -46,6 +49,20 @@ bool eventually(const std::function<bool()>& condition, std::chrono::millisecond
     std::this_thread::sleep_for(5ms);
   }
   return true;
+}
+
+// Waits (without polling) until the tunnel has no open session, up to 5 s.
+bool sessions_end(const tunnel::Tunnel& t) {
+  return t.wait_sessions_ended(std::chrono::steady_clock::now() + 5s);
+}
+
+// True when a TCP connect to the port is refused (nothing listens there any more).
+bool refuses_connections(uint16_t port) {
+  asio::io_context io;
+  Socket s(io);
+  asio::error_code ec;
+  s.connect({asio::ip::address_v4::loopback(), port}, ec);
+  return ec == asio::error::connection_refused;
 }
 
 // A TCP echo server on its own thread, standing in for the target application.
@@ -146,6 +163,9 @@ struct Tunnels {
   EchoBackend backend;
   std::unique_ptr<tunnel::Tunnel> server;
   std::unique_ptr<tunnel::Tunnel> client;
+  // More tunnels a test adds; like the two above, destroyed only after the pool has stopped
+  // (a tunnel's listener is closed on the pool's first thread).
+  std::vector<std::unique_ptr<tunnel::Tunnel>> others;
 
   explicit Tunnels(const std::function<void(tunnel::TunnelOptions&)>& tweak_server = {},
                    const std::function<void(tunnel::TunnelOptions&)>& tweak_client = {}) {
@@ -172,10 +192,7 @@ struct Tunnels {
     if (tweak_client) {
       tweak_client(out);
     }
-    tls::TlsOptions out_tls;
-    out_tls.role = tls::Role::kClient;
-    out_tls.authorizer = allow_ids({"spiffe://example.org/backend"});
-    client = create(std::move(out), std::move(out_tls), client_store);
+    client = make_client(std::move(out));
 
     pool.start();
     server->start();
@@ -183,12 +200,26 @@ struct Tunnels {
   }
 
   ~Tunnels() {
-    client->stop();
-    server->stop();
-    client->close_sessions();
-    server->close_sessions();
-    eventually([&] { return client->active_sessions() == 0 && server->active_sessions() == 0; });
+    std::vector<tunnel::Tunnel*> all{client.get(), server.get()};
+    for (auto& t : others) {
+      all.push_back(t.get());
+    }
+    for (auto* t : all) {
+      t->stop();
+      t->close_sessions();
+    }
+    for (auto* t : all) {
+      sessions_end(*t);
+    }
     pool.stop();
+  }
+
+  // A client tunnel to the server tunnel, presenting the client store's identity.
+  std::unique_ptr<tunnel::Tunnel> make_client(tunnel::TunnelOptions out) {
+    tls::TlsOptions out_tls;
+    out_tls.role = tls::Role::kClient;
+    out_tls.authorizer = allow_ids({"spiffe://example.org/backend"});
+    return create(std::move(out), std::move(out_tls), client_store);
   }
 
   std::unique_ptr<tunnel::Tunnel> create(tunnel::TunnelOptions options, tls::TlsOptions tls_options,
@@ -241,7 +272,7 @@ TEST_CASE("bytes make the round trip app → client tunnel → server tunnel →
   // The app half-closes; the echo backend answers with its own end, all the way back.
   app.socket.shutdown(Socket::shutdown_send);
   CHECK(app.closed_by_peer());
-  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+  CHECK(sessions_end(*t.server));
   CHECK(t.has_metric(
       "spiffe_tunnel_bytes_total{tunnel=\"in\",direction=\"from_peer\"} ", 5 + big.size()));
 }
@@ -271,7 +302,7 @@ TEST_CASE("a client that connects and says nothing is dropped at the handshake t
   CHECK(waited >= 150ms);
   CHECK(waited < 3s);
   CHECK(eventually([&] { return t.has_metric(t.rejected("in", "handshake_timeout"), 1); }));
-  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+  CHECK(sessions_end(*t.server));
 }
 
 TEST_CASE("an idle session is closed after the idle timeout") {
@@ -284,7 +315,7 @@ TEST_CASE("an idle session is closed after the idle timeout") {
   const auto waited = std::chrono::steady_clock::now() - start;
   CHECK(waited >= 200ms);
   CHECK(waited < 3s);
-  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+  CHECK(sessions_end(*t.server));
 }
 
 TEST_CASE("a session with traffic outlives the idle timeout") {
@@ -293,6 +324,8 @@ TEST_CASE("a session with traffic outlives the idle timeout") {
   for (int i = 0; i < 8; ++i) {
     app.send("tick");
     REQUIRE(app.receive(4) == "tick");
+    // The pause is the behaviour under test: 800 ms in all, twice the idle timeout, yet never
+    // 400 ms without traffic.
     std::this_thread::sleep_for(100ms);
   }
   CHECK(t.server->active_sessions() == 1);
@@ -304,7 +337,7 @@ TEST_CASE("an unreachable target refuses the session and counts target_unreachab
   App app(t.entry_port());
   CHECK(app.closed_by_peer());
   CHECK(eventually([&] { return t.has_metric(t.rejected("in", "target_unreachable"), 1); }));
-  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+  CHECK(sessions_end(*t.server));
   CHECK(t.has_metric("spiffe_tunnel_connections_established_total{tunnel=\"in\"} ", 0));
 }
 
@@ -325,7 +358,9 @@ TEST_CASE("a target that does not answer a connect is given up at the connect ti
     ::connect(s.native_handle(), ep.data(), static_cast<socklen_t>(ep.size()));
     fillers.push_back(std::move(s));
   }
-  std::this_thread::sleep_for(50ms);
+  // The first connect completing means the accept queue (room for one) is full.
+  pollfd first{fillers.front().native_handle(), POLLOUT, 0};
+  REQUIRE(::poll(&first, 1, 5000) == 1);
   Tunnels t([&](tunnel::TunnelOptions& o) {
     o.target_port = std::to_string(full.local_endpoint().port());
     o.connect_timeout = 200ms;
@@ -335,7 +370,7 @@ TEST_CASE("a target that does not answer a connect is given up at the connect ti
   CHECK(app.closed_by_peer());
   CHECK(std::chrono::steady_clock::now() - start < 3s);
   CHECK(eventually([&] { return t.has_metric(t.rejected("in", "target_unreachable"), 1); }));
-  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+  CHECK(sessions_end(*t.server));
 }
 
 TEST_CASE("a client the server does not allow never reaches the target") {
@@ -367,13 +402,7 @@ TEST_CASE("stop() ends accepting, and close_sessions() ends the sessions still o
   t.client->stop();
   t.client->stop();  // safe twice
   // New connections are refused once the listener is closed.
-  CHECK(eventually([&] {
-    asio::io_context io;
-    Socket s(io);
-    asio::error_code ec;
-    s.connect({asio::ip::address_v4::loopback(), t.entry_port()}, ec);
-    return ec == asio::error::connection_refused;
-  }));
+  CHECK(eventually([&] { return refuses_connections(t.entry_port()); }));
   // The open session still works.
   app.send("during");
   CHECK(app.receive(6) == "during");
@@ -381,8 +410,8 @@ TEST_CASE("stop() ends accepting, and close_sessions() ends the sessions still o
 
   t.client->close_sessions();
   CHECK(app.closed_by_peer());
-  CHECK(eventually([&] { return t.client->active_sessions() == 0; }));
-  CHECK(eventually([&] { return t.server->active_sessions() == 0; }));
+  CHECK(sessions_end(*t.client));
+  CHECK(sessions_end(*t.server));
 }
 
 TEST_CASE("a tunnel reports a listen address it cannot bind") {
@@ -409,4 +438,79 @@ TEST_CASE("a tunnel reports a listen address it cannot bind") {
   auto bad_host = make("localhost", 0);
   REQUIRE_FALSE(bad_host.ok());
   CHECK_THAT(bad_host.error().message, Contains("\"localhost\" is not an IP address"));
+}
+
+TEST_CASE("a tunnel drained alone closes its own sessions while another tunnel keeps serving") {
+  Tunnels t;
+  tunnel::TunnelOptions other;
+  other.name = "out2";
+  other.target_host = "127.0.0.1";
+  other.target_port = std::to_string(t.server_port());
+  tunnel::Tunnel* second = t.others.emplace_back(t.make_client(std::move(other))).get();
+  second->start();
+
+  App drained(t.entry_port());
+  drained.send("one");
+  REQUIRE(drained.receive(3) == "one");
+  App kept(second->local_endpoint().port());
+  kept.send("two");
+  REQUIRE(kept.receive(3) == "two");
+
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(t.client->drain(start + 300ms) == 1);  // the session did not end by itself: closed
+  CHECK(std::chrono::steady_clock::now() - start >= 250ms);
+  CHECK(t.client->active_sessions() == 0);
+  CHECK(drained.closed_by_peer());
+  CHECK(eventually([&] { return refuses_connections(t.entry_port()); }));
+  CHECK(t.client->drain(std::chrono::steady_clock::now()) == 0);  // safe twice
+
+  // The other tunnel: its open session and new ones are untouched.
+  kept.send("still");
+  CHECK(kept.receive(5) == "still");
+  App fresh(second->local_endpoint().port());
+  fresh.send("new");
+  CHECK(fresh.receive(3) == "new");
+  CHECK(second->active_sessions() == 2);
+}
+
+TEST_CASE("a drain returns as soon as the sessions end on their own") {
+  Tunnels t;
+  App app(t.entry_port());
+  app.send("bye");
+  REQUIRE(app.receive(3) == "bye");
+  const auto start = std::chrono::steady_clock::now();
+  auto drained = std::async(std::launch::async,
+                            [&] { return t.client->drain(start + 20s); });
+  // The app ends the session: half-close, the backend answers with its own end.
+  app.socket.shutdown(Socket::shutdown_send);
+  CHECK(app.closed_by_peer());
+  REQUIRE(drained.wait_for(10s) == std::future_status::ready);
+  CHECK(drained.get() == 0);  // nothing had to be closed
+  CHECK(std::chrono::steady_clock::now() - start < 10s);
+}
+
+TEST_CASE("a session keeps the context it started with when the tunnel's context is swapped") {
+  Tunnels t;
+  App old_session(t.entry_port());
+  old_session.send("old");
+  REQUIRE(old_session.receive(3) == "old");
+  REQUIRE(t.server->context()->limits.idle_timeout == 0ms);
+
+  // New sessions of the server tunnel get a 200 ms idle timeout; the open one keeps none.
+  auto next = std::make_shared<tunnel::TunnelContext>(*t.server->context());
+  next->limits.idle_timeout = 200ms;
+  t.server->swap_context(next);
+  CHECK(t.server->context() == next);
+
+  App new_session(t.entry_port());
+  new_session.send("new");
+  REQUIRE(new_session.receive(3) == "new");
+  const auto idle_from = std::chrono::steady_clock::now();
+  CHECK(new_session.closed_by_peer());  // the new context's idle timeout
+  CHECK(std::chrono::steady_clock::now() - idle_from >= 150ms);
+
+  // The old session has been idle at least as long, and still works.
+  old_session.send("still");
+  CHECK(old_session.receive(5) == "still");
+  CHECK(t.server->active_sessions() == 1);
 }

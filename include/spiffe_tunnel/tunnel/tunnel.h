@@ -4,8 +4,12 @@
 //   client mode: accept TCP → connect target → TLS handshake (verify + authorize peer) → pump
 // The backend (server mode) is connected only after the peer is verified and authorized, so an
 // unauthenticated peer never reaches it. Sessions are spread over the IoPool; the listener lives
-// on the pool's first io_context. start()/stop() are called from the app thread; counters may be
-// read from any thread.
+// on the pool's first io_context.
+//
+// A session starts with the tunnel's current TunnelContext and keeps it; it never sees the Tunnel.
+// It holds a token of the tunnel's base::Drain for its life, which is how the tunnel counts,
+// aborts and waits for its sessions. start(), stop(), drain() and swap_context() are called from
+// the app thread; the other methods from any thread.
 
 #include <asio/ip/tcp.hpp>
 #include <asio/steady_timer.hpp>
@@ -15,18 +19,20 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
-#include <unordered_map>
 
+#include "spiffe_tunnel/base/drain.h"
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/base/result.h"
 #include "spiffe_tunnel/policy/opa_client.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tunnel/io_pool.h"
+#include "spiffe_tunnel/tunnel/tunnel_context.h"
 
 namespace spiffe_tunnel::tunnel {
 
+// What app configures for one tunnel; Tunnel::create turns it into the listener and the first
+// TunnelContext.
 struct TunnelOptions {
   std::string name;
   std::string listen_host = "127.0.0.1";
@@ -42,27 +48,10 @@ struct TunnelOptions {
   std::shared_ptr<policy::OpaClient> opa;
 };
 
-// Counters of one tunnel, registered under the tunnel's name. See docs/metrics.md.
-struct TunnelMetrics {
-  TunnelMetrics(base::MetricsRegistry& registry, const std::string& tunnel);
-  base::Counter& accepted;
-  base::Counter& established;
-  base::Gauge& active;
-  base::Counter& bytes_in;   // from the peer (TLS side) to the target side
-  base::Counter& bytes_out;  // towards the peer
-  base::Counter& path_userspace;
-  base::Counter& path_splice;
-  base::MetricsRegistry& registry;
-  std::string tunnel;
-  // Counts a refused connection under st_connections_rejected_total{tunnel,reason}.
-  void reject(std::string_view reason);
-};
-
-class Session;
-
 class Tunnel {
  public:
-  // Binds the listener now, so that "address in use" is reported at startup.
+  // Binds the listener now, so that "address in use" is reported at startup. `pool` must outlive
+  // the tunnel; `metrics` must outlive the tunnel and its sessions.
   static base::Result<std::unique_ptr<Tunnel>> create(TunnelOptions options,
                                                       std::unique_ptr<tls::ContextProvider> tls,
                                                       IoPool& pool,
@@ -70,42 +59,47 @@ class Tunnel {
   ~Tunnel();
 
   void start();
-  // Stops accepting. Open sessions continue until they end or close_sessions() is called.
+  // Stops accepting. Open sessions continue until they end or close_sessions() is called. Safe
+  // to call twice.
   void stop();
-  // Aborts every open session.
+  // Asks every open session to end now (they close on their own threads).
   void close_sessions();
+  // Blocks until no session is open or `deadline` passes; true when none is.
+  bool wait_sessions_ended(std::chrono::steady_clock::time_point deadline) const;
+  // Drains this tunnel alone: stop(), wait for the sessions to end until `deadline`, then close
+  // the rest and wait (briefly) for them to go. Returns how many sessions had to be closed. Safe
+  // to call twice.
+  std::size_t drain(std::chrono::steady_clock::time_point deadline);
 
-  const TunnelOptions& options() const { return options_; }
+  // The context new sessions start with. Any thread.
+  std::shared_ptr<const TunnelContext> context() const;
+  // New sessions start with `next`; open sessions keep the context they have. The listener (and
+  // so the listen address) stays. `next` must name the same tunnel.
+  void swap_context(std::shared_ptr<const TunnelContext> next);
+
+  const std::string& name() const { return name_; }
   asio::ip::tcp::endpoint local_endpoint() const { return local_; }
   // True when a TLS context can be built now (identity present, SVID selected).
   bool ready() const;
   std::string readiness_detail() const;
-  std::size_t active_sessions() const;
-  // The target as an endpoint when it is an IP literal (no lookup needed), else nullopt.
-  const std::optional<asio::ip::tcp::endpoint>& target_endpoint() const { return target_ip_; }
-  tls::ContextProvider& tls() { return *tls_; }
-  TunnelMetrics& metrics() { return metrics_; }
+  std::size_t active_sessions() const { return drain_.held(); }
 
  private:
-  friend class Session;
-  Tunnel(TunnelOptions options, std::unique_ptr<tls::ContextProvider> tls, IoPool& pool,
-         base::MetricsRegistry& metrics);
+  Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool);
   void accept_next();
-  void on_session_end(uint64_t id);
+  void start_session(asio::ip::tcp::socket socket);
 
-  TunnelOptions options_;
-  std::unique_ptr<tls::ContextProvider> tls_;
+  const std::string name_;
   IoPool& pool_;
-  TunnelMetrics metrics_;
   asio::ip::tcp::acceptor acceptor_;
   asio::steady_timer accept_backoff_;
-  std::optional<asio::ip::tcp::endpoint> target_ip_;
   asio::ip::tcp::endpoint local_;
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_session_id_{1};
+  base::Drain drain_;
 
-  mutable std::mutex sessions_mutex_;
-  std::unordered_map<uint64_t, std::weak_ptr<Session>> sessions_;  // guarded by sessions_mutex_
+  mutable std::mutex context_mutex_;
+  std::shared_ptr<const TunnelContext> context_;  // guarded by context_mutex_
 };
 
 }  // namespace spiffe_tunnel::tunnel

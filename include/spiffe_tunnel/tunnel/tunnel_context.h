@@ -1,0 +1,75 @@
+#pragma once
+// TunnelContext: everything a session of one tunnel needs to know, fixed when the session starts.
+// A Tunnel holds its current context as shared_ptr<const TunnelContext>; each session copies that
+// pointer once at accept and keeps it for its whole life, so replacing a tunnel's context
+// (Tunnel::swap_context) changes new sessions only. A context is never modified once shared; any
+// thread may read it. The metrics and the OPA client it points to are thread-safe objects.
+
+#include <asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "spiffe_tunnel/base/metrics.h"
+#include "spiffe_tunnel/policy/opa_client.h"
+#include "spiffe_tunnel/tls/tls_context.h"
+
+namespace spiffe_tunnel::tunnel {
+
+// Counters of one tunnel, registered under the tunnel's name. See docs/metrics.md. The registry
+// must outlive them.
+struct TunnelMetrics {
+  TunnelMetrics(base::MetricsRegistry& registry, const std::string& tunnel);
+  base::Counter& accepted;
+  base::Counter& established;
+  base::Gauge& active;
+  base::Counter& bytes_in;   // from the peer (TLS side) to the target side
+  base::Counter& bytes_out;  // towards the peer
+  base::Counter& path_userspace;
+  base::Counter& path_splice;
+  base::MetricsRegistry& registry;
+  std::string tunnel;
+  // Counts a refused connection under st_connections_rejected_total{tunnel,reason}.
+  void reject(std::string_view reason);
+};
+
+// Timeouts and limits of one tunnel's sessions.
+struct SessionLimits {
+  std::chrono::milliseconds handshake_timeout{10000};
+  std::chrono::milliseconds connect_timeout{10000};
+  std::chrono::milliseconds idle_timeout{0};  // 0: no idle limit
+  std::size_t max_connections = 10000;
+  std::size_t buffer_size = 256 * 1024;  // per direction of the userspace pump
+};
+
+// The plain-TCP end the tunnel connects to.
+struct Target {
+  std::string host;
+  std::string port;
+  // host:port as an endpoint when host is an IP literal (no lookup needed), else nullopt.
+  std::optional<asio::ip::tcp::endpoint> literal;
+
+  // Fills `literal` when host and port allow it.
+  static Target of(std::string host, std::string port);
+  std::string str() const { return host + ":" + port; }
+};
+
+struct TunnelContext {
+  std::string name;
+  tls::Role mode = tls::Role::kServer;  // server: TLS in, plain out; client: the reverse
+  SessionLimits limits;
+  Target target;
+  // Asked after the handshake verified and authorized the peer; null: no OPA step. (The
+  // allow-list sits in the TLS options.)
+  std::shared_ptr<policy::OpaClient> opa;
+  std::shared_ptr<const tls::ContextProvider> tls;  // never null
+  std::shared_ptr<TunnelMetrics> metrics;           // never null
+
+  std::string_view mode_name() const { return mode == tls::Role::kServer ? "server" : "client"; }
+};
+
+}  // namespace spiffe_tunnel::tunnel

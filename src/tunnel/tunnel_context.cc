@@ -1,0 +1,49 @@
+#include "spiffe_tunnel/tunnel/tunnel_context.h"
+
+#include <charconv>
+
+namespace spiffe_tunnel::tunnel {
+
+TunnelMetrics::TunnelMetrics(base::MetricsRegistry& r, const std::string& t)
+    : accepted(r.counter("spiffe_tunnel_connections_accepted_total",
+                         "TCP connections accepted by the tunnel's listener.", {{"tunnel", t}})),
+      established(r.counter("spiffe_tunnel_connections_established_total",
+                            "Sessions that passed verification and authorization and reached "
+                            "the target.",
+                            {{"tunnel", t}})),
+      active(r.gauge("spiffe_tunnel_sessions_active", "Sessions open now.", {{"tunnel", t}})),
+      bytes_in(r.counter("spiffe_tunnel_bytes_total",
+                         "Application bytes moved, by direction (from_peer: TLS side to target "
+                         "side; to_peer: the reverse).",
+                         {{"tunnel", t}, {"direction", "from_peer"}})),
+      bytes_out(r.counter("spiffe_tunnel_bytes_total", "",
+                          {{"tunnel", t}, {"direction", "to_peer"}})),
+      path_userspace(r.counter("spiffe_tunnel_session_directions_total",
+                               "Session directions by the data path that moved them.",
+                               {{"tunnel", t}, {"path", "userspace"}})),
+      path_splice(r.counter("spiffe_tunnel_session_directions_total", "",
+                            {{"tunnel", t}, {"path", "ktls+splice"}})),
+      registry(r),
+      tunnel(t) {}
+
+void TunnelMetrics::reject(std::string_view reason) {
+  registry
+      .counter("spiffe_tunnel_connections_rejected_total",
+               "Connections refused, by reason (see docs/metrics.md).",
+               {{"tunnel", tunnel}, {"reason", std::string(reason)}})
+      .inc();
+}
+
+Target Target::of(std::string host, std::string port) {
+  Target t{std::move(host), std::move(port), std::nullopt};
+  asio::error_code not_ip;
+  const auto address = asio::ip::make_address(t.host, not_ip);
+  uint16_t number = 0;
+  const char* end = t.port.data() + t.port.size();
+  if (!not_ip && std::from_chars(t.port.data(), end, number).ptr == end) {
+    t.literal = asio::ip::tcp::endpoint(address, number);
+  }
+  return t;
+}
+
+}  // namespace spiffe_tunnel::tunnel

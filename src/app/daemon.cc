@@ -10,7 +10,6 @@
 #include "spiffe_tunnel/admin/admin_server.h"
 #include "spiffe_tunnel/identity/expiry_watch.h"
 #include "spiffe_tunnel/identity/identity_store.h"
-#include "spiffe_tunnel/policy/authorizer.h"
 #include "spiffe_tunnel/tls/ktls.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tunnel/io_pool.h"
@@ -18,95 +17,12 @@
 #include "spiffe_tunnel/workload/files_source.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
 #include "systemd_notify.h"
+#include "wiring.h"
 
 namespace spiffe_tunnel::app {
 namespace {
 
 using config::Config;
-using config::TunnelConfig;
-
-base::Result<std::unique_ptr<workload::IdentitySource>> make_source(const Config& c) {
-  switch (c.identity.kind) {
-    case config::IdentityConfig::Kind::kFiles: {
-      workload::FilesSourceOptions o;
-      o.cert_file = c.identity.cert_file;
-      o.key_file = c.identity.key_file;
-      o.bundle_files = c.identity.bundle_files;
-      return std::unique_ptr<workload::IdentitySource>(
-          std::make_unique<workload::FilesSource>(std::move(o)));
-    }
-    case config::IdentityConfig::Kind::kWorkloadApi: {
-      auto source = workload::WorkloadApiSource::create({.address = c.identity.workload_api});
-      if (!source) {
-        return source.error();
-      }
-      return std::unique_ptr<workload::IdentitySource>(std::move(*source));
-    }
-    case config::IdentityConfig::Kind::kNone:
-      break;
-  }
-  return base::make_error("no identity source is configured");
-}
-
-base::Result<tls::TlsOptions> make_tls_options(const TunnelConfig& t) {
-  tls::TlsOptions o;
-  o.role = t.mode == config::Mode::kServer ? tls::Role::kServer : tls::Role::kClient;
-  o.svid.id = t.svid_id;
-  o.svid.hint = t.svid_hint;
-  std::vector<policy::IdPattern> patterns;
-  for (const auto& p : t.peer_patterns) {
-    auto parsed = policy::IdPattern::parse(p);
-    if (!parsed) {
-      return parsed.error();
-    }
-    patterns.push_back(*parsed);
-  }
-  // With OPA as the only rule, every verified peer passes the list and OPA decides.
-  const bool only_opa = !t.opa_url.empty() && t.peer_ids.empty() &&
-                        t.peer_trust_domains.empty() && patterns.empty();
-  o.authorizer = std::make_shared<const policy::AllowListAuthorizer>(
-      t.peer_ids, t.peer_trust_domains, std::move(patterns), t.allow_any_peer || only_opa);
-  auto v = tls::parse_tls_version(t.tls_min_version);
-  if (!v) {
-    return v.error();
-  }
-  o.min_version = *v;
-  auto max = tls::parse_tls_version(t.tls_max_version);
-  if (!max) {
-    return max.error();
-  }
-  o.max_version = *max;
-  if (!t.tls13_ciphersuites.empty()) {
-    o.tls13_ciphersuites = t.tls13_ciphersuites;
-  }
-  if (!t.tls12_ciphers.empty()) {
-    o.tls12_ciphers = t.tls12_ciphers;
-  }
-  o.ktls = t.ktls == "on" ? tls::KtlsMode::kOn : t.ktls == "off" ? tls::KtlsMode::kOff
-                                                                 : tls::KtlsMode::kAuto;
-  o.server_name = t.server_name;
-  return o;
-}
-
-tunnel::TunnelOptions make_tunnel_options(const TunnelConfig& t) {
-  tunnel::TunnelOptions o;
-  o.name = t.name;
-  o.listen_host = t.listen.host;
-  o.listen_port = t.listen.port;
-  o.target_host = t.target.host;
-  o.target_port = std::to_string(t.target.port);
-  o.handshake_timeout = t.handshake_timeout;
-  o.connect_timeout = t.connect_timeout;
-  o.idle_timeout = t.idle_timeout;
-  o.max_connections = t.max_connections;
-  o.buffer_size = t.buffer_size;
-  if (!t.opa_url.empty()) {
-    // The URL was validated with the configuration.
-    auto opa = policy::OpaClient::create({t.opa_url, t.opa_timeout, t.opa_cache_ttl});
-    o.opa = std::shared_ptr<policy::OpaClient>(std::move(opa.value()));
-  }
-  return o;
-}
 
 std::shared_ptr<const identity::Snapshot> to_snapshot(workload::X509Context ctx,
                                                       const std::string& source) {
@@ -263,7 +179,7 @@ int run_daemon(const Config& config) {
   }
 
   for (const auto& t : config.tunnels) {
-    if (t.ktls == "on") {
+    if (t.tls.ktls == config::KtlsMode::kOn) {
       if (auto st = tls::ktls::probe_kernel_tls(); !st) {
         spdlog::error("tunnel \"{}\": ktls is \"on\" but {}", t.name, st.error().message);
         return 1;
@@ -284,14 +200,11 @@ int run_daemon(const Config& config) {
   }
   std::vector<std::unique_ptr<tunnel::Tunnel>> tunnels;
   for (const auto& t : config.tunnels) {
-    auto tls_options = make_tls_options(t);
-    if (!tls_options) {
-      spdlog::error("tunnel \"{}\": {}", t.name, tls_options.error().message);
-      return 1;
-    }
-    auto provider = std::make_unique<tls::ContextProvider>(std::move(*tls_options), store,
+    const TunnelPolicy policy = make_policy(t);
+    auto provider = std::make_unique<tls::ContextProvider>(make_tls_options(t, policy), store,
                                                            base::SystemClock::instance());
-    auto tunnel = tunnel::Tunnel::create(make_tunnel_options(t), std::move(provider), pool, metrics);
+    auto tunnel =
+        tunnel::Tunnel::create(make_tunnel_options(t, policy), std::move(provider), pool, metrics);
     if (!tunnel) {
       spdlog::error("{}", tunnel.error().message);
       return 1;
@@ -300,14 +213,10 @@ int run_daemon(const Config& config) {
   }
 
   std::unique_ptr<admin::AdminServer> admin_server;
-  if (!config.admin_listen.empty()) {
-    auto hp = config::parse_host_port(config.admin_listen);
-    if (!hp) {
-      spdlog::error("admin listen address: {}", hp.error().message);
-      return 1;
-    }
+  if (config.admin) {
+    const config::HostPort& hp = tcp_address(*config.admin);
     auto made = admin::AdminServer::create(
-        hp->host, hp->port, metrics,
+        hp.host, hp.port, metrics,
         {.readiness = [&store, &tunnels] { return readiness(store, tunnels); },
          .status_json = [&store, &tunnels] { return status_json(store, tunnels); }});
     if (!made) {

@@ -10,7 +10,6 @@
 #include "spiffe_tunnel/admin/admin_server.h"
 #include "spiffe_tunnel/identity/expiry_watch.h"
 #include "spiffe_tunnel/identity/identity_store.h"
-#include "spiffe_tunnel/policy/authorizer.h"
 #include "spiffe_tunnel/tls/ktls.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tunnel/io_pool.h"
@@ -18,95 +17,12 @@
 #include "spiffe_tunnel/workload/files_source.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
 #include "systemd_notify.h"
+#include "wiring.h"
 
 namespace spiffe_tunnel::app {
 namespace {
 
 using config::Config;
-using config::TunnelConfig;
-
-base::Result<std::unique_ptr<workload::IdentitySource>> make_source(const Config& c) {
-  switch (c.identity.kind) {
-    case config::IdentityConfig::Kind::kFiles: {
-      workload::FilesSourceOptions o;
-      o.cert_file = c.identity.cert_file;
-      o.key_file = c.identity.key_file;
-      o.bundle_files = c.identity.bundle_files;
-      return std::unique_ptr<workload::IdentitySource>(
-          std::make_unique<workload::FilesSource>(std::move(o)));
-    }
-    case config::IdentityConfig::Kind::kWorkloadApi: {
-      auto source = workload::WorkloadApiSource::create({.address = c.identity.workload_api});
-      if (!source) {
-        return source.error();
-      }
-      return std::unique_ptr<workload::IdentitySource>(std::move(*source));
-    }
-    case config::IdentityConfig::Kind::kNone:
-      break;
-  }
-  return base::make_error("no identity source is configured");
-}
-
-base::Result<tls::TlsOptions> make_tls_options(const TunnelConfig& t) {
-  tls::TlsOptions o;
-  o.role = t.mode == config::Mode::kServer ? tls::Role::kServer : tls::Role::kClient;
-  o.svid.id = t.svid_id;
-  o.svid.hint = t.svid_hint;
-  std::vector<policy::IdPattern> patterns;
-  for (const auto& p : t.peer_patterns) {
-    auto parsed = policy::IdPattern::parse(p);
-    if (!parsed) {
-      return parsed.error();
-    }
-    patterns.push_back(*parsed);
-  }
-  // With OPA as the only rule, every verified peer passes the list and OPA decides.
-  const bool only_opa = !t.opa_url.empty() && t.peer_ids.empty() &&
-                        t.peer_trust_domains.empty() && patterns.empty();
-  o.authorizer = std::make_shared<const policy::AllowListAuthorizer>(
-      t.peer_ids, t.peer_trust_domains, std::move(patterns), t.allow_any_peer || only_opa);
-  auto v = tls::parse_tls_version(t.tls_min_version);
-  if (!v) {
-    return v.error();
-  }
-  o.min_version = *v;
-  auto max = tls::parse_tls_version(t.tls_max_version);
-  if (!max) {
-    return max.error();
-  }
-  o.max_version = *max;
-  if (!t.tls13_ciphersuites.empty()) {
-    o.tls13_ciphersuites = t.tls13_ciphersuites;
-  }
-  if (!t.tls12_ciphers.empty()) {
-    o.tls12_ciphers = t.tls12_ciphers;
-  }
-  o.ktls = t.ktls == "on" ? tls::KtlsMode::kOn : t.ktls == "off" ? tls::KtlsMode::kOff
-                                                                 : tls::KtlsMode::kAuto;
-  o.server_name = t.server_name;
-  return o;
-}
-
-tunnel::TunnelOptions make_tunnel_options(const TunnelConfig& t) {
-  tunnel::TunnelOptions o;
-  o.name = t.name;
-  o.listen_host = t.listen.host;
-  o.listen_port = t.listen.port;
-  o.target_host = t.target.host;
-  o.target_port = std::to_string(t.target.port);
-  o.handshake_timeout = t.handshake_timeout;
-  o.connect_timeout = t.connect_timeout;
-  o.idle_timeout = t.idle_timeout;
-  o.max_connections = t.max_connections;
-  o.buffer_size = t.buffer_size;
-  if (!t.opa_url.empty()) {
-    // The URL was validated with the configuration.
-    auto opa = policy::OpaClient::create({t.opa_url, t.opa_timeout, t.opa_cache_ttl});
-    o.opa = std::shared_ptr<policy::OpaClient>(std::move(opa.value()));
-  }
-  return o;
-}
 
 std::shared_ptr<const identity::Snapshot> to_snapshot(workload::X509Context ctx,
                                                       const std::string& source) {
@@ -248,7 +164,7 @@ void block_signals() {
 // ktls: on needs kernel TLS; checked once for all tunnels, before anything binds.
 bool probe_ktls_if_required(const Config& config) {
   for (const auto& t : config.tunnels) {
-    if (t.ktls == "on") {
+    if (t.tls.ktls == config::KtlsMode::kOn) {
       if (auto st = tls::ktls::probe_kernel_tls(); !st) {
         spdlog::error("tunnel \"{}\": ktls is \"on\" but {}", t.name, st.error().message);
         return false;
@@ -338,15 +254,11 @@ bool Daemon::build_source() {
 
 bool Daemon::build_tunnels() {
   for (const auto& t : config_.tunnels) {
-    auto tls_options = make_tls_options(t);
-    if (!tls_options) {
-      spdlog::error("tunnel \"{}\": {}", t.name, tls_options.error().message);
-      return false;
-    }
-    auto provider = std::make_unique<tls::ContextProvider>(std::move(*tls_options), store_,
+    const TunnelPolicy policy = make_policy(t);
+    auto provider = std::make_unique<tls::ContextProvider>(make_tls_options(t, policy), store_,
                                                            base::SystemClock::instance());
-    auto made =
-        tunnel::Tunnel::create(make_tunnel_options(t), std::move(provider), *pool_, metrics_);
+    auto made = tunnel::Tunnel::create(make_tunnel_options(t, policy), std::move(provider),
+                                       *pool_, metrics_);
     if (!made) {
       spdlog::error("{}", made.error().message);
       return false;
@@ -359,16 +271,12 @@ bool Daemon::build_tunnels() {
 // Admin serves as soon as it is built, so /healthz and /readyz answer while the daemon waits
 // for its first identity.
 bool Daemon::build_admin() {
-  if (config_.admin_listen.empty()) {
+  if (!config_.admin) {
     return true;
   }
-  auto hp = config::parse_host_port(config_.admin_listen);
-  if (!hp) {
-    spdlog::error("admin listen address: {}", hp.error().message);
-    return false;
-  }
+  const config::HostPort& hp = tcp_address(*config_.admin);
   auto made = admin::AdminServer::create(
-      hp->host, hp->port, metrics_,
+      hp.host, hp.port, metrics_,
       {.readiness = [this] { return readiness(store_, tunnels_); },
        .status_json = [this] { return status_json(store_, tunnels_); }});
   if (!made) {

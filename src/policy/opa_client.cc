@@ -21,42 +21,13 @@ std::string cache_key(const OpaInput& in) { return in.tunnel + '\n' + in.peer.st
 
 }  // namespace
 
-base::Status parse_opa_url(const std::string& url, std::string& host, std::string& port,
-                           std::string& path) {
-  const std::string q = "OPA URL \"" + url + "\"";
-  constexpr std::string_view kScheme = "http://";
-  if (url.rfind(kScheme, 0) != 0) {
-    return base::make_error(q + " must start with http:// (OPA runs beside the daemon)");
-  }
-  const size_t slash = url.find('/', kScheme.size());
-  const std::string authority = url.substr(kScheme.size(), slash - kScheme.size());
-  path = slash == std::string::npos ? "/" : url.substr(slash);
-  const size_t colon = authority.rfind(':');
-  if (authority.empty() || colon == std::string::npos || colon + 1 == authority.size()) {
-    return base::make_error(q + " needs host:port");
-  }
-  host = authority.substr(0, colon);
-  port = authority.substr(colon + 1);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  if (port.find_first_not_of("0123456789") != std::string::npos) {
-    return base::make_error(q + ": port \"" + port + "\" is not a number");
-  }
-  if (path.rfind("/v1/data", 0) != 0) {
-    return base::make_error(q + ": the path must be a data API path (/v1/data/<package>/<rule>)");
-  }
-  return {};
+std::string OpaOptions::url() const {
+  const bool v6 = host.find(':') != std::string::npos;
+  return "http://" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port) + path;
 }
 
-base::Result<std::unique_ptr<OpaClient>> OpaClient::create(OpaOptions options) {
-  std::unique_ptr<OpaClient> c(new OpaClient(std::move(options)));
-  auto st = parse_opa_url(c->options_.url, c->host_, c->port_, c->path_);
-  if (!st) {
-    return st.error();
-  }
-  return c;
-}
+OpaClient::OpaClient(OpaOptions options)
+    : options_(std::move(options)), port_(std::to_string(options_.port)) {}
 
 asio::awaitable<OpaDecision> OpaClient::decide(OpaInput input) {
   const std::string key = cache_key(input);
@@ -91,7 +62,7 @@ asio::awaitable<OpaDecision> OpaClient::query(const OpaInput& input) {
                            {"peer_path", input.peer.path()},
                            {"local_spiffe_id", input.local_id}}}};
   const std::string payload = body.dump();
-  const std::string request = "POST " + path_ + " HTTP/1.1\r\nHost: " + host_ + ":" + port_ +
+  const std::string request = "POST " + options_.path + " HTTP/1.1\r\nHost: " + options_.host + ":" + port_ +
                               "\r\nContent-Type: application/json\r\nContent-Length: " +
                               std::to_string(payload.size()) + "\r\nConnection: close\r\n\r\n" +
                               payload;
@@ -101,7 +72,7 @@ asio::awaitable<OpaDecision> OpaClient::query(const OpaInput& input) {
   asio::error_code ec;
   auto exchange = [&]() -> asio::awaitable<void> {
     asio::ip::tcp::resolver resolver(executor);
-    auto endpoints = co_await resolver.async_resolve(host_, port_,
+    auto endpoints = co_await resolver.async_resolve(options_.host, port_,
                                                      asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       co_return;
@@ -131,11 +102,11 @@ asio::awaitable<OpaDecision> OpaClient::query(const OpaInput& input) {
   auto which = co_await (exchange() || timer.async_wait(asio::use_awaitable));
   if (which.index() == 1) {
     co_return OpaDecision{false, true,
-                          "OPA at " + options_.url + " did not answer within " +
+                          "OPA at " + options_.url() + " did not answer within " +
                               std::to_string(options_.timeout.count()) + " ms"};
   }
   if (ec) {
-    co_return OpaDecision{false, true, "OPA at " + options_.url + " unreachable: " + ec.message()};
+    co_return OpaDecision{false, true, "OPA at " + options_.url() + " unreachable: " + ec.message()};
   }
   const size_t status_end = response.find("\r\n");
   const size_t head_end = response.find("\r\n\r\n");

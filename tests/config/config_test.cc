@@ -1,101 +1,25 @@
 #include "spiffe_tunnel/config/config.h"
 
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <chrono>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include "config/config_test_support.h"
+
 using namespace std::chrono_literals;
-using spiffe_tunnel::config::Config;
-using spiffe_tunnel::config::IdentityConfig;
-using spiffe_tunnel::config::load_config_file;
-using spiffe_tunnel::config::load_config_text;
-using spiffe_tunnel::config::Mode;
-using spiffe_tunnel::config::parse_busy_poll;
-using spiffe_tunnel::config::parse_duration;
-using spiffe_tunnel::config::parse_host_port;
+using namespace spiffe_tunnel::config;
+using namespace spiffe_tunnel::config::testing;
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
 
-namespace {
-
-// A temporary directory with the identity files a valid "files" identity names. Removed on
-// destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "config_test.XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  // Writes `name` with placeholder content (config validation only checks that files are
-  // readable) and returns its path.
-  std::string write(const std::string& name, const std::string& content = "placeholder\n") const {
-    const auto p = path_ / name;
-    std::ofstream(p) << content;
-    return p.string();
-  }
-  std::string path(const std::string& name) const { return (path_ / name).string(); }
-  std::string str() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
-
-// Replaces every "{dir}" in `text` with `dir`.
-std::string with_dir(std::string text, const std::string& dir) {
-  for (size_t pos; (pos = text.find("{dir}")) != std::string::npos;) {
-    text.replace(pos, 5, dir);
-  }
-  return text;
-}
-
-Config load_ok(const std::string& text) {
-  auto c = load_config_text(text, "test.yaml");
-  INFO(text);
-  INFO((c.ok() ? "" : c.error().message));
-  REQUIRE(c.ok());
-  return *c;
-}
-
-std::string error_of(const std::string& text) {
-  std::string message;
-  INFO(text);
-  REQUIRE_NOTHROW([&] {
-    auto c = load_config_text(text, "test.yaml");
-    REQUIRE_FALSE(c.ok());
-    message = c.error().message;
-  }());
-  return message;
-}
-
-const char* const kWorkloadApiIdentity =
-    "identity:\n"
-    "  workload_api: unix:///run/spire/agent.sock\n";
-
-}  // namespace
-
 TEST_CASE("loads a full configuration with server and client tunnels") {
-  TempDir dir;
-  dir.write("svid.pem");
-  dir.write("svid_key.pem");
-  dir.write("bundle.pem");
-  dir.write("partner.json");
+  IdentityFiles dir;
   const Config c = load_ok(with_dir(R"(identity:
   files:
     cert: {dir}/svid.pem
-    key: {dir}/svid_key.pem
+    key: {dir}/key.pem
     bundles:
       example.org: {dir}/bundle.pem
       partner.example: {dir}/partner.json
@@ -147,13 +71,14 @@ tunnels:
 
   CHECK(c.identity.kind == IdentityConfig::Kind::kFiles);
   CHECK(c.identity.cert_file == dir.path("svid.pem"));
-  CHECK(c.identity.key_file == dir.path("svid_key.pem"));
+  CHECK(c.identity.key_file == dir.path("key.pem"));
   REQUIRE(c.identity.bundle_files.size() == 2);
   CHECK(c.identity.bundle_files[0].first.name() == "example.org");
   CHECK(c.identity.bundle_files[0].second == dir.path("bundle.pem"));
   CHECK(c.identity.bundle_files[1].first.name() == "partner.example");
-  CHECK(c.admin_listen == "127.0.0.1:9090");
-  CHECK(c.log_level == "debug");
+  REQUIRE(c.admin);
+  CHECK(c.admin->str() == "127.0.0.1:9090");
+  CHECK(c.log_level == LogLevel::kDebug);
   CHECK(c.threads == 4);
   CHECK(c.drain_timeout == 30s);
   REQUIRE(c.tunnels.size() == 3);
@@ -167,17 +92,18 @@ tunnels:
   REQUIRE(kafka.svid_id);
   CHECK(kafka.svid_id->str() == "spiffe://example.org/kafka");
   CHECK_FALSE(kafka.svid_hint);
-  REQUIRE(kafka.peer_ids.size() == 2);
-  CHECK(kafka.peer_ids[1].str() == "spiffe://example.org/admin");
-  REQUIRE(kafka.peer_trust_domains.size() == 1);
-  CHECK(kafka.peer_trust_domains[0].name() == "partner.example");
-  CHECK(kafka.peer_patterns == std::vector<std::string>{"spiffe://example.org/ns/*/sa/consumer-*"});
-  CHECK_FALSE(kafka.allow_any_peer);
-  CHECK(kafka.tls_min_version == "1.2");
-  CHECK(kafka.tls_max_version == "1.3");
-  CHECK(kafka.tls13_ciphersuites == "TLS_AES_256_GCM_SHA384");
-  CHECK(kafka.tls12_ciphers == "ECDHE-ECDSA-AES256-GCM-SHA384");
-  CHECK(kafka.ktls == "off");
+  REQUIRE(kafka.peers.ids.size() == 2);
+  CHECK(kafka.peers.ids[1].str() == "spiffe://example.org/admin");
+  REQUIRE(kafka.peers.trust_domains.size() == 1);
+  CHECK(kafka.peers.trust_domains[0].name() == "partner.example");
+  REQUIRE(kafka.peers.patterns.size() == 1);
+  CHECK(kafka.peers.patterns[0].text() == "spiffe://example.org/ns/*/sa/consumer-*");
+  CHECK_FALSE(kafka.peers.any);
+  CHECK(kafka.tls.min_version == TlsVersion::k1_2);
+  CHECK(kafka.tls.max_version == TlsVersion::k1_3);
+  CHECK(kafka.tls.tls13_ciphersuites == "TLS_AES_256_GCM_SHA384");
+  CHECK(kafka.tls.tls12_ciphers == "ECDHE-ECDSA-AES256-GCM-SHA384");
+  CHECK(kafka.tls.ktls == KtlsMode::kOff);
   CHECK(kafka.handshake_timeout == 5s);
   CHECK(kafka.connect_timeout == 250ms);
   CHECK(kafka.idle_timeout == 5min);
@@ -188,22 +114,24 @@ tunnels:
   CHECK(db.listen.str() == "127.0.0.1:15432");
   CHECK(db.target.str() == "[::1]:5432");
   CHECK(db.svid_hint == "internal");
-  REQUIRE(db.peer_ids.size() == 1);
-  CHECK(db.peer_ids[0].str() == "spiffe://example.org/db");
-  CHECK(db.server_name == "db.example.org");
+  REQUIRE(db.peers.ids.size() == 1);
+  CHECK(db.peers.ids[0].str() == "spiffe://example.org/db");
+  CHECK(db.tls.server_name == "db.example.org");
   // Defaults.
-  CHECK(db.tls_min_version == "1.3");
-  CHECK(db.ktls == "auto");
+  CHECK(db.tls.min_version == TlsVersion::k1_3);
+  CHECK(db.tls.ktls == KtlsMode::kAuto);
+  CHECK(db.buffer_size == 64 * 1024);
+  CHECK_FALSE(db.opa);
   CHECK(db.handshake_timeout == 10s);
   CHECK(db.idle_timeout == 0ms);
   CHECK(db.max_connections == 10000);
 
   const auto& unnamed = c.tunnels[2];
   CHECK(unnamed.name == "tunnel-3");
-  CHECK(unnamed.listen.host == "::");
-  CHECK(unnamed.listen.port == 8443);
-  CHECK(unnamed.target.host == "localhost");
-  CHECK(unnamed.allow_any_peer);
+  CHECK(unnamed.listen.tcp()->host == "::");
+  CHECK(unnamed.listen.tcp()->port == 8443);
+  CHECK(unnamed.target.tcp()->host == "localhost");
+  CHECK(unnamed.peers.any);
 }
 
 TEST_CASE("loads a Workload API identity, with or without an endpoint") {
@@ -215,7 +143,8 @@ TEST_CASE("loads a Workload API identity, with or without an endpoint") {
   CHECK(c.threads == 0);
   CHECK(c.drain_timeout == 15s);
   CHECK(c.busy_poll == 0us);
-  CHECK(c.admin_listen.empty());
+  CHECK_FALSE(c.admin);
+  CHECK(c.log_level == LogLevel::kInfo);
 
   const Config from_env = load_ok(R"(identity:
   workload_api:
@@ -246,13 +175,19 @@ TEST_CASE("loads a configuration file from disk and names it in errors") {
   CHECK_THAT(missing.error().message, Contains("missing.yaml"));
 }
 
+namespace {
+
+struct ErrorCase {
+  std::string what;
+  std::string yaml;    // the text, or the part of it that the test case adds to
+  std::string where;   // expected "test.yaml:L:C"
+  std::string reason;  // expected substring
+};
+
+}  // namespace
+
 TEST_CASE("every error names the file, line and column of the bad value") {
-  struct ErrorCase {
-    std::string what;
-    std::string yaml;    // appended to a valid Workload API identity (lines 1-2)
-    std::string where;   // expected "test.yaml:L:C"
-    std::string reason;  // expected substring
-  };
+  // Each case's yaml follows a valid Workload API identity (lines 1-2).
   const std::vector<ErrorCase> cases = {
       {"unknown top-level key", "tunels:\n  - {}\n", "test.yaml:3:1",
        "unknown key \"tunels\" in the top level (expected one of: identity, tunnels, admin"},
@@ -264,12 +199,7 @@ TEST_CASE("every error names the file, line and column of the bad value") {
 )",
        "test.yaml:6:5", "unknown key \"listne\" in tunnel #1"},
       {"unknown key in allow",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    allow: {id: spiffe://td/x}
+       kWebServer + R"(    allow: {id: spiffe://td/x}
 )",
        "test.yaml:8:13", "unknown key \"id\" in tunnel \"web\" allow"},
       {"wrong mode",
@@ -301,12 +231,7 @@ TEST_CASE("every error names the file, line and column of the bad value") {
 )",
        "test.yaml:7:13", "tunnel \"web\": target: \"db:http\": port \"http\" is not a number"},
       {"bad SPIFFE ID in allow.ids points at the entry",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    allow:
+       kWebServer + R"(    allow:
       ids:
         - spiffe://td/good
         - spiffe:/td/bad
@@ -322,31 +247,16 @@ TEST_CASE("every error names the file, line and column of the bad value") {
 )",
        "test.yaml:8:38", "tunnel \"web\" expect.ids: \"spiffe://TD/bad\" is not a SPIFFE ID"},
       {"bad trust domain",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    allow: {trust_domains: [good.example, "bad domain"]}
+       kWebServer + R"(    allow: {trust_domains: [good.example, "bad domain"]}
 )",
        "test.yaml:8:43", "allow.trust_domains: \"bad domain\" is not a trust domain name"},
       {"bad pattern",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    allow:
+       kWebServer + R"(    allow:
       patterns: spiffe://*.td/x
 )",
        "test.yaml:9:17", "allow.patterns: pattern \"spiffe://*.td/x\": wildcards are not allowed"},
       {"expect on a server tunnel",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    expect: {ids: [spiffe://td/x]}
+       kWebServer + R"(    expect: {ids: [spiffe://td/x]}
 )",
        "test.yaml:8:13",
        "tunnel \"web\": a server tunnel lists its peers under \"allow\", not \"expect\""},
@@ -378,12 +288,7 @@ TEST_CASE("every error names the file, line and column of the bad value") {
 )",
        "test.yaml:5:5", "tunnel \"b\": listen address 127.0.0.1:1 is used by another tunnel"},
       {"no peer rule",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-)",
+       kWebServer,
        "test.yaml:4:5", "tunnel \"web\": no peer rule, so every peer would be refused"},
       {"any: false is no peer rule",
        R"(tunnels:
@@ -391,100 +296,50 @@ TEST_CASE("every error names the file, line and column of the bad value") {
 )",
        "test.yaml:4:5", "no peer rule"},
       {"svid id and hint",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    svid: {id: "spiffe://td/web", hint: internal}
+       kWebServer + R"(    svid: {id: "spiffe://td/web", hint: internal}
     allow: {any: true}
 )",
        "test.yaml:4:5", "tunnel \"web\": choose the SVID by id or by hint, not both"},
       {"bad svid id",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    svid:
+       kWebServer + R"(    svid:
       id: spiffe://td/a//b
 )",
        "test.yaml:9:11", "tunnel \"web\": svid.id: \"spiffe://td/a//b\" is not a SPIFFE ID"},
       {"bad duration",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    timeouts:
+       kWebServer + R"(    timeouts:
       handshake: soon
 )",
        "test.yaml:9:18", "handshake: \"soon\" is not a duration"},
       {"bad duration unit",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    timeouts: {idle: 5d}
+       kWebServer + R"(    timeouts: {idle: 5d}
 )",
        "test.yaml:8:22", "idle: \"5d\" has unknown unit \"d\""},
       {"zero handshake timeout",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    timeouts: {handshake: 0s}
+       kWebServer + R"(    timeouts: {handshake: 0s}
     allow: {any: true}
 )",
        "test.yaml:4:5", "handshake and connect timeouts must be positive"},
       {"bad drain timeout", "drain_timeout: -1s\ntunnels: []\n", "test.yaml:3:16",
        "drain_timeout: \"-1s\" is not a duration"},
       {"max_connections zero",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    max_connections: 0
+       kWebServer + R"(    max_connections: 0
 )",
        "test.yaml:8:22", "tunnel \"web\": max_connections must be positive"},
       {"max_connections negative",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    max_connections: -5
+       kWebServer + R"(    max_connections: -5
 )",
        "test.yaml:8:22", "tunnel \"web\": max_connections must be positive"},
       {"max_connections not a number",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    max_connections: lots
+       kWebServer + R"(    max_connections: lots
 )",
        "test.yaml:8:22", "tunnel \"web\": max_connections must be a number"},
       {"bad TLS version",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    tls: {min_version: "1.1"}
+       kWebServer + R"(    tls: {min_version: "1.1"}
     allow: {any: true}
 )",
-       "test.yaml:4:5", "TLS version \"1.1\" is not 1.2 or 1.3"},
+       "test.yaml:8:24", "tunnel \"web\": TLS version \"1.1\" is not 1.2 or 1.3"},
       {"min version above max",
-       R"(tunnels:
-  - name: web
-    mode: server
-    listen: :8443
-    target: :8080
-    tls: {max_version: "1.2"}
+       kWebServer + R"(    tls: {max_version: "1.2"}
     allow: {any: true}
 )",
        "test.yaml:4:5", "TLS minimum version 1.3 is above the maximum 1.2"},
@@ -492,7 +347,46 @@ TEST_CASE("every error names the file, line and column of the bad value") {
        R"(tunnels:
   - {name: web, mode: server, listen: ":1", target: ":2", allow: {any: true}, tls: {ktls: yes}}
 )",
-       "test.yaml:4:5", "ktls \"yes\" is not auto, on or off"},
+       "test.yaml:4:91", "tunnel \"web\": ktls \"yes\" is not auto, on or off"},
+      {"bad TLS maximum version",
+       kWebServer + R"(    tls:
+      max_version: TLSv1.3
+)",
+       "test.yaml:9:20", "tunnel \"web\": TLS version \"TLSv1.3\" is not 1.2 or 1.3"},
+      {"bad log level", "log_level: loud\ntunnels: []\n", "test.yaml:3:12",
+       "log_level: \"loud\" is not a log level"},
+      {"bad admin address", "admin: {listen: localhost}\ntunnels: []\n", "test.yaml:3:17",
+       "admin.listen: \"localhost\" has no port"},
+      {"buffer_size out of range",
+       kWebServer + R"(    buffer_size: 1024
+)",
+       "test.yaml:8:18", "tunnel \"web\": buffer_size must be between 32768 and 16777216"},
+      {"buffer_size not a number",
+       kWebServer + R"(    buffer_size: big
+)",
+       "test.yaml:8:18", "tunnel \"web\": buffer_size must be a number of bytes"},
+      {"OPA URL that is not http",
+       kWebServer + R"(    opa:
+      url: https://127.0.0.1:8181/v1/data/x
+)",
+       "test.yaml:9:12", "tunnel \"web\": OPA URL \"https://127.0.0.1:8181/v1/data/x\" must start "
+                         "with http://"},
+      {"OPA URL outside the data API",
+       kWebServer + R"(    opa: {url: "http://127.0.0.1:8181/v1/policies"}
+)",
+       "test.yaml:8:16", "the path must be a data API path"},
+      {"OPA URL without a port",
+       kWebServer + R"(    opa: {url: "http://opa/v1/data/x"}
+)",
+       "test.yaml:8:16", "OPA URL \"http://opa/v1/data/x\" needs host:port"},
+      {"OPA without a URL",
+       kWebServer + R"(    opa: {timeout: 1s}
+)",
+       "test.yaml:8:10", "tunnel \"web\": opa.url is required"},
+      {"zero OPA timeout",
+       kWebServer + R"(    opa: {url: "http://127.0.0.1:8181/v1/data/x", timeout: 0s}
+)",
+       "test.yaml:4:5", "tunnel \"web\": the OPA timeout must be positive"},
       {"target without a port",
        R"(tunnels:
   - {name: web, mode: server, listen: ":1", target: "db:0", allow: {any: true}}
@@ -555,19 +449,10 @@ TEST_CASE("every error names the file, line and column of the bad value") {
 }
 
 TEST_CASE("identity errors name where the identity was configured") {
-  TempDir dir;
-  dir.write("svid.pem");
-  dir.write("key.pem");
-  dir.write("bundle.pem");
+  IdentityFiles dir;
   const std::string tunnels = R"(tunnels:
   - {mode: server, listen: ":1", target: ":2", allow: {any: true}}
 )";
-  struct ErrorCase {
-    std::string what;
-    std::string yaml;
-    std::string where;
-    std::string reason;
-  };
   const std::vector<ErrorCase> cases = {
       {"no identity", "", "test.yaml:1:1", "no identity source"},
       {"both sources", R"(identity:
@@ -662,6 +547,9 @@ TEST_CASE("a YAML syntax error names its line and column") {
 }
 
 TEST_CASE("odd YAML is refused with an error and never throws") {
+  // The start of a server tunnel in flow style; cases add keys and close it.
+  const std::string kTunnel =
+      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', ";
   const std::vector<std::string> texts = {
       "tunnels: 5\n",
       "tunnels: [1, 2]\n",
@@ -682,38 +570,34 @@ TEST_CASE("odd YAML is refused with an error and never throws") {
       "{[a]: b}\n",
       "identity: {workload_api: x}\ntunnels: [{mode: [server]}]\n",
       "identity: {workload_api: x}\ntunnels: [{mode: server, listen: [a]}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', svid: 5}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', svid: "
-      "{id: [a]}}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', allow: "
-      "5}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', allow: "
-      "{any: [true]}}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
-      "timeouts: [1s]}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
-      "timeouts: {idle: {a: b}}}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
-      "max_connections: [1]}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
-      "max_connections: 99999999999999999999999}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
-      "max_connections: 1.5}]\n",
+      kTunnel + "svid: 5}]\n",
+      kTunnel + "svid: {id: [a]}}]\n",
+      kTunnel + "allow: 5}]\n",
+      kTunnel + "allow: {any: [true]}}]\n",
+      kTunnel + "timeouts: [1s]}]\n",
+      kTunnel + "timeouts: {idle: {a: b}}}]\n",
+      kTunnel + "max_connections: [1]}]\n",
+      kTunnel + "max_connections: 99999999999999999999999}]\n",
+      kTunnel + "max_connections: 1.5}]\n",
+      kTunnel + "buffer_size: 1e99}]\n",
+      kTunnel + "tls: {ktls: {on: off}}}]\n",
+      kTunnel + "tls: {min_version: 1.3.0}}]\n",
+      kTunnel + "opa: 5}]\n",
+      kTunnel + "opa: {url: [http://a:1/v1/data]}}]\n",
+      kTunnel + "opa: {url: \"http://[::1:8181/v1/data/x\"}}]\n",
+      "identity: {workload_api: x}\nadmin: {listen: [a]}\ntunnels: []\n",
+      "identity: {workload_api: x}\nlog_level: {a: b}\ntunnels: []\n",
       "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':99999999', target: "
       "':2'}]\n",
       "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':-1', target: ':2'}]\n",
       "identity: {workload_api: x}\ntunnels: [{mode: server, listen: '[::1', target: ':2'}]\n",
       "identity: {workload_api: x}\ntunnels: [{mode: server, listen: '[]:', target: ':2'}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
-      "timeouts: {idle: 999999999999h}}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', "
-      "timeouts: {idle: 9999999999999999999999s}}]\n",
+      kTunnel + "timeouts: {idle: 999999999999h}}]\n",
+      kTunnel + "timeouts: {idle: 9999999999999999999999s}}]\n",
       "identity: {workload_api: x}\ntunnels: [{name: \"k\xc3\xa4" "fka\xe2\x9c\x93\", mode: "
       "s\xc3\xa9" "rver}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', allow: "
-      "{ids: \"spiffe://t\xc3\xa9" "st/x\"}}]\n",
-      "identity: {workload_api: x}\ntunnels: [{mode: server, listen: ':1', target: ':2', allow: "
-      "{patterns: \"spiffe://td/\xf0\x9f\x90\x9b\"}}]\n",
+      kTunnel + "allow: {ids: \"spiffe://t\xc3\xa9" "st/x\"}}]\n",
+      kTunnel + "allow: {patterns: \"spiffe://td/\xf0\x9f\x90\x9b\"}}]\n",
       "identity: {workload_api: x}\nthreads: 1e99\ntunnels: []\n",
       "identity: {workload_api: x}\nthreads: {a: 1}\ntunnels: []\n",
       "identity: {workload_api: x}\ndrain_timeout: [1s]\ntunnels: []\n",
@@ -740,112 +624,6 @@ TEST_CASE("odd YAML is refused with an error and never throws") {
   }
 }
 
-TEST_CASE("parse_host_port accepts host:port, [v6]:port and :port") {
-  struct Valid {
-    std::string text;
-    std::string host;
-    uint16_t port;
-  };
-  const std::vector<Valid> cases = {
-      {"127.0.0.1:8443", "127.0.0.1", 8443},
-      {"0.0.0.0:0", "0.0.0.0", 0},
-      {"db.example.org:5432", "db.example.org", 5432},
-      {":15432", "127.0.0.1", 15432},
-      {"[::1]:443", "::1", 443},
-      {"[::]:65535", "::", 65535},
-      {"[fe80::1%eth0]:22", "fe80::1%eth0", 22},
-      {"[]:80", "127.0.0.1", 80},
-      {"host:00080", "host", 80},
-  };
-  for (const auto& c : cases) {
-    INFO(c.text);
-    auto hp = parse_host_port(c.text);
-    REQUIRE(hp.ok());
-    CHECK(hp->host == c.host);
-    CHECK(hp->port == c.port);
-  }
-  CHECK(parse_host_port("[::1]:443")->str() == "[::1]:443");
-  CHECK(parse_host_port(":80")->str() == "127.0.0.1:80");
-}
-
-TEST_CASE("parse_host_port refuses what is not host:port") {
-  struct Invalid {
-    std::string text;
-    std::string reason;
-  };
-  const std::vector<Invalid> cases = {
-      {"", "has no port"},
-      {"localhost", "has no port"},
-      {"host:", "port \"\" is not a number"},
-      {"host:http", "port \"http\" is not a number"},
-      {"host:-1", "port \"-1\" is not a number"},
-      {"host:+1", "port \"+1\" is not a number"},
-      {"host: 80", "port \" 80\" is not a number"},
-      {"host:65536", "port 65536 is out of range"},
-      {"host:99999", "port 99999 is out of range"},
-      {"host:123456", "port \"123456\" is not a number"},
-      {"::1:443", "write IPv6 addresses as [addr]:port"},
-      {"[::1]", "is not [IPv6]:port"},
-      {"[::1]443", "is not [IPv6]:port"},
-      {"[::1:443", "is not [IPv6]:port"},
-      {"[::1]:", "port \"\" is not a number"},
-  };
-  for (const auto& c : cases) {
-    INFO("\"" << c.text << "\"");
-    auto hp = parse_host_port(c.text);
-    REQUIRE_FALSE(hp.ok());
-    CHECK_THAT(hp.error().message, Contains(c.reason));
-  }
-}
-
-TEST_CASE("parse_duration reads ms, s, m, h and bare seconds") {
-  struct Valid {
-    std::string text;
-    std::chrono::milliseconds value;
-  };
-  const std::vector<Valid> cases = {
-      {"250ms", 250ms}, {"0ms", 0ms},   {"10s", 10s},       {"10", 10s},
-      {"0", 0ms},       {"5m", 5min},   {"1h", 1h},         {"36h", 36h},
-      {"8784h", 8784h}, {"007s", 7s},   {"1000ms", 1s},
-  };
-  for (const auto& c : cases) {
-    INFO(c.text);
-    auto d = parse_duration(c.text);
-    REQUIRE(d.ok());
-    CHECK(d->count() == c.value.count());
-  }
-}
-
-TEST_CASE("parse_duration refuses other units, signs, fractions and absurd lengths") {
-  struct Invalid {
-    std::string text;
-    std::string reason;
-  };
-  const std::vector<Invalid> cases = {
-      {"", "is not a duration"},
-      {"s", "is not a duration"},
-      {"-1s", "is not a duration"},
-      {"+1s", "is not a duration"},
-      {" 1s", "is not a duration"},
-      {"1.5s", "has unknown unit \".5s\""},
-      {"1 s", "has unknown unit \" s\""},
-      {"5d", "has unknown unit \"d\""},
-      {"5us", "has unknown unit \"us\""},
-      {"5S", "has unknown unit \"S\""},
-      {"1h30m", "has unknown unit \"h30m\""},
-      {"1234567890123", "is not a duration"},
-      {"8785h", "is longer than 8784h"},
-      {"999999999999h", "is longer than 8784h"},
-      {"999999999999m", "is longer than 8784h"},
-  };
-  for (const auto& c : cases) {
-    INFO("\"" << c.text << "\"");
-    auto d = parse_duration(c.text);
-    REQUIRE_FALSE(d.ok());
-    CHECK_THAT(d.error().message, Contains(c.reason));
-  }
-}
-
 TEST_CASE("busy_poll is a top-level setting") {
   const Config c = load_ok(std::string(kWorkloadApiIdentity) + R"(busy_poll: 200us
 tunnels:
@@ -859,42 +637,3 @@ tunnels:
   CHECK(off.busy_poll == 0us);
 }
 
-TEST_CASE("parse_busy_poll reads us and ms up to 10ms, and 0 or off") {
-  struct Case {
-    std::string text;
-    bool ok;
-    std::chrono::microseconds value;
-    std::string reason;
-  };
-  const std::vector<Case> cases = {
-      {"0", true, 0us, ""},
-      {"off", true, 0us, ""},
-      {"0us", true, 0us, ""},
-      {"50us", true, 50us, ""},
-      {"200us", true, 200us, ""},
-      {"1ms", true, 1000us, ""},
-      {"10ms", true, 10000us, ""},
-      {"10000us", true, 10000us, ""},
-      {"10001us", false, 0us, "is longer than 10ms"},
-      {"11ms", false, 0us, "is longer than 10ms"},
-      {"999999999ms", false, 0us, "is longer than 10ms"},
-      {"", false, 0us, "is not a busy-poll window"},
-      {"us", false, 0us, "is not a busy-poll window"},
-      {"200", false, 0us, "is not a busy-poll window"},
-      {"1s", false, 0us, "is not a busy-poll window"},
-      {"-5us", false, 0us, "is not a busy-poll window"},
-      {"1.5ms", false, 0us, "is not a busy-poll window"},
-      {"on", false, 0us, "is not a busy-poll window"},
-      {"1234567890us", false, 0us, "is not a busy-poll window"},
-  };
-  for (const auto& c : cases) {
-    INFO("\"" << c.text << "\"");
-    auto d = parse_busy_poll(c.text);
-    REQUIRE(d.ok() == c.ok);
-    if (c.ok) {
-      CHECK(d->count() == c.value.count());
-    } else {
-      CHECK_THAT(d.error().message, Contains(c.reason));
-    }
-  }
-}

@@ -1,63 +1,114 @@
 #pragma once
-// The daemon's configuration: identity source, tunnels, admin endpoint. Built from a YAML file
-// (load_config_file) or from command-line flags (app/cli.cc), and in both cases passed through
-// validate() once; the result is immutable. Every error names where the bad value came from
-// ("spiffe-tunnel.yaml:14:9: tunnel \"kafka-in\": ..." or "flag --allow-id: ...").
+// The daemon's configuration: identity source, tunnels, admin endpoint, as one typed model. It is
+// read from a YAML file (read_config_file) or from command-line flags (config/flags.h); global
+// flags then apply as Overrides, and finalize() runs the single validate(). The validated Config
+// is handed on as `const Config&` and never changed. Every error names where the bad value came
+// from ("spiffe-tunnel.yaml:14:9: tunnel \"kafka-in\": ..." or "flag --allow-id: ...").
+//
+// Each value's default lives here, in the member initialisers; the flags take theirs from these.
 
 #include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "spiffe_tunnel/base/result.h"
+#include "spiffe_tunnel/spiffe/id_pattern.h"
 #include "spiffe_tunnel/spiffe/spiffe_id.h"
 
 namespace spiffe_tunnel::config {
 
 enum class Mode { kServer, kClient };
+enum class KtlsMode { kAuto, kOn, kOff };
+enum class TlsVersion { k1_2, k1_3 };
+enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kCritical, kOff };
 
 struct HostPort {
   std::string host;
   uint16_t port = 0;
+  // "host:port", "[v6]:port".
   std::string str() const;
+  friend bool operator==(const HostPort&, const HostPort&) = default;
+};
+
+// Where a listener binds or a connector connects. TCP host:port is the only kind today; `unix:`
+// paths and named systemd sockets become further alternatives of `address`, so code that asks
+// tcp() (or visits `address`) keeps compiling and decides what it supports.
+struct Endpoint {
+  std::variant<HostPort> address;
+
+  // The TCP address, or null for another kind.
+  const HostPort* tcp() const { return std::get_if<HostPort>(&address); }
+  std::string str() const;
+  friend bool operator==(const Endpoint&, const Endpoint&) = default;
+};
+
+// Who may connect (server) / whom we expect (client). A peer passes when any rule matches.
+struct PeerRules {
+  std::vector<spiffe::SpiffeId> ids;
+  std::vector<spiffe::TrustDomain> trust_domains;
+  std::vector<spiffe::IdPattern> patterns;
+  bool any = false;  // any peer that verifies against a held bundle
+
+  // True when no rule can allow anyone.
+  bool empty() const { return ids.empty() && trust_domains.empty() && patterns.empty() && !any; }
+  friend bool operator==(const PeerRules&, const PeerRules&) = default;
+};
+
+// OPA's data API, parsed from "http://host:port/v1/data/<package>/<rule>".
+struct OpaEndpoint {
+  std::string host;  // IPv6 without brackets
+  uint16_t port = 0;
+  std::string path;  // starts with /v1/data
+  friend bool operator==(const OpaEndpoint&, const OpaEndpoint&) = default;
+};
+
+// An OPA decision asked after the peer rules (or instead of them).
+struct OpaConfig {
+  OpaEndpoint endpoint;
+  std::chrono::milliseconds timeout{2000};     // no answer in time denies
+  std::chrono::milliseconds cache_ttl{30000};  // 0: no cache
+  friend bool operator==(const OpaConfig&, const OpaConfig&) = default;
+};
+
+struct TlsConfig {
+  TlsVersion min_version = TlsVersion::k1_3;
+  TlsVersion max_version = TlsVersion::k1_3;
+  std::string tls13_ciphersuites;  // "" = the tls module's default
+  std::string tls12_ciphers;       // "" = the tls module's default
+  KtlsMode ktls = KtlsMode::kAuto;
+  std::string server_name;  // client: SNI, "" = none
+  friend bool operator==(const TlsConfig&, const TlsConfig&) = default;
 };
 
 struct TunnelConfig {
   std::string name;
   Mode mode = Mode::kServer;
-  HostPort listen;
-  HostPort target;
-  std::string origin;  // where it was defined, for messages
+  Endpoint listen;
+  Endpoint target;
+  std::string origin;  // where it was defined ("file:line:col" or "command line"), for messages
 
   // Which SVID to present (neither: the first the identity source holds).
   std::optional<spiffe::SpiffeId> svid_id;
   std::optional<std::string> svid_hint;
 
-  // Who may connect (server) / whom we expect (client). At least one rule, or allow_any_peer.
-  std::vector<spiffe::SpiffeId> peer_ids;
-  std::vector<spiffe::TrustDomain> peer_trust_domains;
-  std::vector<std::string> peer_patterns;  // validated by policy::IdPattern::parse
-  bool allow_any_peer = false;
-  // Optional OPA decision after the rules above (or instead of them): the data API URL.
-  std::string opa_url;
-  std::chrono::milliseconds opa_timeout{2000};
-  std::chrono::milliseconds opa_cache_ttl{30000};
-
-  std::string tls_min_version = "1.3";
-  std::string tls_max_version = "1.3";
-  std::string tls13_ciphersuites;  // "" = default
-  std::string tls12_ciphers;       // "" = default
-  std::string ktls = "auto";       // auto | on | off
-  std::string server_name;         // client: SNI, default none
+  // At least one rule, peers.any, or an OPA decision.
+  PeerRules peers;
+  std::optional<OpaConfig> opa;
+  TlsConfig tls;
 
   std::chrono::milliseconds handshake_timeout{10000};
   std::chrono::milliseconds connect_timeout{10000};
-  std::chrono::milliseconds idle_timeout{0};
+  std::chrono::milliseconds idle_timeout{0};  // 0: never
   std::size_t max_connections = 10000;
-  // Userspace copy buffer per active direction (idle sessions hold none).
+  // Userspace copy buffer per active direction (idle sessions hold none), also the splice pipe
+  // size. This is the product default; the tunnel module's own default only serves its tests.
   std::size_t buffer_size = 64 * 1024;
+
+  friend bool operator==(const TunnelConfig&, const TunnelConfig&) = default;
 };
 
 struct IdentityConfig {
@@ -69,35 +120,49 @@ struct IdentityConfig {
   std::vector<std::pair<spiffe::TrustDomain, std::string>> bundle_files;
   // workload API: "unix:///path" or "tcp://ip:port"; "" = SPIFFE_ENDPOINT_SOCKET
   std::string workload_api;
+  friend bool operator==(const IdentityConfig&, const IdentityConfig&) = default;
 };
 
 struct Config {
   IdentityConfig identity;
   std::vector<TunnelConfig> tunnels;
-  std::string admin_listen;  // "" = no admin endpoint
-  std::string log_level = "info";
-  std::size_t threads = 0;   // 0 = number of cores
+  std::optional<Endpoint> admin;  // none: no admin endpoint
+  LogLevel log_level = LogLevel::kInfo;
+  std::size_t threads = 0;  // 0 = number of cores
   std::chrono::milliseconds drain_timeout{15000};
   // How long a data-path thread keeps polling its sockets after its last event before it sleeps
   // in epoll_wait; 0 = sleep at once (see docs/configuration.md, "Busy polling").
   std::chrono::microseconds busy_poll{0};
+  // The file the configuration was read from; "" when it came from flags.
+  std::string file;
+  friend bool operator==(const Config&, const Config&) = default;
 };
 
-// Loads and validates a YAML configuration file.
-base::Result<Config> load_config_file(const std::string& path);
-// Parses YAML text (`origin` names it in messages) and validates it.
-base::Result<Config> load_config_text(const std::string& text, const std::string& origin);
+// Global command-line values that replace what a file (or the flag defaults) gave. Each is
+// already parsed (config::read_global_flags); unset means "keep".
+struct Overrides {
+  std::optional<LogLevel> log_level;
+  std::optional<std::size_t> threads;
+  std::optional<Endpoint> admin;
+  std::optional<std::chrono::microseconds> busy_poll;
+};
 
-// Checks the cross-field rules: unique tunnel names and listen addresses, an identity source,
-// a peer rule per tunnel, files that exist and are readable, valid patterns and versions.
+// Reads a YAML configuration file into a Config without the cross-field checks of validate().
+// Every value is parsed and range-checked here; errors carry file:line:column.
+base::Result<Config> read_config_file(const std::string& path);
+// The same for YAML text; `origin` names it in messages.
+base::Result<Config> read_config_text(const std::string& text, const std::string& origin);
+
+// Checks the cross-field rules: an identity source and readable identity files, unique tunnel
+// names and listen addresses, a peer rule per tunnel, one way to choose the SVID, TLS minimum
+// not above the maximum, positive timeouts. Errors of a file's configuration name the file.
 base::Status validate(const Config& config);
 
-// "host:port" / "[v6]:port" / ":port" (→ 127.0.0.1).
-base::Result<HostPort> parse_host_port(std::string_view text);
-// "250ms", "10s", "5m", "1h", or a bare number of seconds.
-base::Result<std::chrono::milliseconds> parse_duration(std::string_view text);
-// Busy-poll window: "0" or "off", "200us", "1ms"; at most kMaxBusyPoll.
-inline constexpr std::chrono::microseconds kMaxBusyPoll{10'000};
-base::Result<std::chrono::microseconds> parse_busy_poll(std::string_view text);
+// Applies `overrides` to `draft`, then validate(): the one way to a Config the daemon runs.
+base::Result<Config> finalize(Config draft, const Overrides& overrides);
+
+// read_config_text/file followed by finalize() without overrides.
+base::Result<Config> load_config_text(const std::string& text, const std::string& origin);
+base::Result<Config> load_config_file(const std::string& path);
 
 }  // namespace spiffe_tunnel::config

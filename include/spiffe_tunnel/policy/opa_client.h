@@ -1,6 +1,6 @@
 #pragma once
 // OpaClient: asks an Open Policy Agent server whether a verified peer may use a tunnel, through
-// OPA's REST data API (POST <url> with {"input": {...}}; the answer's "result" must be true).
+// OPA's REST data API (POST <path> with {"input": {...}}; the answer's "result" must be true).
 // Runs after the allow-list, once the handshake has verified the peer. Decisions are cached per
 // (tunnel, peer) for a short time; errors and timeouts deny (fail closed) and are not cached.
 // One client may be shared by the sessions of many threads; decide() runs on the caller's
@@ -15,16 +15,22 @@
 #include <string>
 #include <unordered_map>
 
-#include "spiffe_tunnel/base/result.h"
 #include "spiffe_tunnel/spiffe/spiffe_id.h"
 
 namespace spiffe_tunnel::policy {
 
+// Where OPA listens, already parsed (config reads it from an http:// URL; https is not supported
+// because OPA runs beside the daemon).
 struct OpaOptions {
-  std::string url;  // http://host:port/v1/data/<package path>/<rule>
+  std::string host;  // name or address, IPv6 without brackets
+  uint16_t port = 8181;
+  std::string path = "/v1/data";  // /v1/data/<package path>/<rule>
   std::chrono::milliseconds timeout{2000};
   std::chrono::milliseconds cache_ttl{30000};  // 0: no cache
   std::size_t cache_entries = 4096;
+
+  // "http://host:port/path", for messages.
+  std::string url() const;
 };
 
 // What the policy sees as `input`.
@@ -43,18 +49,17 @@ struct OpaDecision {
 
 class OpaClient {
  public:
-  static base::Result<std::unique_ptr<OpaClient>> create(OpaOptions options);
+  explicit OpaClient(OpaOptions options);
 
   // Takes the input by value: it must live in the coroutine frame.
   asio::awaitable<OpaDecision> decide(OpaInput input);
   const OpaOptions& options() const { return options_; }
 
  private:
-  explicit OpaClient(OpaOptions options) : options_(std::move(options)) {}
   asio::awaitable<OpaDecision> query(const OpaInput& input);
 
   OpaOptions options_;
-  std::string host_, port_, path_;
+  std::string port_;  // options_.port as the resolver wants it
 
   struct Entry {
     bool allowed;
@@ -63,9 +68,5 @@ class OpaClient {
   std::mutex mutex_;
   std::unordered_map<std::string, Entry> cache_;  // guarded by mutex_
 };
-
-// Splits "http://host:port/path"; https is not supported (OPA runs beside the daemon).
-base::Status parse_opa_url(const std::string& url, std::string& host, std::string& port,
-                           std::string& path);
 
 }  // namespace spiffe_tunnel::policy

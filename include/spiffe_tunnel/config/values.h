@@ -1,0 +1,71 @@
+#pragma once
+// Parsers for single configuration values, shared by the YAML reader and the flag reader so that
+// both accept and refuse the same text with the same words, and every range is checked in one
+// place. Errors describe the value only; the caller prefixes where it was written
+// ("file:line:col: tunnel \"x\": " or "flag --y: ").
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "spiffe_tunnel/base/result.h"
+#include "spiffe_tunnel/config/config.h"
+
+namespace spiffe_tunnel::config {
+
+// "host:port" / "[v6]:port" / ":port" (→ 127.0.0.1).
+base::Result<HostPort> parse_host_port(std::string_view text);
+// A listen, target or admin address; today the host:port forms above.
+base::Result<Endpoint> parse_endpoint(std::string_view text);
+// "http://host:port/v1/data/..."; https is not supported (OPA runs beside the daemon).
+base::Result<OpaEndpoint> parse_opa_url(std::string_view url);
+
+// "250ms", "10s", "5m", "1h", or a bare number of seconds; at most 8784h.
+base::Result<std::chrono::milliseconds> parse_duration(std::string_view text);
+// The shortest text parse_duration reads back as `d` ("10s", "250ms", "0").
+std::string format_duration(std::chrono::milliseconds d);
+// Busy-poll window: "0" or "off", "200us", "1ms"; at most kMaxBusyPoll.
+inline constexpr std::chrono::microseconds kMaxBusyPoll{10'000};
+base::Result<std::chrono::microseconds> parse_busy_poll(std::string_view text);
+
+// Data-path threads: 0 (one per core) up to kMaxThreads.
+inline constexpr std::size_t kMaxThreads = 1024;
+base::Result<std::size_t> parse_threads(std::string_view text);
+// Open sessions per tunnel: a positive number.
+base::Result<std::size_t> parse_max_connections(std::string_view text);
+// Userspace copy buffer: kMinBufferSize to kMaxBufferSize bytes.
+inline constexpr std::size_t kMinBufferSize = 32 * 1024;
+inline constexpr std::size_t kMaxBufferSize = 16 * 1024 * 1024;
+base::Result<std::size_t> parse_buffer_size(std::string_view text);
+
+// "auto", "on", "off".
+base::Result<KtlsMode> parse_ktls(std::string_view text);
+std::string_view ktls_name(KtlsMode mode);
+// "1.2", "1.3".
+base::Result<TlsVersion> parse_tls_version(std::string_view text);
+std::string_view tls_version_name(TlsVersion version);
+// trace, debug, info, warn (warning), error (err), critical, off.
+base::Result<LogLevel> parse_log_level(std::string_view text);
+std::string_view log_level_name(LogLevel level);
+
+// One written value and the words that say where it was written, as an error prefix:
+// "spiffe-tunnel.yaml:14:9: tunnel \"kafka-in\" allow.ids" or "flag --allow-id".
+struct Sourced {
+  std::string text;
+  std::string where;
+};
+
+// The peer rules as written, before parsing: one list per kind of rule.
+struct PeerRuleText {
+  std::vector<Sourced> ids;
+  std::vector<Sourced> trust_domains;
+  std::vector<Sourced> patterns;
+  bool any = false;
+};
+
+// Parses every entry; the first bad one fails as "<where>: <why>".
+base::Result<PeerRules> parse_peer_rules(const PeerRuleText& text);
+
+}  // namespace spiffe_tunnel::config

@@ -1,0 +1,115 @@
+#include "wiring.h"
+
+#include <cassert>
+
+#include "spiffe_tunnel/workload/files_source.h"
+#include "spiffe_tunnel/workload/workload_api_source.h"
+
+namespace spiffe_tunnel::app {
+namespace {
+
+int openssl_version(config::TlsVersion v) {
+  return v == config::TlsVersion::k1_2 ? TLS1_2_VERSION : TLS1_3_VERSION;
+}
+
+tls::KtlsMode ktls_mode(config::KtlsMode m) {
+  switch (m) {
+    case config::KtlsMode::kOn:
+      return tls::KtlsMode::kOn;
+    case config::KtlsMode::kOff:
+      return tls::KtlsMode::kOff;
+    case config::KtlsMode::kAuto:
+      break;
+  }
+  return tls::KtlsMode::kAuto;
+}
+
+}  // namespace
+
+base::Result<std::unique_ptr<workload::IdentitySource>> make_source(const config::Config& c) {
+  switch (c.identity.kind) {
+    case config::IdentityConfig::Kind::kFiles: {
+      workload::FilesSourceOptions o;
+      o.cert_file = c.identity.cert_file;
+      o.key_file = c.identity.key_file;
+      o.bundle_files = c.identity.bundle_files;
+      return std::unique_ptr<workload::IdentitySource>(
+          std::make_unique<workload::FilesSource>(std::move(o)));
+    }
+    case config::IdentityConfig::Kind::kWorkloadApi: {
+      auto source = workload::WorkloadApiSource::create({.address = c.identity.workload_api});
+      if (!source) {
+        return source.error();
+      }
+      return std::unique_ptr<workload::IdentitySource>(std::move(*source));
+    }
+    case config::IdentityConfig::Kind::kNone:
+      break;
+  }
+  return base::make_error("no identity source is configured");
+}
+
+TunnelPolicy make_policy(const config::TunnelConfig& t) {
+  const config::PeerRules& p = t.peers;
+  // With OPA as the only rule, every verified peer passes the list and OPA decides.
+  const bool only_opa = t.opa && p.ids.empty() && p.trust_domains.empty() && p.patterns.empty();
+  TunnelPolicy policy;
+  policy.authorizer = std::make_shared<const policy::AllowListAuthorizer>(
+      p.ids, p.trust_domains, p.patterns, p.any || only_opa);
+  if (t.opa) {
+    policy.opa = std::make_shared<policy::OpaClient>(policy::OpaOptions{
+        .host = t.opa->endpoint.host,
+        .port = t.opa->endpoint.port,
+        .path = t.opa->endpoint.path,
+        .timeout = t.opa->timeout,
+        .cache_ttl = t.opa->cache_ttl,
+    });
+  }
+  return policy;
+}
+
+tls::TlsOptions make_tls_options(const config::TunnelConfig& t, const TunnelPolicy& policy) {
+  tls::TlsOptions o;
+  o.role = t.mode == config::Mode::kServer ? tls::Role::kServer : tls::Role::kClient;
+  o.svid.id = t.svid_id;
+  o.svid.hint = t.svid_hint;
+  o.authorizer = policy.authorizer;
+  o.min_version = openssl_version(t.tls.min_version);
+  o.max_version = openssl_version(t.tls.max_version);
+  if (!t.tls.tls13_ciphersuites.empty()) {
+    o.tls13_ciphersuites = t.tls.tls13_ciphersuites;
+  }
+  if (!t.tls.tls12_ciphers.empty()) {
+    o.tls12_ciphers = t.tls.tls12_ciphers;
+  }
+  o.ktls = ktls_mode(t.tls.ktls);
+  o.server_name = t.tls.server_name;
+  return o;
+}
+
+tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
+                                          const TunnelPolicy& policy) {
+  tunnel::TunnelOptions o;
+  o.name = t.name;
+  const config::HostPort& listen = tcp_address(t.listen);
+  o.listen_host = listen.host;
+  o.listen_port = listen.port;
+  const config::HostPort& target = tcp_address(t.target);
+  o.target_host = target.host;
+  o.target_port = std::to_string(target.port);
+  o.handshake_timeout = t.handshake_timeout;
+  o.connect_timeout = t.connect_timeout;
+  o.idle_timeout = t.idle_timeout;
+  o.max_connections = t.max_connections;
+  o.buffer_size = t.buffer_size;
+  o.opa = policy.opa;
+  return o;
+}
+
+const config::HostPort& tcp_address(const config::Endpoint& endpoint) {
+  const config::HostPort* hp = endpoint.tcp();
+  assert(hp != nullptr);  // config yields no other kind yet
+  return *hp;
+}
+
+}  // namespace spiffe_tunnel::app

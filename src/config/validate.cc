@@ -1,0 +1,140 @@
+// The cross-field rules of a Config, checked once after every value was parsed and every override
+// applied. Single values were range-checked by their parsers (values.h) already.
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "spiffe_tunnel/config/config.h"
+#include "spiffe_tunnel/config/values.h"
+
+namespace spiffe_tunnel::config {
+namespace {
+
+using base::make_error;
+using base::Status;
+
+bool readable(const std::string& path) { return ::access(path.c_str(), R_OK) == 0; }
+
+Status validate_identity(const IdentityConfig& id) {
+  using K = IdentityConfig::Kind;
+  if (id.kind == K::kNone) {
+    return make_error(
+        "no identity source: give --cert/--key/--bundle files or --workload-api (in a config "
+        "file: identity.files or identity.workload_api)");
+  }
+  if (id.kind != K::kFiles) {
+    return {};
+  }
+  for (const auto& [what, path] :
+       {std::pair{"certificate", id.cert_file}, std::pair{"private key", id.key_file}}) {
+    if (path.empty()) {
+      return make_error(std::string("no ") + what + " file given");
+    }
+    if (!readable(path)) {
+      return make_error(std::string(what) + " file " + path + ": " + std::strerror(errno));
+    }
+  }
+  if (id.bundle_files.empty()) {
+    return make_error("no trust bundle given: add --bundle TRUST_DOMAIN=FILE for each trust "
+                      "domain whose peers you accept");
+  }
+  for (const auto& [td, path] : id.bundle_files) {
+    if (!readable(path)) {
+      return make_error("bundle file " + path + " for trust domain " + td.name() + ": " +
+                        std::strerror(errno));
+    }
+  }
+  return {};
+}
+
+// The rules of one tunnel on its own; `ctx` names it.
+Status validate_tunnel(const TunnelConfig& t, const std::string& ctx) {
+  if (t.opa && t.opa->timeout.count() <= 0) {
+    return make_error(ctx + ": the OPA timeout must be positive");
+  }
+  if (t.peers.empty() && !t.opa) {
+    const bool server = t.mode == Mode::kServer;
+    return make_error(ctx + ": no peer rule, so every peer would be refused; add " +
+                      (server ? "--allow-id, --allow-trust-domain or --allow-id-pattern"
+                              : "--expect-id, --expect-trust-domain or --expect-id-pattern") +
+                      ", an OPA decision (--opa-url), or, deliberately, "
+                      "--allow-any-peer-in-bundles");
+  }
+  if (t.svid_id && t.svid_hint) {
+    return make_error(ctx + ": choose the SVID by id or by hint, not both");
+  }
+  if (t.tls.min_version > t.tls.max_version) {
+    return make_error(ctx + ": TLS minimum version " +
+                      std::string(tls_version_name(t.tls.min_version)) + " is above the maximum " +
+                      std::string(tls_version_name(t.tls.max_version)));
+  }
+  if (const HostPort* target = t.target.tcp(); target && target->port == 0) {
+    return make_error(ctx + ": target " + t.target.str() + " needs a port");
+  }
+  if (t.handshake_timeout.count() <= 0 || t.connect_timeout.count() <= 0) {
+    return make_error(ctx + ": handshake and connect timeouts must be positive");
+  }
+  return {};
+}
+
+Status validate_tunnels(const std::vector<TunnelConfig>& tunnels) {
+  if (tunnels.empty()) {
+    return make_error("no tunnel configured");
+  }
+  std::set<std::string> names;
+  std::set<std::string> listens;
+  for (const auto& t : tunnels) {
+    const std::string ctx = (t.origin.empty() ? "" : t.origin + ": ") + "tunnel \"" + t.name + "\"";
+    if (!names.insert(t.name).second) {
+      return make_error(ctx + ": the name is used by another tunnel");
+    }
+    // Port 0 picks a free port, so two of them never collide.
+    const HostPort* listen = t.listen.tcp();
+    if ((!listen || listen->port != 0) && !listens.insert(t.listen.str()).second) {
+      return make_error(ctx + ": listen address " + t.listen.str() + " is used by another tunnel");
+    }
+    if (auto st = validate_tunnel(t, ctx); !st) {
+      return st;
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+Status validate(const Config& c) {
+  Status st = validate_identity(c.identity);
+  if (st) {
+    st = validate_tunnels(c.tunnels);
+  }
+  if (st || c.file.empty()) {
+    return st;
+  }
+  // Tunnel errors carry the tunnel's file:line:col already; name at least the file otherwise.
+  const std::string& msg = st.error().message;
+  return msg.rfind(c.file + ":", 0) == 0 ? st.error() : st.error().wrap(c.file);
+}
+
+base::Result<Config> finalize(Config draft, const Overrides& o) {
+  if (o.log_level) {
+    draft.log_level = *o.log_level;
+  }
+  if (o.threads) {
+    draft.threads = *o.threads;
+  }
+  if (o.admin) {
+    draft.admin = *o.admin;
+  }
+  if (o.busy_poll) {
+    draft.busy_poll = *o.busy_poll;
+  }
+  if (auto st = validate(draft); !st) {
+    return st.error();
+  }
+  return draft;
+}
+
+}  // namespace spiffe_tunnel::config

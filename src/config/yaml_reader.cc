@@ -1,0 +1,413 @@
+// Reads the YAML configuration file into a Config. Every value goes through the parsers of
+// values.h, so a file and the flags accept the same text; this file adds where it was written.
+
+#include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+#include "spiffe_tunnel/config/config.h"
+#include "spiffe_tunnel/config/values.h"
+#include "config/try.h"
+
+namespace spiffe_tunnel::config {
+namespace {
+
+using base::Error;
+using base::make_error;
+using base::Result;
+using base::Status;
+
+// Where a node was written, "file:line:column", or the file alone when yaml-cpp does not know.
+std::string where_in(const std::string& origin, const YAML::Mark& m) {
+  if (m.is_null()) {
+    return origin;
+  }
+  return origin + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
+}
+
+// Carries the file name so that every error can say file:line:column.
+struct Reader {
+  std::string origin;
+
+  std::string where(const YAML::Node& n) const { return where_in(origin, n.Mark()); }
+  Error fail(const YAML::Node& n, const std::string& what) const {
+    return make_error(where(n) + ": " + what);
+  }
+
+  Result<std::string> scalar(const YAML::Node& n, const std::string& key) const {
+    if (!n.IsScalar()) {
+      return fail(n, "\"" + key + "\" must be a single value");
+    }
+    return n.Scalar();
+  }
+
+  // A single value or a list of them; each entry keeps where it was written, prefixed to
+  // `label`, so that an error points at the entry itself.
+  Result<std::vector<Sourced>> list(const YAML::Node& n, const std::string& key,
+                                    const std::string& label) const {
+    std::vector<Sourced> out;
+    if (n.IsScalar()) {
+      out.push_back({n.Scalar(), where(n) + ": " + label});
+      return out;
+    }
+    if (!n.IsSequence()) {
+      return fail(n, "\"" + key + "\" must be a list");
+    }
+    for (const auto& item : n) {
+      if (!item.IsScalar()) {
+        return fail(item, "entries of \"" + key + "\" must be single values");
+      }
+      out.push_back({item.Scalar(), where(item) + ": " + label});
+    }
+    return out;
+  }
+
+  // An optional single value: leaves `out` alone when the key is absent.
+  Status optional_scalar(const YAML::Node& n, const std::string& key, std::string& out) const {
+    if (!n) {
+      return {};
+    }
+    auto v = scalar(n, key);
+    if (!v) {
+      return v.error();
+    }
+    out = *v;
+    return {};
+  }
+
+  // An optional value read through one of the parsers of values.h; an error reads
+  // "<where>: <prefix><why>". Leaves `out` alone when the key is absent.
+  template <typename T, typename Parse>
+  Status value(const YAML::Node& n, const std::string& key, const std::string& prefix,
+               Parse&& parse, T& out) const {
+    if (!n) {
+      return {};
+    }
+    auto text = scalar(n, key);
+    if (!text) {
+      return text.error();
+    }
+    auto v = parse(*text);
+    if (!v) {
+      return fail(n, prefix + v.error().message);
+    }
+    out = std::move(*v);
+    return {};
+  }
+
+  // A file that must be readable now; the error points at where it was named.
+  Status readable_file(const YAML::Node& n, const std::string& what,
+                       const std::string& path) const {
+    if (::access(path.c_str(), R_OK) != 0) {
+      return fail(n, what + " " + path + ": " + std::strerror(errno));
+    }
+    return {};
+  }
+
+  Status only_keys(const YAML::Node& map, std::initializer_list<std::string_view> allowed,
+                   const std::string& section) const {
+    if (!map.IsMap()) {
+      return fail(map, "\"" + section + "\" must be a mapping");
+    }
+    for (const auto& kv : map) {
+      const std::string key = kv.first.Scalar();
+      bool known = false;
+      std::string list;
+      for (auto a : allowed) {
+        known = known || key == a;
+        list += (list.empty() ? "" : ", ") + std::string(a);
+      }
+      if (!known) {
+        return fail(kv.first, "unknown key \"" + key + "\" in " + section +
+                                  " (expected one of: " + list + ")");
+      }
+    }
+    return {};
+  }
+};
+
+Status read_duration(const Reader& r, const YAML::Node& n, const std::string& key,
+                     std::chrono::milliseconds& out) {
+  return r.value(n, key, key + ": ", parse_duration, out);
+}
+
+Result<Mode> parse_mode(std::string_view text) {
+  if (text == "server") {
+    return Mode::kServer;
+  }
+  if (text == "client") {
+    return Mode::kClient;
+  }
+  return make_error("mode \"" + std::string(text) + "\" is neither \"server\" nor \"client\"");
+}
+
+Result<PeerRules> read_peers(const Reader& r, const YAML::Node& n, const std::string& section) {
+  ST_TRY(r.only_keys(n, {"ids", "trust_domains", "patterns", "any"}, section));
+  PeerRuleText text;
+  for (auto [key, out] : {std::pair{"ids", &text.ids},
+                          std::pair{"trust_domains", &text.trust_domains},
+                          std::pair{"patterns", &text.patterns}}) {
+    if (n[key]) {
+      auto entries = r.list(n[key], key, section + "." + key);
+      if (!entries) {
+        return entries.error();
+      }
+      *out = std::move(*entries);
+    }
+  }
+  if (const auto any = n["any"]) {
+    if (!any.IsScalar() || !YAML::convert<bool>::decode(any, text.any)) {
+      return r.fail(any, section + ".any must be true or false");
+    }
+  }
+  return parse_peer_rules(text);
+}
+
+Status read_svid(const Reader& r, const YAML::Node& s, const std::string& ctx, TunnelConfig& t) {
+  ST_TRY(r.only_keys(s, {"id", "hint"}, ctx + " svid"));
+  ST_TRY(r.value(s["id"], "id", ctx + ": svid.id: ", spiffe::SpiffeId::parse, t.svid_id));
+  if (s["hint"]) {
+    std::string hint;
+    ST_TRY(r.optional_scalar(s["hint"], "hint", hint));
+    t.svid_hint = hint;
+  }
+  return {};
+}
+
+Status read_tls(const Reader& r, const YAML::Node& tl, const std::string& ctx, TlsConfig& t) {
+  ST_TRY(r.only_keys(
+      tl, {"min_version", "max_version", "cipher_suites", "ciphers", "ktls", "server_name"},
+      ctx + " tls"));
+  const std::string prefix = ctx + ": ";
+  ST_TRY(r.value(tl["min_version"], "min_version", prefix, parse_tls_version, t.min_version));
+  ST_TRY(r.value(tl["max_version"], "max_version", prefix, parse_tls_version, t.max_version));
+  ST_TRY(r.optional_scalar(tl["cipher_suites"], "cipher_suites", t.tls13_ciphersuites));
+  ST_TRY(r.optional_scalar(tl["ciphers"], "ciphers", t.tls12_ciphers));
+  ST_TRY(r.value(tl["ktls"], "ktls", prefix, parse_ktls, t.ktls));
+  ST_TRY(r.optional_scalar(tl["server_name"], "server_name", t.server_name));
+  return {};
+}
+
+Result<OpaConfig> read_opa(const Reader& r, const YAML::Node& o, const std::string& ctx) {
+  ST_TRY(r.only_keys(o, {"url", "timeout", "cache"}, ctx + " opa"));
+  std::string url;
+  ST_TRY(r.optional_scalar(o["url"], "url", url));
+  if (url.empty()) {
+    return r.fail(o, ctx + ": opa.url is required");
+  }
+  OpaConfig opa;
+  ST_TRY(r.value(o["url"], "url", ctx + ": ", parse_opa_url, opa.endpoint));
+  ST_TRY(read_duration(r, o["timeout"], "timeout", opa.timeout));
+  ST_TRY(read_duration(r, o["cache"], "cache", opa.cache_ttl));
+  return opa;
+}
+
+// The sections after the addresses and peers: tls, opa, timeouts and limits.
+Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::string& ctx,
+                            TunnelConfig& t) {
+  if (const auto tl = n["tls"]) {
+    ST_TRY(read_tls(r, tl, ctx, t.tls));
+  }
+  if (const auto o = n["opa"]) {
+    auto opa = read_opa(r, o, ctx);
+    if (!opa) {
+      return opa.error();
+    }
+    t.opa = std::move(*opa);
+  }
+  if (const auto to = n["timeouts"]) {
+    ST_TRY(r.only_keys(to, {"handshake", "connect", "idle"}, ctx + " timeouts"));
+    ST_TRY(read_duration(r, to["handshake"], "handshake", t.handshake_timeout));
+    ST_TRY(read_duration(r, to["connect"], "connect", t.connect_timeout));
+    ST_TRY(read_duration(r, to["idle"], "idle", t.idle_timeout));
+  }
+  const std::string prefix = ctx + ": ";
+  ST_TRY(r.value(n["max_connections"], "max_connections", prefix, parse_max_connections,
+                 t.max_connections));
+  ST_TRY(r.value(n["buffer_size"], "buffer_size", prefix, parse_buffer_size, t.buffer_size));
+  return {};
+}
+
+Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t index) {
+  TunnelConfig t;
+  t.origin = r.where(n);
+  ST_TRY(r.only_keys(n,
+                     {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
+                      "timeouts", "max_connections", "buffer_size"},
+                     "tunnel #" + std::to_string(index + 1)));
+  t.name = "tunnel-" + std::to_string(index + 1);
+  ST_TRY(r.optional_scalar(n["name"], "name", t.name));
+  const std::string ctx = "tunnel \"" + t.name + "\"";
+  auto required = [&](const char* key, const std::string& prefix, auto parse, auto& out) {
+    return n[key] ? r.value(n[key], key, prefix, parse, out)
+                  : Status(r.fail(n, ctx + ": \"" + key + "\" is required"));
+  };
+  ST_TRY(required("mode", ctx + ": ", parse_mode, t.mode));
+  ST_TRY(required("listen", ctx + ": listen: ", parse_endpoint, t.listen));
+  ST_TRY(required("target", ctx + ": target: ", parse_endpoint, t.target));
+  if (const auto s = n["svid"]) {
+    ST_TRY(read_svid(r, s, ctx, t));
+  }
+  const bool server = t.mode == Mode::kServer;
+  const std::string peers_key = server ? "allow" : "expect";
+  const std::string other_key = server ? "expect" : "allow";
+  if (n[other_key]) {
+    return r.fail(n[other_key], ctx + ": a " + (server ? "server" : "client") +
+                                    " tunnel lists its peers under \"" + peers_key +
+                                    "\", not \"" + other_key + "\"");
+  }
+  if (n[peers_key]) {
+    auto peers = read_peers(r, n[peers_key], ctx + " " + peers_key);
+    if (!peers) {
+      return peers.error();
+    }
+    t.peers = std::move(*peers);
+  }
+  ST_TRY(read_tunnel_settings(r, n, ctx, t));
+  return t;
+}
+
+Status read_files_identity(const Reader& r, const YAML::Node& f, IdentityConfig& id) {
+  ST_TRY(r.only_keys(f, {"cert", "key", "bundles"}, "identity.files"));
+  id.kind = IdentityConfig::Kind::kFiles;
+  if (!f["cert"] || !f["key"] || !f["bundles"]) {
+    return r.fail(f, "identity.files needs cert, key and bundles");
+  }
+  ST_TRY(r.optional_scalar(f["cert"], "cert", id.cert_file));
+  ST_TRY(r.readable_file(f["cert"], "certificate file", id.cert_file));
+  ST_TRY(r.optional_scalar(f["key"], "key", id.key_file));
+  ST_TRY(r.readable_file(f["key"], "private key file", id.key_file));
+  const auto bundles = f["bundles"];
+  if (!bundles.IsMap()) {
+    return r.fail(bundles, "identity.files.bundles must map trust domain → file");
+  }
+  if (bundles.size() == 0) {
+    return r.fail(bundles, "identity.files.bundles is empty: add the bundle file of each "
+                           "trust domain whose peers you accept");
+  }
+  for (const auto& kv : bundles) {
+    auto td = spiffe::TrustDomain::parse(kv.first.Scalar());
+    if (!td) {
+      return r.fail(kv.first, "identity.files.bundles: " + td.error().message);
+    }
+    std::string path;
+    ST_TRY(r.optional_scalar(kv.second, "bundles", path));
+    ST_TRY(r.readable_file(kv.second, "bundle file", path));
+    id.bundle_files.emplace_back(*td, path);
+  }
+  return {};
+}
+
+Status read_identity(const Reader& r, const YAML::Node& root, IdentityConfig& out) {
+  const auto id = root["identity"];
+  if (!id) {
+    return r.fail(root, "no identity source: add identity.files or identity.workload_api");
+  }
+  ST_TRY(r.only_keys(id, {"workload_api", "files"}, "identity"));
+  if (id["workload_api"] && id["files"]) {
+    return r.fail(id, "identity: choose either workload_api or files, not both");
+  }
+  if (id["workload_api"]) {
+    out.kind = IdentityConfig::Kind::kWorkloadApi;
+    if (!id["workload_api"].IsNull()) {
+      ST_TRY(r.optional_scalar(id["workload_api"], "workload_api", out.workload_api));
+    }
+  }
+  if (const auto f = id["files"]) {
+    ST_TRY(read_files_identity(r, f, out));
+  }
+  return {};
+}
+
+// admin, log_level, threads, drain_timeout, busy_poll.
+Status read_globals(const Reader& r, const YAML::Node& root, Config& c) {
+  if (const auto a = root["admin"]) {
+    ST_TRY(r.only_keys(a, {"listen"}, "admin"));
+    std::string listen;
+    ST_TRY(r.optional_scalar(a["listen"], "listen", listen));
+    if (!listen.empty()) {  // "" keeps the admin endpoint off
+      ST_TRY(r.value(a["listen"], "listen", "admin.listen: ", parse_endpoint, c.admin));
+    }
+  }
+  ST_TRY(r.value(root["log_level"], "log_level", "log_level: ", parse_log_level, c.log_level));
+  ST_TRY(r.value(root["threads"], "threads", "", parse_threads, c.threads));
+  ST_TRY(read_duration(r, root["drain_timeout"], "drain_timeout", c.drain_timeout));
+  ST_TRY(r.value(root["busy_poll"], "busy_poll", "busy_poll: ", parse_busy_poll, c.busy_poll));
+  return {};
+}
+
+Result<Config> read_config(const Reader& r, const YAML::Node& root) {
+  Config c;
+  c.file = r.origin;
+  if (!root || root.IsNull()) {
+    return make_error(r.origin + ": the file is empty");
+  }
+  ST_TRY(r.only_keys(root,
+                     {"identity", "tunnels", "admin", "log_level", "threads", "drain_timeout",
+                      "busy_poll"},
+                     "the top level"));
+  ST_TRY(read_identity(r, root, c.identity));
+  ST_TRY(read_globals(r, root, c));
+  const auto tunnels = root["tunnels"];
+  if (!tunnels || !tunnels.IsSequence() || tunnels.size() == 0) {
+    return r.fail(tunnels ? tunnels : root, "\"tunnels\" must be a non-empty list");
+  }
+  for (size_t i = 0; i < tunnels.size(); ++i) {
+    auto t = read_tunnel(r, tunnels[i], i);
+    if (!t) {
+      return t.error();
+    }
+    c.tunnels.push_back(std::move(*t));
+  }
+  return c;
+}
+
+}  // namespace
+
+Result<Config> read_config_text(const std::string& text, const std::string& origin) {
+  Reader r{origin};
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return make_error(where_in(origin, e.mark) + ": YAML syntax error: " + e.msg);
+  }
+  try {
+    return read_config(r, root);
+  } catch (const YAML::Exception& e) {
+    // Type mismatches deep in yaml-cpp (e.g. a list where a value belongs).
+    return make_error(where_in(origin, e.mark) + ": " + e.msg);
+  }
+}
+
+Result<Config> read_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return make_error("cannot read config file " + path + ": " + std::strerror(errno));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return read_config_text(ss.str(), path);
+}
+
+Result<Config> load_config_text(const std::string& text, const std::string& origin) {
+  auto draft = read_config_text(text, origin);
+  if (!draft) {
+    return draft;
+  }
+  return finalize(std::move(*draft), {});
+}
+
+Result<Config> load_config_file(const std::string& path) {
+  auto draft = read_config_file(path);
+  if (!draft) {
+    return draft;
+  }
+  return finalize(std::move(*draft), {});
+}
+
+}  // namespace spiffe_tunnel::config

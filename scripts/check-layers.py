@@ -45,16 +45,21 @@ INCLUDE_RE = re.compile(r'^\s*#\s*include\s*([<"])([^">]+)[">]')
 MODULE_RE = re.compile(r"spiffe_tunnel_module\(\s*(\w+)([^)]*)\)", re.S)
 
 
-def allowed(module):
-    """Every module `module` may use: its row, followed transitively."""
+def closure(graph, module):
+    """Every node reachable from `module` in `graph` (node -> direct successors)."""
     seen = set()
-    todo = list(LAYERS.get(module, ()))
+    todo = list(graph.get(module, ()))
     while todo:
         m = todo.pop()
         if m not in seen:
             seen.add(m)
-            todo.extend(LAYERS.get(m, ()))
+            todo.extend(graph.get(m, ()))
     return seen
+
+
+def allowed(module):
+    """Every module `module` may use: its row, followed transitively."""
+    return closure(LAYERS, module)
 
 
 def fmt(modules):
@@ -163,16 +168,6 @@ def check_cmake(root):
     if not declared:
         return []
 
-    def reach(module):
-        seen = set()
-        todo = list(declared.get(module, ()))
-        while todo:
-            d = todo.pop()
-            if d not in seen:
-                seen.add(d)
-                todo.extend(declared.get(d, ()))
-        return seen
-
     problems = []
     for name in declared:
         where = f"CMakeLists.txt:{lines[name]}"
@@ -180,7 +175,7 @@ def check_cmake(root):
             problems.append(f"{where}: module {name} is not in the layer table of "
                             f"scripts/check-layers.py")
             continue
-        links, ok = reach(name), allowed(name)
+        links, ok = closure(declared, name), allowed(name)
         if links != ok:
             detail = []
             if links - ok:

@@ -119,11 +119,15 @@ def test_config_including_policy_is_not_allowed(tree):
             "(allowed: base, spiffe)") in r.stdout
 
 
+def replace_in(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
 def test_cmake_deps_beyond_the_table_fail(tree):
-    cmake = tree / "CMakeLists.txt"
-    cmake.write_text(cmake.read_text().replace(
-        "spiffe_tunnel_module(pump DEPS spiffe_tunnel_base)",
-        "spiffe_tunnel_module(pump DEPS spiffe_tunnel_tls)"))
+    replace_in(tree / "CMakeLists.txt", "spiffe_tunnel_module(pump DEPS spiffe_tunnel_base)",
+               "spiffe_tunnel_module(pump DEPS spiffe_tunnel_tls)")
     r = run(tree)
     assert r.returncode == 1
     assert ("CMakeLists.txt:9: spiffe_tunnel_module(pump) DEPS reach base, identity, policy, "
@@ -132,10 +136,9 @@ def test_cmake_deps_beyond_the_table_fail(tree):
 
 
 def test_cmake_deps_short_of_the_table_fail(tree):
-    cmake = tree / "CMakeLists.txt"
-    cmake.write_text(cmake.read_text().replace(
-        "spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls spiffe_tunnel_pump)",
-        "spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls)"))
+    replace_in(tree / "CMakeLists.txt",
+               "spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls spiffe_tunnel_pump)",
+               "spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls)")
     r = run(tree)
     assert r.returncode == 1
     assert "spiffe_tunnel_module(tunnel) DEPS reach" in r.stdout

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of spiffe-tunnel and ends with one summary line "N passed, N failed".
-#   1. Release build (-Werror) and its unit tests (Catch2, through ctest).
+#   1. Release build (-Werror) and its unit tests (Catch2, through ctest), with the layering
+#      check (scripts/check-layers.py) as one more ctest test.
 #   2. The unit tests again under AddressSanitizer+UBSan and under ThreadSanitizer.
 #   3. Integration tests (pytest, tests/integration): real OpenSSL peers, a real SPIRE (two
 #      federated trust domains), the go-spiffe peer, kTLS inside User-Mode Linux. The file-based
-#      tunnel tests also run against the ASan build of the daemon.
+#      tunnel tests also run against the ASan build of the daemon. The tests of scripts/
+#      (tests/scripts) run in the same pytest session.
 # It first installs what it needs (both steps are idempotent and quick once done):
 # scripts/setup-deps.sh (Debian packages) and scripts/build-tools.sh (SPIRE, OPA and the
 # go-spiffe peer, built once into ~/.cache/spiffe-tunnel-tools).
@@ -85,7 +87,7 @@ if ((!quick)); then
   unit_tests asan
   unit_tests tsan
 fi
-integration_tests all tests/integration "${pytest_args[@]}"
+integration_tests all tests/integration tests/scripts "${pytest_args[@]}"
 if ((!quick)) && [[ -x build/asan/spiffe-tunnel ]]; then
   SPIFFE_TUNNEL_BIN=$PWD/build/asan/spiffe-tunnel ASAN_OPTIONS="detect_leaks=1" \
     integration_tests asan-daemon tests/integration/test_files_tunnels.py tests/integration/test_admin.py \

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from helpers import wait_for_line_in
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -69,23 +71,21 @@ class Daemon:
             return "\n".join(self.lines)
 
     def wait_for(self, pattern: str, timeout: float = 15.0, start: int = 0) -> re.Match:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        idx = start
-        with self._cv:
-            while True:
-                while idx < len(self.lines):
-                    m = rx.search(self.lines[idx])
-                    idx += 1
-                    if m:
-                        return m
-                if self.proc.poll() is not None and not self._reader.is_alive():
-                    raise AssertionError(f"{self.name} exited rc={self.proc.returncode} before "
-                                         f"/{pattern}/:\n{self.log}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{self.name}: no /{pattern}/ within {timeout}s:\n{self.log}")
-                self._cv.wait(min(left, 0.2))
+        """Waits for a log line (index >= start) matching the regex; returns the match."""
+
+        def finished() -> bool:
+            return self.proc.poll() is not None and not self._reader.is_alive()
+
+        def fail(reason: str, pattern: str) -> AssertionError:
+            # Called holding self._cv: read the lines directly (self.log would take it again).
+            log = "\n".join(self.lines)
+            if reason == "exited":
+                return AssertionError(f"{self.name} exited rc={self.proc.returncode} before "
+                                      f"/{pattern}/:\n{log}")
+            return AssertionError(f"{self.name}: no /{pattern}/ within {timeout}s:\n{log}")
+
+        return wait_for_line_in(self.lines, self._cv, pattern, timeout, start, finished, fail,
+                                poll=0.2)
 
     def wait_listening(self, timeout: float = 15.0) -> int:
         """Waits for the first tunnel's listener and returns its port."""

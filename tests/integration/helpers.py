@@ -108,6 +108,35 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float 
         time.sleep(interval)
 
 
+def wait_for_line_in(lines: list[str], cv: threading.Condition,
+                     pattern: Union[str, "re.Pattern[str]"], timeout: float, start: int,
+                     finished: Callable[[], bool], fail: Callable[[str, str], Exception],
+                     poll: float = 0.5) -> "re.Match[str]":
+    """Wait until a line of `lines` (index >= start) matches the regex; return the match.
+
+    A reader thread appends to `lines` and notifies `cv`. `finished()` (called holding `cv`) says
+    that no more lines can come, e.g. the process exited and its output was read to the end;
+    then, or when `timeout` expires, the exception `fail(reason, pattern)` is raised, reason
+    being "exited" or "timeout".
+    """
+    rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+    deadline = time.monotonic() + timeout
+    idx = start
+    with cv:
+        while True:
+            while idx < len(lines):
+                m = rx.search(lines[idx])
+                idx += 1
+                if m:
+                    return m
+            if finished():
+                raise fail("exited", rx.pattern)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise fail("timeout", rx.pattern)
+            cv.wait(min(left, poll))
+
+
 # --------------------------------------------------------------------------- files and dirs
 
 def short_tmpdir(prefix: str = "st-") -> Path:
@@ -338,24 +367,18 @@ class ManagedProcess:
         """
         if not self.capture_stdout:
             raise HarnessError(f"{self.name}: stdout is not captured")
-        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        idx = start
-        with self._lines_cv:
-            while True:
-                while idx < len(self.lines):
-                    m = rx.search(self.lines[idx])
-                    idx += 1
-                    if m:
-                        return m
-                if not self.running and (self._reader is None or not self._reader.is_alive()):
-                    raise HarnessError(f"{self.name} exited (rc={self.returncode}) before printing "
-                                       f"/{rx.pattern}/\n{self.tail()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise HarnessError(f"{self.name}: no line matching /{rx.pattern}/ within "
-                                       f"{timeout}s\n{self.tail()}")
-                self._lines_cv.wait(min(left, 0.5))
+
+        def finished() -> bool:
+            return not self.running and (self._reader is None or not self._reader.is_alive())
+
+        def fail(reason: str, pattern: str) -> HarnessError:
+            if reason == "exited":
+                return HarnessError(f"{self.name} exited (rc={self.returncode}) before printing "
+                                    f"/{pattern}/\n{self.tail()}")
+            return HarnessError(f"{self.name}: no line matching /{pattern}/ within "
+                                f"{timeout}s\n{self.tail()}")
+
+        return wait_for_line_in(self.lines, self._lines_cv, pattern, timeout, start, finished, fail)
 
     def __repr__(self) -> str:
         return f"<ManagedProcess {self.name} pid={self.pid} running={self.running}>"

@@ -51,6 +51,39 @@ void require_rejected(const PeerVerification& v, Rejection why, const std::strin
   CHECK_THAT(v.detail, Contains(detail));
 }
 
+// The usual arrangement: trust domain a.test whose root is the only bundle, and leaves
+// spiffe://a.test/web issued by that root from a CertSpec.
+struct TrustDomainA {
+  const Issuer root = make_root("a.test");
+  const BundleSet bundles = bundle_set_of({&root});
+
+  X509Svid web(CertSpec spec = {}) const {
+    return make_svid(root, "spiffe://a.test/web", std::move(spec));
+  }
+  PeerVerification verify(const X509Svid& svid, std::chrono::system_clock::time_point now =
+                                                    std::chrono::system_clock::now()) const {
+    return ::verify(svid, bundles, now);
+  }
+  // A bare certificate (no SVID) the root issues from `spec`, verified on its own.
+  PeerVerification verify_issued(const CertSpec& spec) const {
+    auto key = generate_ec_p256_key();
+    REQUIRE(key.ok());
+    auto cert = root.issue(spec, key->get());
+    REQUIRE(cert.ok());
+    return verify_peer_chain(cert->get(), nullptr, bundles, std::chrono::system_clock::now());
+  }
+  // spiffe://a.test/web issued by an intermediate that the root issues from `ca_spec`.
+  X509Svid web_under(const CertSpec& ca_spec) const {
+    auto ca_key = generate_ec_p256_key();
+    REQUIRE(ca_key.ok());
+    auto ca = root.issue(ca_spec, ca_key->get());
+    REQUIRE(ca.ok());
+    X509Svid svid = web();
+    move_under(svid, std::move(*ca), ca_key->get());
+    return svid;
+  }
+};
+
 }  // namespace
 
 TEST_CASE("labels every rejection in snake_case") {
@@ -64,10 +97,8 @@ TEST_CASE("labels every rejection in snake_case") {
   CHECK(rejection_label(Rejection::kNotAuthorized) == "not_authorized");
 }
 
-TEST_CASE("accepts a valid leaf signed directly by the root") {
-  const Issuer root = make_root("a.test");
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web");
-  const PeerVerification v = verify(svid, bundle_set_of({&root}));
+TEST_CASE_METHOD(TrustDomainA, "accepts a valid leaf signed directly by the root") {
+  const PeerVerification v = verify(web());
   INFO(v.detail);
   REQUIRE(v.ok());
   CHECK(v.rejection == Rejection::kNone);
@@ -76,13 +107,12 @@ TEST_CASE("accepts a valid leaf signed directly by the root") {
   CHECK(v.detail.empty());
 }
 
-TEST_CASE("accepts a valid leaf signed via two intermediates") {
-  const Issuer root = make_root("a.test");
+TEST_CASE_METHOD(TrustDomainA, "accepts a valid leaf signed via two intermediates") {
   const Issuer mid1 = make_intermediate(root);
   const Issuer mid2 = make_intermediate(mid1);
   const X509Svid svid = make_svid(mid2, "spiffe://a.test/web");
   REQUIRE(svid.chain.size() == 3);
-  const PeerVerification v = verify(svid, bundle_set_of({&root}));
+  const PeerVerification v = verify(svid);
   INFO(v.detail);
   REQUIRE(v.ok());
   CHECK(v.id->str() == "spiffe://a.test/web");
@@ -97,75 +127,47 @@ TEST_CASE("accepts a valid leaf when the bundle set holds other trust domains to
   CHECK(v.ok());
 }
 
-TEST_CASE("rejects a peer that sent no certificate") {
-  const Issuer root = make_root("a.test");
+TEST_CASE_METHOD(TrustDomainA, "rejects a peer that sent no certificate") {
   const PeerVerification v =
-      verify_peer_chain(nullptr, nullptr, bundle_set_of({&root}), std::chrono::system_clock::now());
+      verify_peer_chain(nullptr, nullptr, bundles, std::chrono::system_clock::now());
   require_rejected(v, Rejection::kNoCertificate, "no certificate");
   CHECK_FALSE(v.id);
 }
 
-TEST_CASE("rejects a leaf without a URI SAN") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.uri_sans = {};
-  spec.dns_sans = {"web.a.test"};
-  spec.common_name = "spiffe://a.test/web";  // identity never comes from the CN
-  auto key = generate_ec_p256_key();
-  REQUIRE(key.ok());
-  auto leaf = root.issue(spec, key->get());
-  REQUIRE(leaf.ok());
-  const PeerVerification v = verify_peer_chain(leaf->get(), nullptr, bundle_set_of({&root}),
-                                               std::chrono::system_clock::now());
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf without a URI SAN") {
+  const PeerVerification v = verify_issued({
+      .uri_sans = {},
+      .dns_sans = {"web.a.test"},
+      .common_name = "spiffe://a.test/web",  // identity never comes from the CN
+  });
   require_rejected(v, Rejection::kNotSvid, "no URI subjectAltName");
   CHECK_FALSE(v.id);
 }
 
-TEST_CASE("rejects a leaf without any SAN extension") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.common_name = "web";
-  auto key = generate_ec_p256_key();
-  REQUIRE(key.ok());
-  auto leaf = root.issue(spec, key->get());
-  REQUIRE(leaf.ok());
-  const PeerVerification v = verify_peer_chain(leaf->get(), nullptr, bundle_set_of({&root}),
-                                               std::chrono::system_clock::now());
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf without any SAN extension") {
+  const PeerVerification v = verify_issued({.common_name = "web"});
   require_rejected(v, Rejection::kNotSvid, "no subjectAltName extension");
 }
 
-TEST_CASE("rejects a leaf with two URI SANs even when both are equal") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.uri_sans = {"spiffe://a.test/web", "spiffe://a.test/web"};
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  const PeerVerification v = verify(svid, bundle_set_of({&root}));
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf with two URI SANs even when both are equal") {
+  const PeerVerification v =
+      verify(web({.uri_sans = {"spiffe://a.test/web", "spiffe://a.test/web"}}));
   require_rejected(v, Rejection::kNotSvid, "2 URI subjectAltNames (exactly one allowed)");
 }
 
-TEST_CASE("rejects a leaf whose only URI SAN is a trust domain ID") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.uri_sans = {"spiffe://a.test"};
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  const PeerVerification v = verify(svid, bundle_set_of({&root}));
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf whose only URI SAN is a trust domain ID") {
+  const PeerVerification v = verify(web({.uri_sans = {"spiffe://a.test"}}));
   require_rejected(v, Rejection::kNotSvid, "peer spiffe://a.test is a trust domain ID");
   REQUIRE(v.id);
   CHECK(v.id->is_root());
 }
 
-TEST_CASE("rejects a leaf whose URI SAN is not a valid SPIFFE ID") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.uri_sans = {"spiffe://A.test/web"};
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  const PeerVerification v = verify(svid, bundle_set_of({&root}));
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf whose URI SAN is not a valid SPIFFE ID") {
+  const PeerVerification v = verify(web({.uri_sans = {"spiffe://A.test/web"}}));
   require_rejected(v, Rejection::kNotSvid, "trust domain contains 'A'");
   CHECK_FALSE(v.id);
 
-  spec.uri_sans = {"https://a.test/web"};
-  const X509Svid https = make_svid(root, "spiffe://a.test/web", spec);
-  require_rejected(verify(https, bundle_set_of({&root})), Rejection::kNotSvid,
+  require_rejected(verify(web({.uri_sans = {"https://a.test/web"}})), Rejection::kNotSvid,
                    "\"https://a.test/web\" is not a SPIFFE ID");
 }
 
@@ -210,171 +212,104 @@ TEST_CASE("rejects a leaf claiming trust domain A via an intermediate of trust d
                    "does not verify against the bundle of trust domain \"a.test\"");
 }
 
-TEST_CASE("rejects an expired leaf") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.not_before_offset = -hours(2);
-  spec.lifetime = hours(1);
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  const PeerVerification v = verify(svid, bundle_set_of({&root}));
+TEST_CASE_METHOD(TrustDomainA, "rejects an expired leaf") {
+  const PeerVerification v = verify(web({.not_before_offset = -hours(2), .lifetime = hours(1)}));
   require_rejected(v, Rejection::kExpired, "has expired");
   CHECK_THAT(v.detail, Contains("peer spiffe://a.test/web"));
 }
 
-TEST_CASE("rejects a leaf that is not yet valid") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.not_before_offset = hours(1);
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kExpired, "is not yet valid");
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf that is not yet valid") {
+  require_rejected(verify(web({.not_before_offset = hours(1)})), Rejection::kExpired,
+                   "is not yet valid");
 }
 
-TEST_CASE("rejects a valid leaf when verified at a time after its root expired") {
-  const Issuer root = make_root("a.test");
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web");
+TEST_CASE_METHOD(TrustDomainA,
+                 "rejects a valid leaf when verified at a time after its root expired") {
   const auto later = std::chrono::system_clock::now() + hours(48);
-  require_rejected(verify(svid, bundle_set_of({&root}), later), Rejection::kExpired,
-                   "has expired");
+  require_rejected(verify(web(), later), Rejection::kExpired, "has expired");
 }
 
-TEST_CASE("judges validity at the given time, not the wall clock") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.not_before_offset = hours(1);
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
+TEST_CASE_METHOD(TrustDomainA, "judges validity at the given time, not the wall clock") {
+  const X509Svid svid = web({.not_before_offset = hours(1)});
   const auto later = std::chrono::system_clock::now() + std::chrono::minutes(90);
-  const PeerVerification v = verify(svid, bundle_set_of({&root}), later);
+  const PeerVerification v = verify(svid, later);
   INFO(v.detail);
   CHECK(v.ok());
 }
 
-TEST_CASE("rejects a leaf whose intermediate has expired") {
-  const Issuer root = make_root("a.test");
-  CertSpec ca_spec;
-  ca_spec.is_ca = true;
-  ca_spec.uri_sans = {"spiffe://a.test"};
-  ca_spec.common_name = "expired CA";
-  ca_spec.not_before_offset = -hours(3);
-  ca_spec.lifetime = hours(1);
-  auto key = generate_ec_p256_key();
-  REQUIRE(key.ok());
-  auto mid = root.issue(ca_spec, key->get());
-  REQUIRE(mid.ok());
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf whose intermediate has expired") {
   // A leaf signed by the expired intermediate's key.
-  X509Svid svid = make_svid(root, "spiffe://a.test/web");
-  move_under(svid, std::move(*mid), key->get());
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kExpired, "at depth 1");
+  const X509Svid svid = web_under({
+      .uri_sans = {"spiffe://a.test"},
+      .common_name = "expired CA",
+      .is_ca = true,
+      .not_before_offset = -hours(3),
+      .lifetime = hours(1),
+  });
+  require_rejected(verify(svid), Rejection::kExpired, "at depth 1");
 }
 
-TEST_CASE("rejects a leaf that is a CA") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.is_ca = true;
-  spec.key_usage = X509v3_KU_DIGITAL_SIGNATURE;
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  const PeerVerification v = verify(svid, bundle_set_of({&root}));
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf that is a CA") {
+  const PeerVerification v = verify(web({.is_ca = true, .key_usage = X509v3_KU_DIGITAL_SIGNATURE}));
   require_rejected(v, Rejection::kLeafRules, "is a CA certificate");
   CHECK_THAT(v.detail, Contains("spiffe://a.test/web"));
   REQUIRE(v.id);
 }
 
-TEST_CASE("rejects a leaf whose keyUsage lacks digitalSignature") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.key_usage = X509v3_KU_KEY_ENCIPHERMENT | X509v3_KU_KEY_AGREEMENT;
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kLeafRules,
-                   "keyUsage lacks digitalSignature");
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf whose keyUsage lacks digitalSignature") {
+  require_rejected(verify(web({.key_usage = X509v3_KU_KEY_ENCIPHERMENT | X509v3_KU_KEY_AGREEMENT})),
+                   Rejection::kLeafRules, "keyUsage lacks digitalSignature");
 }
 
-TEST_CASE("rejects a leaf whose keyUsage has keyCertSign") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.key_usage = X509v3_KU_DIGITAL_SIGNATURE | X509v3_KU_KEY_CERT_SIGN;
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kLeafRules,
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf whose keyUsage has keyCertSign") {
+  const unsigned usage = X509v3_KU_DIGITAL_SIGNATURE | X509v3_KU_KEY_CERT_SIGN;
+  require_rejected(verify(web({.key_usage = usage})), Rejection::kLeafRules,
                    "keyUsage has keyCertSign");
 }
 
-TEST_CASE("rejects a leaf whose keyUsage has cRLSign") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.key_usage = X509v3_KU_DIGITAL_SIGNATURE | X509v3_KU_CRL_SIGN;
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kLeafRules,
-                   "keyUsage has cRLSign");
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf whose keyUsage has cRLSign") {
+  require_rejected(verify(web({.key_usage = X509v3_KU_DIGITAL_SIGNATURE | X509v3_KU_CRL_SIGN})),
+                   Rejection::kLeafRules, "keyUsage has cRLSign");
 }
 
-TEST_CASE("rejects a leaf without a keyUsage extension") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.key_usage = 0;
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kLeafRules,
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf without a keyUsage extension") {
+  require_rejected(verify(web({.key_usage = 0})), Rejection::kLeafRules,
                    "has no keyUsage extension");
 }
 
-TEST_CASE("rejects a leaf whose extendedKeyUsage lacks clientAuth") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.server_and_client_eku = false;
-  X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf whose extendedKeyUsage lacks clientAuth") {
+  X509Svid svid = web({.server_and_client_eku = false});
   set_eku(svid.leaf(), {NID_server_auth}, root);
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kLeafRules,
-                   "extendedKeyUsage lacks clientAuth");
+  require_rejected(verify(svid), Rejection::kLeafRules, "extendedKeyUsage lacks clientAuth");
 }
 
-TEST_CASE("rejects a leaf whose extendedKeyUsage lacks serverAuth") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.server_and_client_eku = false;
-  X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf whose extendedKeyUsage lacks serverAuth") {
+  X509Svid svid = web({.server_and_client_eku = false});
   set_eku(svid.leaf(), {NID_client_auth, NID_code_sign}, root);
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kLeafRules,
-                   "extendedKeyUsage lacks serverAuth");
+  require_rejected(verify(svid), Rejection::kLeafRules, "extendedKeyUsage lacks serverAuth");
 }
 
-TEST_CASE("accepts a leaf without extendedKeyUsage") {
-  const Issuer root = make_root("a.test");
-  CertSpec spec;
-  spec.server_and_client_eku = false;
-  const X509Svid svid = make_svid(root, "spiffe://a.test/web", spec);
-  const PeerVerification v = verify(svid, bundle_set_of({&root}));
+TEST_CASE_METHOD(TrustDomainA, "accepts a leaf without extendedKeyUsage") {
+  const PeerVerification v = verify(web({.server_and_client_eku = false}));
   INFO(v.detail);
   CHECK(v.ok());
 }
 
-TEST_CASE("rejects a chain whose intermediate is not a CA") {
-  const Issuer root = make_root("a.test");
+TEST_CASE_METHOD(TrustDomainA, "rejects a chain whose intermediate is not a CA") {
   // A leaf-shaped certificate (cA false, digitalSignature) used as an issuer.
-  CertSpec not_ca;
-  not_ca.uri_sans = {"spiffe://a.test/mid"};
-  not_ca.common_name = "not a CA";
-  auto mid_key = generate_ec_p256_key();
-  REQUIRE(mid_key.ok());
-  auto mid = root.issue(not_ca, mid_key->get());
-  REQUIRE(mid.ok());
-  X509Svid svid = make_svid(root, "spiffe://a.test/web");
-  move_under(svid, std::move(*mid), mid_key->get());
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kChainInvalid,
-                   "peer spiffe://a.test/web");
+  const X509Svid svid = web_under({.uri_sans = {"spiffe://a.test/mid"}, .common_name = "not a CA"});
+  require_rejected(verify(svid), Rejection::kChainInvalid, "peer spiffe://a.test/web");
 }
 
-TEST_CASE("rejects a chain whose intermediate is a CA without keyUsage") {
+TEST_CASE_METHOD(TrustDomainA, "rejects a chain whose intermediate is a CA without keyUsage") {
   // OpenSSL treats a missing keyUsage as "any usage"; X509-SVID.md requires keyCertSign.
-  const Issuer root = make_root("a.test");
-  CertSpec ca;
-  ca.is_ca = true;
-  ca.key_usage = 0;
-  ca.uri_sans = {"spiffe://a.test"};
-  ca.common_name = "CA without keyUsage";
-  auto mid_key = generate_ec_p256_key();
-  REQUIRE(mid_key.ok());
-  auto mid = root.issue(ca, mid_key->get());
-  REQUIRE(mid.ok());
-  X509Svid svid = make_svid(root, "spiffe://a.test/web");
-  move_under(svid, std::move(*mid), mid_key->get());
-  const PeerVerification v = verify(svid, bundle_set_of({&root}));
+  const X509Svid svid = web_under({
+      .uri_sans = {"spiffe://a.test"},
+      .common_name = "CA without keyUsage",
+      .is_ca = true,
+      .key_usage = 0,
+  });
+  const PeerVerification v = verify(svid);
   require_rejected(v, Rejection::kChainInvalid, "keyUsage lacks keyCertSign");
   CHECK_THAT(v.detail, Contains("intermediate"));
 }
@@ -389,15 +324,13 @@ TEST_CASE("rejects a leaf signed by a different CA with the same name") {
                    "peer spiffe://a.test/web");
 }
 
-TEST_CASE("rejects a leaf whose signature does not match its issuer's key") {
-  const Issuer root = make_root("a.test");
-  X509Svid svid = make_svid(root, "spiffe://a.test/web");
+TEST_CASE_METHOD(TrustDomainA, "rejects a leaf whose signature does not match its issuer's key") {
+  X509Svid svid = web();
   // Same issuer name and key identifier, but signed with another key.
   auto other = generate_ec_p256_key();
   REQUIRE(other.ok());
   resign(svid.leaf(), other->get());
-  require_rejected(verify(svid, bundle_set_of({&root})), Rejection::kChainInvalid,
-                   "certificate signature failure");
+  require_rejected(verify(svid), Rejection::kChainInvalid, "certificate signature failure");
 }
 
 TEST_CASE("uses only the peer's trust domain roots even with its intermediates presented") {

@@ -4,17 +4,13 @@
 // with responses built from it. Every helper fails the running test (REQUIRE) instead of
 // returning an error.
 
-#include <stdlib.h>
-
 #include <chrono>
-#include <filesystem>
 #include <functional>
 #include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -24,6 +20,9 @@
 
 #include "spiffe/test_pki.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
+#include "test_support/temp_dir.h"
+#include "test_support/wait.h"
+#include "workload/fake_workload_api.h"
 #include "workload.grpc.pb.h"
 #include "workload.pb.h"
 
@@ -37,30 +36,15 @@ using spiffe::testing::td_of;
 using std::chrono::milliseconds;
 
 
-constexpr auto kWait = std::chrono::seconds(5);
-
-inline bool eventually(const std::function<bool()>& pred, milliseconds limit = kWait) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(milliseconds(2));
-  }
-  return true;
+inline bool eventually(const std::function<bool()>& pred,
+                       milliseconds limit = spiffe_tunnel::testing::kWaitTimeout) {
+  return spiffe_tunnel::testing::wait_until(pred, limit);
 }
 
-// A fresh directory for the agent socket, removed at the end of the test.
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "wlapi-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::string socket() const { return (path / "agent.sock").string(); }
-};
+using spiffe_tunnel::testing::TempDir;
+
+// Where the fake agent of a test listens, inside the test's TempDir.
+inline std::string agent_socket(const TempDir& dir) { return dir.path("agent.sock"); }
 
 // Collects what the source delivers; read it only through the accessors.
 class Recorder {
@@ -147,6 +131,23 @@ inline std::unique_ptr<WorkloadApiSource> make_source(const std::string& address
   REQUIRE(source.ok());
   return std::move(*source);
 }
+
+// The arrangement most source tests share: a fake agent on a fresh socket, a PKI (`Agent` or a
+// subclass), and a recorder. start_source() points a WorkloadApiSource at the fake and starts it;
+// it is stopped, if still running, when the test ends.
+template <typename Pki = Agent>
+struct SourceFixture {
+  TempDir dir;
+  FakeWorkloadApi fake{agent_socket(dir)};
+  Pki agent;
+  Recorder rec;
+  std::unique_ptr<WorkloadApiSource> source;
+
+  void start_source() {
+    source = make_source(fake.address());
+    source->start(rec.callbacks());
+  }
+};
 
 inline std::string leaf_id(const workload::X509Context& ctx, size_t i = 0) {
   return ctx.svids.at(i)->id.str();

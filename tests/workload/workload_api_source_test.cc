@@ -137,9 +137,8 @@ TEST_CASE("backoff doubles with ±20% jitter up to the cap and starts over after
 
 // --- Against a fake agent ------------------------------------------------------------------------
 
-TEST_CASE("delivers every SVID, its bundle and the federated bundles of a response") {
-  TempDir dir;
-  FakeWorkloadApi fake(dir.socket());
+TEST_CASE_METHOD(SourceFixture<>,
+                 "delivers every SVID, its bundle and the federated bundles of a response") {
   REQUIRE(fake.serving());
   const spiffe::Issuer root_a = make_root("a.test");
   const spiffe::Issuer mid_a = make_intermediate(root_a);
@@ -158,9 +157,7 @@ TEST_CASE("delivers every SVID, its bundle and the federated bundles of a respon
   (*r.mutable_federated_bundles())["spiffe://d.test"] = "";  // legal: trusts nothing
   fake.send(r);
 
-  Recorder rec;
-  auto source = make_source(fake.address());
-  source->start(rec.callbacks());
+  start_source();
   REQUIRE(rec.wait_updates(1));
   const auto ctx = rec.update(0);
   REQUIRE(ctx.svids.size() == 2);
@@ -191,10 +188,7 @@ TEST_CASE("delivers every SVID, its bundle and the federated bundles of a respon
   CHECK(rec.revocations() == 0);
 }
 
-TEST_CASE("discards broken responses and keeps the last good identity") {
-  TempDir dir;
-  FakeWorkloadApi fake(dir.socket());
-  Agent agent;
+TEST_CASE_METHOD(SourceFixture<>, "discards broken responses and keeps the last good identity") {
   X509SVIDResponse broken = agent.response_for(agent.db);
   SECTION("malformed certificate DER") {
     broken.mutable_svids(0)->set_x509_svid("\x30\x82\x01\x00not a certificate");
@@ -212,9 +206,7 @@ TEST_CASE("discards broken responses and keeps the last good identity") {
   fake.send(broken);
   fake.send(agent.response_for(agent.web));  // same as the first: proves nothing was swapped in
 
-  Recorder rec;
-  auto source = make_source(fake.address());
-  source->start(rec.callbacks());
+  start_source();
   REQUIRE(rec.wait_updates(1));
   REQUIRE(eventually([&] { return fake.script_done(); }));
   // The broken response reached the client before the repeat; the repeat of the last good
@@ -229,17 +221,13 @@ TEST_CASE("discards broken responses and keeps the last good identity") {
   CHECK(fake.calls() == 1);  // a bad message does not end the stream
 }
 
-TEST_CASE("tolerates duplicate identical responses without publishing again") {
-  TempDir dir;
-  FakeWorkloadApi fake(dir.socket());
-  Agent agent;
+TEST_CASE_METHOD(SourceFixture<>,
+                 "tolerates duplicate identical responses without publishing again") {
   for (int i = 0; i < 5; ++i) {
     fake.send(agent.response_for(agent.web));
   }
   fake.send(agent.response_for(agent.db));
-  Recorder rec;
-  auto source = make_source(fake.address());
-  source->start(rec.callbacks());
+  start_source();
   REQUIRE(rec.wait_updates(2));
   source->stop();
   CHECK(rec.updates() == 2);
@@ -247,16 +235,12 @@ TEST_CASE("tolerates duplicate identical responses without publishing again") {
   CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
 }
 
-TEST_CASE("reconnects after the stream fails with Unavailable and delivers again") {
-  TempDir dir;
-  FakeWorkloadApi fake(dir.socket());
-  Agent agent;
+TEST_CASE_METHOD(SourceFixture<>,
+                 "reconnects after the stream fails with Unavailable and delivers again") {
   fake.send(agent.response_for(agent.web));
   fake.end_stream({grpc::StatusCode::UNAVAILABLE, "agent is shutting down"});
   fake.send(agent.response_for(agent.db));
-  Recorder rec;
-  auto source = make_source(fake.address());
-  source->start(rec.callbacks());
+  start_source();
   REQUIRE(rec.wait_updates(2));
   source->stop();
   CHECK(fake.calls() == 2);
@@ -265,17 +249,13 @@ TEST_CASE("reconnects after the stream fails with Unavailable and delivers again
   CHECK(fake.header_rejections() == 0);  // the header went out once on each call
 }
 
-TEST_CASE("after a reconnect, the same identity again is not published twice") {
-  TempDir dir;
-  FakeWorkloadApi fake(dir.socket());
-  Agent agent;
+TEST_CASE_METHOD(SourceFixture<>,
+                 "after a reconnect, the same identity again is not published twice") {
   fake.send(agent.response_for(agent.web));
   fake.end_stream({grpc::StatusCode::UNAVAILABLE, "agent restarting"});
   fake.send(agent.response_for(agent.web));
   fake.send(agent.response_for(agent.db));
-  Recorder rec;
-  auto source = make_source(fake.address());
-  source->start(rec.callbacks());
+  start_source();
   REQUIRE(rec.wait_updates(2));
   source->stop();
   CHECK(fake.calls() == 2);
@@ -288,33 +268,30 @@ TEST_CASE("keeps retrying while the agent is down and resumes when it is back") 
   TempDir dir;
   Agent agent;
   Recorder rec;
-  // No agent yet: the socket does not exist.
-  auto source = make_source("unix://" + dir.socket());
+  // No agent yet: the socket does not exist. The agent being absent for a while (several
+  // 20-100 ms backoff rounds, none of which can be observed from outside) is what is tested.
+  auto source = make_source("unix://" + agent_socket(dir));
   source->start(rec.callbacks());
   std::this_thread::sleep_for(milliseconds(150));
   {
-    FakeWorkloadApi fake(dir.socket());
+    FakeWorkloadApi fake(agent_socket(dir));
     fake.send(agent.response_for(agent.web));
     REQUIRE(rec.wait_updates(1));
   }  // the agent goes away mid-stream
+  // Again a window in which the agent is gone: no revocation may come out of it.
   std::this_thread::sleep_for(milliseconds(150));
   CHECK(rec.revocations() == 0);  // losing the agent is not a revocation
-  FakeWorkloadApi restarted(dir.socket());
+  FakeWorkloadApi restarted(agent_socket(dir));
   restarted.send(agent.response_for(agent.db));
   REQUIRE(rec.wait_updates(2));
   source->stop();
   CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
 }
 
-TEST_CASE("PermissionDenied after identities were delivered revokes them") {
-  TempDir dir;
-  FakeWorkloadApi fake(dir.socket());
-  Agent agent;
+TEST_CASE_METHOD(SourceFixture<>, "PermissionDenied after identities were delivered revokes them") {
   fake.send(agent.response_for(agent.web));
   fake.end_stream({grpc::StatusCode::PERMISSION_DENIED, "no identity issued"});
-  Recorder rec;
-  auto source = make_source(fake.address());
-  source->start(rec.callbacks());
+  start_source();
   REQUIRE(rec.wait_updates(1));
   REQUIRE(eventually([&] { return rec.revocations() == 1; }));
   CHECK_THAT(rec.revocation(0), Contains("PermissionDenied"));
@@ -327,14 +304,9 @@ TEST_CASE("PermissionDenied after identities were delivered revokes them") {
   CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/web");
 }
 
-TEST_CASE("PermissionDenied before any identity means not registered yet") {
-  TempDir dir;
-  FakeWorkloadApi fake(dir.socket());
-  Agent agent;
+TEST_CASE_METHOD(SourceFixture<>, "PermissionDenied before any identity means not registered yet") {
   fake.reject_calls_with(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "no identity issued"));
-  Recorder rec;
-  auto source = make_source(fake.address());
-  source->start(rec.callbacks());
+  start_source();
   REQUIRE(eventually([&] { return fake.calls() >= 3; }));
   CHECK(rec.revocations() == 0);
   fake.reject_calls_with(std::nullopt);
@@ -344,14 +316,9 @@ TEST_CASE("PermissionDenied before any identity means not registered yet") {
   CHECK(rec.revocations() == 0);
 }
 
-TEST_CASE("InvalidArgument is reported but never stops the source") {
-  TempDir dir;
-  FakeWorkloadApi fake(dir.socket());
-  Agent agent;
+TEST_CASE_METHOD(SourceFixture<>, "InvalidArgument is reported but never stops the source") {
   fake.reject_calls_with(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad request"));
-  Recorder rec;
-  auto source = make_source(fake.address());
-  source->start(rec.callbacks());
+  start_source();
   REQUIRE(eventually([&] { return fake.calls() >= 3; }));
   fake.reject_calls_with(std::nullopt);
   fake.send(agent.response_for(agent.web));
@@ -359,13 +326,12 @@ TEST_CASE("InvalidArgument is reported but never stops the source") {
   source->stop();
 }
 
-TEST_CASE("the fake agent, like SPIRE, rejects calls without exactly one security header") {
-  TempDir dir;
-  FakeWorkloadApi fake(dir.socket());
-  Agent agent;
+TEST_CASE_METHOD(SourceFixture<>,
+                 "the fake agent, like SPIRE, rejects calls without exactly one security header") {
   auto call = [&](int headers, const std::string& value) {
-    return call_with_headers<X509SVIDResponse>(dir.socket(), headers, value,
-                                     &SpiffeWorkloadAPI::Stub::FetchX509SVID, X509SVIDRequest());
+    return call_with_headers<X509SVIDResponse>(agent_socket(dir), headers, value,
+                                               &SpiffeWorkloadAPI::Stub::FetchX509SVID,
+                                               X509SVIDRequest());
   };
   CHECK(call(0, "true") == std::make_pair(false, grpc::StatusCode::INVALID_ARGUMENT));
   CHECK(call(2, "true") == std::make_pair(false, grpc::StatusCode::INVALID_ARGUMENT));
@@ -376,10 +342,8 @@ TEST_CASE("the fake agent, like SPIRE, rejects calls without exactly one securit
   CHECK(call(1, "true") == std::make_pair(true, grpc::StatusCode::OK));
 
   // So a source that gets an identity from it sent the header exactly once.
-  Recorder rec;
   fake.send(agent.response_for(agent.web));
-  auto source = make_source(fake.address());
-  source->start(rec.callbacks());
+  start_source();
   REQUIRE(rec.wait_updates(1));
   source->stop();
   CHECK(fake.header_rejections() == 3);
@@ -390,7 +354,7 @@ TEST_CASE("stop() returns promptly while streaming, while retrying, and twice") 
   Agent agent;
   Recorder rec;
   SECTION("streaming") {
-    FakeWorkloadApi fake(dir.socket());
+    FakeWorkloadApi fake(agent_socket(dir));
     fake.send(agent.response_for(agent.web));
     auto source = make_source(fake.address());
     source->start(rec.callbacks());
@@ -403,7 +367,7 @@ TEST_CASE("stop() returns promptly while streaming, while retrying, and twice") 
     CHECK(eventually([&] { return fake.open_streams() == 0; }));
   }
   SECTION("waiting for the first message") {
-    FakeWorkloadApi fake(dir.socket());
+    FakeWorkloadApi fake(agent_socket(dir));
     auto source = make_source(fake.address());
     source->start(rec.callbacks());
     REQUIRE(eventually([&] { return fake.open_streams() == 1; }));
@@ -412,18 +376,23 @@ TEST_CASE("stop() returns promptly while streaming, while retrying, and twice") 
     CHECK(std::chrono::steady_clock::now() - t0 < milliseconds(500));
   }
   SECTION("backing off with a long delay") {
-    auto source = WorkloadApiSource::create({.address = "unix://" + dir.socket(),
+    auto source = WorkloadApiSource::create({.address = "unix://" + agent_socket(dir),
                                              .initial_backoff = std::chrono::seconds(60),
                                              .max_backoff = std::chrono::seconds(60)});
     REQUIRE(source.ok());
+    // An agent that turns both calls down: the source answers each with a 60 s backoff.
+    FakeWorkloadApi fake(agent_socket(dir));
+    const grpc::Status unavailable(grpc::StatusCode::UNAVAILABLE, "agent restarting");
+    fake.reject_calls_with(unavailable);
+    fake.reject_bundles_calls_with(unavailable);
     (*source)->start(rec.callbacks());
-    std::this_thread::sleep_for(milliseconds(100));
+    REQUIRE(eventually([&] { return fake.calls() >= 1 && fake.bundles_calls() >= 1; }));
     const auto t0 = std::chrono::steady_clock::now();
     (*source)->stop();
     CHECK(std::chrono::steady_clock::now() - t0 < milliseconds(500));
   }
   SECTION("never started") {
-    auto source = make_source("unix://" + dir.socket());
+    auto source = make_source("unix://" + agent_socket(dir));
     source->stop();
     source->stop();
   }

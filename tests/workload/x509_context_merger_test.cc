@@ -4,6 +4,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -20,12 +23,23 @@ using workload::X509SvidMessage;
 namespace {
 
 std::shared_ptr<const spiffe::Bundle> bundle_of(std::string_view td,
-                                                std::initializer_list<const spiffe::Issuer*> cas) {
+                                                const std::vector<const spiffe::Issuer*>& cas) {
   std::vector<base::X509Ptr> certs;
   for (const auto* ca : cas) {
     certs.push_back(base::share(ca->certificate()));
   }
   return std::make_shared<const spiffe::Bundle>(td_of(td), std::move(certs));
+}
+
+// A BundleMap from trust domain names to the certificates of their issuers:
+// bundles({{"a.test", {&w.a1}}, {"b.test", {&w.b}}}).
+BundleMap bundles(
+    std::initializer_list<std::pair<std::string_view, std::vector<const spiffe::Issuer*>>> tds) {
+  BundleMap map;
+  for (const auto& [td, cas] : tds) {
+    map[td_of(td)] = bundle_of(td, cas);
+  }
+  return map;
 }
 
 // A small world: trust domain a.test with two generations of root (a1, a2), and federated
@@ -53,7 +67,7 @@ struct World {
 TEST_CASE("merger holds bundles until the first SVID, then publishes both") {
   World w;
   X509ContextMerger merger;
-  CHECK_FALSE(merger.take_bundles({{td_of("b.test"), bundle_of("b.test", {&w.b})}}));
+  CHECK_FALSE(merger.take_bundles(bundles({{"b.test", {&w.b}}})));
   CHECK_FALSE(merger.has_svids());
   const auto ctx = merger.take_svids(w.svids(w.a1));
   REQUIRE(ctx);
@@ -69,10 +83,10 @@ TEST_CASE("merger publishes only changes, not repeats") {
   // The same content again, e.g. parsed anew after a reconnect.
   CHECK_FALSE(merger.take_svids(w.svids(w.a1)));
   // FetchX509Bundles saying what FetchX509SVID already said changes nothing.
-  CHECK_FALSE(merger.take_bundles({{td_of("a.test"), bundle_of("a.test", {&w.a1})}}));
-  CHECK_FALSE(merger.take_bundles({{td_of("a.test"), bundle_of("a.test", {&w.a1})}}));
-  const auto ctx = merger.take_bundles({{td_of("a.test"), bundle_of("a.test", {&w.a1})},
-                                        {td_of("b.test"), bundle_of("b.test", {&w.b})}});
+  CHECK_FALSE(merger.take_bundles(bundles({{"a.test", {&w.a1}}})));
+  CHECK_FALSE(merger.take_bundles(bundles({{"a.test", {&w.a1}}})));
+  const auto ctx = merger.take_bundles(bundles({{"a.test", {&w.a1}},
+                                        {"b.test", {&w.b}}}));
   REQUIRE(ctx);
   CHECK(trust_domains_of(*ctx) == "a.test,b.test");
 }
@@ -83,7 +97,7 @@ TEST_CASE("merger: for a trust domain both streams name, the newest change wins"
   REQUIRE(merger.take_svids(w.svids(w.a1)));
 
   // FetchX509Bundles delivers a rotated root before FetchX509SVID does.
-  auto ctx = merger.take_bundles({{td_of("a.test"), bundle_of("a.test", {&w.a1, &w.a2})}});
+  auto ctx = merger.take_bundles(bundles({{"a.test", {&w.a1, &w.a2}}}));
   REQUIRE(ctx);
   CHECK(bundle_is(*ctx, "a.test", {&w.a1, &w.a2}));
 
@@ -93,10 +107,10 @@ TEST_CASE("merger: for a trust domain both streams name, the newest change wins"
   CHECK(bundle_is(*ctx, "a.test", {&w.a2}));
 
   // A repeat of the older FetchX509Bundles message (a reconnect) is not a change.
-  CHECK_FALSE(merger.take_bundles({{td_of("a.test"), bundle_of("a.test", {&w.a1, &w.a2})}}));
+  CHECK_FALSE(merger.take_bundles(bundles({{"a.test", {&w.a1, &w.a2}}})));
 
   // A new FetchX509Bundles message is newer again.
-  ctx = merger.take_bundles({{td_of("a.test"), bundle_of("a.test", {&w.a2, &w.a1})}});
+  ctx = merger.take_bundles(bundles({{"a.test", {&w.a2, &w.a1}}}));
   REQUIRE(ctx);
   CHECK(bundle_is(*ctx, "a.test", {&w.a2, &w.a1}));
 }
@@ -104,16 +118,16 @@ TEST_CASE("merger: for a trust domain both streams name, the newest change wins"
 TEST_CASE("merger: a trust domain stays while either stream's newest message names it") {
   World w;
   X509ContextMerger merger;
-  const BundleMap c_federated = {{td_of("c.test"), bundle_of("c.test", {&w.c})}};
+  const BundleMap c_federated = bundles({{"c.test", {&w.c}}});
   REQUIRE(merger.take_svids(w.svids(w.a1, c_federated)));
-  auto ctx = merger.take_bundles({{td_of("a.test"), bundle_of("a.test", {&w.a1})},
-                                  {td_of("b.test"), bundle_of("b.test", {&w.b})},
-                                  {td_of("c.test"), bundle_of("c.test", {&w.c})}});
+  auto ctx = merger.take_bundles(bundles({{"a.test", {&w.a1}},
+                                  {"b.test", {&w.b}},
+                                  {"c.test", {&w.c}}}));
   REQUIRE(ctx);
   CHECK(trust_domains_of(*ctx) == "a.test,b.test,c.test");
 
   // FetchX509Bundles drops b and c: b is gone, c stays because FetchX509SVID still names it.
-  ctx = merger.take_bundles({{td_of("a.test"), bundle_of("a.test", {&w.a1})}});
+  ctx = merger.take_bundles(bundles({{"a.test", {&w.a1}}}));
   REQUIRE(ctx);
   CHECK(trust_domains_of(*ctx) == "a.test,c.test");
 
@@ -127,8 +141,8 @@ TEST_CASE("merger: clear() forgets both streams, and the same identity is publis
   World w;
   X509ContextMerger merger;
   REQUIRE(merger.take_svids(w.svids(w.a1)));
-  REQUIRE(merger.take_bundles({{td_of("a.test"), bundle_of("a.test", {&w.a1})},
-                               {td_of("b.test"), bundle_of("b.test", {&w.b})}}));
+  REQUIRE(merger.take_bundles(bundles({{"a.test", {&w.a1}},
+                               {"b.test", {&w.b}}})));
   merger.clear();
   CHECK_FALSE(merger.has_svids());
   const auto ctx = merger.take_svids(w.svids(w.a1));

@@ -12,6 +12,23 @@ using namespace spiffe_tunnel::spiffe::testing;
 using namespace spiffe_tunnel::workload::testing;
 using Catch::Matchers::Contains;
 
+namespace {
+
+// The reason parsing `r` fails with; fails the test if it parses.
+std::string rejection_of(const X509SVIDResponse& r) {
+  auto parsed = workload::parse_x509_svid_response(r);
+  REQUIRE_FALSE(parsed.ok());
+  return parsed.error().message;
+}
+
+std::string rejection_of(const X509BundlesResponse& r) {
+  auto parsed = workload::parse_x509_bundles_response(r);
+  REQUIRE_FALSE(parsed.ok());
+  return parsed.error().message;
+}
+
+}  // namespace
+
 // --- FetchX509SVID -------------------------------------------------------------------------------
 
 TEST_CASE("a response is parsed whole or rejected with the entry and reason") {
@@ -19,37 +36,27 @@ TEST_CASE("a response is parsed whole or rejected with the entry and reason") {
   SECTION("key of another SVID") {
     X509SVIDResponse r = agent.response_for(agent.web);
     r.mutable_svids(0)->set_x509_svid_key(pkcs8_der_of(agent.db.key.get()));
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("SVID #1 (spiffe://a.test/web)"));
+    CHECK_THAT(rejection_of(r), Contains("SVID #1 (spiffe://a.test/web)"));
   }
   SECTION("spiffe_id that is not the certificate's") {
     X509SVIDResponse r = agent.response_for(agent.web);
     r.mutable_svids(0)->set_spiffe_id("spiffe://a.test/db");
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("holds spiffe://a.test/web"));
+    CHECK_THAT(rejection_of(r), Contains("holds spiffe://a.test/web"));
   }
   SECTION("empty own bundle") {
     X509SVIDResponse r = agent.response_for(agent.web);
     r.mutable_svids(0)->clear_bundle();
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("mandatory field"));
+    CHECK_THAT(rejection_of(r), Contains("mandatory field"));
   }
   SECTION("federated key that is not a trust domain") {
     X509SVIDResponse r = agent.response_for(agent.web);
     (*r.mutable_federated_bundles())["spiffe://Bad.TD"] = der_of(agent.root.certificate());
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("federated bundle key \"spiffe://Bad.TD\""));
+    CHECK_THAT(rejection_of(r), Contains("federated bundle key \"spiffe://Bad.TD\""));
   }
   SECTION("garbage federated bundle") {
     X509SVIDResponse r = agent.response_for(agent.web);
     (*r.mutable_federated_bundles())["spiffe://b.test"] = "\x30\x03junk";
-    auto ctx = workload::parse_x509_svid_response(r);
-    REQUIRE_FALSE(ctx.ok());
-    CHECK_THAT(ctx.error().message, Contains("federated bundle for b.test"));
+    CHECK_THAT(rejection_of(r), Contains("federated bundle for b.test"));
   }
 }
 
@@ -95,20 +102,14 @@ TEST_CASE("a bundles response is parsed whole or rejected with the entry and rea
   X509BundlesResponse r = bundles_response({{"spiffe://a.test", {&root_a}}});
   SECTION("no bundle at all, not even the agent's own trust domain") {
     r.clear_bundles();
-    auto bundles = workload::parse_x509_bundles_response(r);
-    REQUIRE_FALSE(bundles.ok());
-    CHECK_THAT(bundles.error().message, Contains("holds no bundle"));
+    CHECK_THAT(rejection_of(r), Contains("holds no bundle"));
   }
   SECTION("key that is not a trust domain") {
     (*r.mutable_bundles())["spiffe://Bad.TD"] = der_of(root_a.certificate());
-    auto bundles = workload::parse_x509_bundles_response(r);
-    REQUIRE_FALSE(bundles.ok());
-    CHECK_THAT(bundles.error().message, Contains("bundle key \"spiffe://Bad.TD\""));
+    CHECK_THAT(rejection_of(r), Contains("bundle key \"spiffe://Bad.TD\""));
   }
   SECTION("garbage DER") {
     (*r.mutable_bundles())["spiffe://b.test"] = "\x30\x03junk";
-    auto bundles = workload::parse_x509_bundles_response(r);
-    REQUIRE_FALSE(bundles.ok());
-    CHECK_THAT(bundles.error().message, Contains("bundle for b.test"));
+    CHECK_THAT(rejection_of(r), Contains("bundle for b.test"));
   }
 }

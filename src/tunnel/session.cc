@@ -57,6 +57,9 @@ void Session::abort(std::string reason) {
 void Session::close_all() {
   asio::error_code ignored;
   accepted_.close(ignored);
+  if (handshake_) {
+    handshake_->close();
+  }
   if (tls_) {
     tls_->close();
   }
@@ -113,35 +116,23 @@ asio::awaitable<std::unique_ptr<tls::TlsStream>> Session::handshake(asio::ip::tc
     reject("not_ready", "refusing connection: " + ctx.error().message);
     co_return nullptr;
   }
-  auto stream = tls::TlsStream::create(std::move(socket), *ctx);
-  if (!stream) {
-    reject("internal", stream.error().message);
+  auto handshake = tls::Handshake::create(std::move(socket), *ctx);
+  if (!handshake) {
+    reject("internal", handshake.error().message);
     co_return nullptr;
   }
-  tls_ = std::move(*stream);
+  handshake_ = std::move(*handshake);
   arm_deadline(tunnel_.options().handshake_timeout, "TLS handshake timeout");
-  asio::error_code ec;
-  co_await tls_->handshake(ec);
+  std::unique_ptr<tls::TlsStream> stream = co_await handshake_->run();
   disarm_deadline();
-  if (!ec) {
-    if (tls_->context().options().ktls == tls::KtlsMode::kOn &&
-        !(tls_->kernel_writes() && tls_->kernel_reads())) {
-      reject("ktls_unavailable", "ktls is \"on\" but this connection (" + tls_->protocol() + " " +
-                                     tls_->cipher() + ") was not offloaded both ways: " +
-                                     tls_->ktls_detail());
-      co_return nullptr;
-    }
-    co_return std::move(tls_);
+  if (stream) {
+    handshake_.reset();
+    co_return stream;
   }
-  const tls::PeerOutcome& o = tls_->outcome();
   if (!timed_out_.empty()) {
     reject("handshake_timeout", timed_out_);
-  } else if (o.rejection != spiffe::Rejection::kNone) {
-    reject(spiffe::rejection_label(o.rejection), o.detail);
   } else {
-    reject("handshake_error", "TLS handshake failed: " +
-                                  (tls_->error_detail().empty() ? ec.message()
-                                                                : tls_->error_detail()));
+    reject(handshake_->failure().reason, handshake_->failure().detail);
   }
   co_return nullptr;
 }
@@ -185,11 +176,11 @@ asio::awaitable<bool> Session::ask_opa() {
   if (!opa) {
     co_return true;
   }
-  const tls::PeerOutcome& o = tls_->outcome();
+  const tls::PeerOutcome& o = tls_->info().peer;
   // A named input: GCC 12 mishandles temporaries that live across a co_await.
   policy::OpaInput input{tunnel_.options().name,
                          tunnel_.tls().options().role == tls::Role::kServer ? "server" : "client",
-                         *o.peer_id, tls_->context().svid().id.str()};
+                         *o.peer_id, tls_->info().context->svid().id.str()};
   policy::OpaDecision d = co_await opa->decide(std::move(input));
   if (d.error) {
     reject("opa_unavailable", "peer " + o.peer_id->str() + " refused: " + d.reason);
@@ -239,12 +230,13 @@ void Session::log_opened() const {
   if (!spdlog::should_log(spdlog::level::info)) {
     return;
   }
-  const tls::PeerOutcome& o = tls_->outcome();
+  const tls::ConnectionInfo& info = tls_->info();
+  const tls::PeerOutcome& o = info.peer;
   const auto path = [](bool k) { return k ? "ktls" : "userspace"; };
   spdlog::info("{} opened peer={} ({}) {} {} tls tx={} rx={}{}", prefix(), o.peer_id->str(),
-               o.authorized_by, tls_->protocol(), tls_->cipher(), path(tls_->kernel_writes()),
+               o.authorized_by, info.protocol, info.cipher, path(tls_->kernel_writes()),
                path(tls_->kernel_reads()),
-               tls_->ktls_detail().empty() ? "" : " (" + tls_->ktls_detail() + ")");
+               info.ktls_detail.empty() ? "" : " (" + info.ktls_detail + ")");
 }
 
 void Session::log_closed(const pump::PumpResult& r, bool server) const {
@@ -263,7 +255,7 @@ void Session::log_closed(const pump::PumpResult& r, bool server) const {
     why = std::string(server ? "target→peer " : "app→remote ") + r.b_to_a.error;
   }
   spdlog::info("{} closed peer={} bytes_from_peer={} bytes_to_peer={} duration_ms={} path={}/{} ({})",
-               prefix(), tls_->outcome().peer_id->str(), r.a_to_b.bytes, r.b_to_a.bytes, ms,
+               prefix(), tls_->info().peer.peer_id->str(), r.a_to_b.bytes, r.b_to_a.bytes, ms,
                pump::path_name(r.a_to_b.path), pump::path_name(r.b_to_a.path), why);
 }
 
@@ -279,7 +271,7 @@ asio::awaitable<void> Session::run() {
     log_opened();
     pump::PumpOptions po;
     po.buffer_size = tunnel_.options().buffer_size;
-    po.allow_splice = tls_->context().options().ktls != tls::KtlsMode::kOff;
+    po.allow_splice = tunnel_.tls().options().ktls != tls::KtlsMode::kOff;
     po.on_activity = [this] { last_activity_ = std::chrono::steady_clock::now(); };
     arm_idle();
     // a = TLS side, b = plain side.

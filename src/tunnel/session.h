@@ -12,6 +12,7 @@
 
 #include "spiffe_tunnel/base/byte_stream.h"
 #include "spiffe_tunnel/pump/pump.h"
+#include "spiffe_tunnel/tls/handshake.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
 #include "spiffe_tunnel/tunnel/tunnel.h"
 
@@ -50,6 +51,7 @@ class Session : public std::enable_shared_from_this<Session> {
   const uint64_t id_;
   std::string peer_address_;
   asio::ip::tcp::socket accepted_;
+  std::unique_ptr<tls::Handshake> handshake_;  // while the TLS handshake runs
   std::unique_ptr<tls::TlsStream> tls_;
   std::unique_ptr<base::TcpStream> plain_;
   // The target socket and resolver while connect_target() runs, so that a deadline or abort can

@@ -13,6 +13,7 @@
 
 #include "spiffe_tunnel/base/unique_fd.h"
 #include "spiffe_tunnel/tls/record_cipher.h"
+#include "spiffe_tunnel/tls/records.h"
 
 #ifndef SOL_TLS
 #define SOL_TLS 282
@@ -152,24 +153,6 @@ ssize_t send_record(int fd, uint8_t type, std::span<const char> data) {
   c->cmsg_len = CMSG_LEN(sizeof(unsigned char));
   *reinterpret_cast<unsigned char*>(CMSG_DATA(c)) = type;
   return ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-}
-
-std::string alert_name(uint8_t d) {
-  switch (d) {
-    case 0: return "close_notify";
-    case 10: return "unexpected_message";
-    case 20: return "bad_record_mac";
-    case 22: return "record_overflow";
-    case 40: return "handshake_failure";
-    case 42: return "bad_certificate";
-    case 46: return "certificate_unknown";
-    case 48: return "unknown_ca";
-    case 50: return "decode_error";
-    case 51: return "decrypt_error";
-    case 80: return "internal_error";
-    case 90: return "user_canceled";
-    default: return "alert " + std::to_string(d);
-  }
 }
 
 }  // namespace spiffe_tunnel::tls::ktls

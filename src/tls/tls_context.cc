@@ -2,6 +2,8 @@
 
 #include <openssl/err.h>
 
+#include "spiffe_tunnel/tls/records.h"
+
 namespace spiffe_tunnel::tls {
 namespace {
 
@@ -60,10 +62,9 @@ void TlsContext::keylog_callback(const SSL* ssl, const char* line) {
 
 // Watches for a peer's TLS 1.3 KeyUpdate: OpenSSL 3.0 would re-key its own write context but not
 // the kernel's, so with kernel TX offload the connection would silently corrupt. The stream
-// closes the connection instead (see TlsStream::read_some).
+// closes the connection instead (see OpenSslStream::try_read).
 void TlsContext::msg_callback(int write_p, int /*version*/, int content_type, const void* buf,
                               size_t len, SSL* ssl, void* /*arg*/) {
-  constexpr unsigned char kKeyUpdate = 24;
   if (write_p != 0 || content_type != SSL3_RT_HANDSHAKE || len == 0 ||
       static_cast<const unsigned char*>(buf)[0] != kKeyUpdate) {
     return;

@@ -60,6 +60,9 @@ void Session::close_all() {
   asio::error_code ignored;
   accepted_.close(ignored);
   target_.close(ignored);
+  if (handshake_) {
+    handshake_->close();
+  }
   if (resolver_) {
     resolver_->cancel();
   }
@@ -113,41 +116,26 @@ asio::awaitable<bool> Session::handshake(asio::ip::tcp::socket socket) {
     reject("not_ready", "refusing connection: " + ctx.error().message);
     co_return false;
   }
-  auto stream = tls::TlsStream::create(std::move(socket), *ctx);
-  if (!stream) {
-    reject("internal", stream.error().message);
+  auto made = tls::Handshake::create(std::move(socket), *ctx);
+  if (!made) {
+    reject("internal", made.error().message);
     co_return false;
   }
-  tls_ = std::move(*stream);
+  handshake_ = std::move(*made);
   arm_deadline(context_->limits.handshake_timeout, "TLS handshake timeout");
-  asio::error_code ec;
-  co_await tls_->handshake(ec);
+  std::unique_ptr<tls::TlsStream> stream = co_await handshake_->run();
   disarm_deadline();
-  if (ec) {
-    reject_handshake(ec);
-    co_return false;
+  if (stream) {
+    tls_ = std::move(stream);
+    handshake_.reset();
+    co_return true;
   }
-  if (tls_->context().options().ktls == tls::KtlsMode::kOn &&
-      !(tls_->kernel_writes() && tls_->kernel_reads())) {
-    reject("ktls_unavailable", "ktls is \"on\" but this connection (" + tls_->protocol() + " " +
-                                   tls_->cipher() + ") was not offloaded both ways: " +
-                                   tls_->ktls_detail());
-    co_return false;
-  }
-  co_return true;
-}
-
-void Session::reject_handshake(const asio::error_code& ec) {
-  const tls::PeerOutcome& o = tls_->outcome();
   if (!timed_out_.empty()) {
     reject("handshake_timeout", timed_out_);
-  } else if (o.rejection != spiffe::Rejection::kNone) {
-    reject(spiffe::rejection_label(o.rejection), o.detail);
   } else {
-    reject("handshake_error", "TLS handshake failed: " +
-                                  (tls_->error_detail().empty() ? ec.message()
-                                                                : tls_->error_detail()));
+    reject(handshake_->failure().reason, handshake_->failure().detail);
   }
+  co_return false;
 }
 
 asio::awaitable<bool> Session::connect_target() {
@@ -185,10 +173,10 @@ asio::awaitable<bool> Session::ask_opa() {
   if (!opa) {
     co_return true;
   }
-  const tls::PeerOutcome& o = tls_->outcome();
+  const tls::PeerOutcome& o = tls_->info().peer;
   // A named input: GCC 12 mishandles temporaries that live across a co_await.
   policy::OpaInput input{context_->name, std::string(context_->mode_name()), *o.peer_id,
-                         tls_->context().svid().id.str()};
+                         tls_->info().context->svid().id.str()};
   policy::OpaDecision d = co_await opa->decide(std::move(input));
   if (d.error) {
     reject("opa_unavailable", "peer " + o.peer_id->str() + " refused: " + d.reason);
@@ -240,12 +228,13 @@ void Session::log_opened() const {
   if (!spdlog::should_log(spdlog::level::info)) {
     return;
   }
-  const tls::PeerOutcome& o = tls_->outcome();
+  const tls::ConnectionInfo& info = tls_->info();
+  const tls::PeerOutcome& o = info.peer;
   const auto path = [](bool k) { return k ? "ktls" : "userspace"; };
   spdlog::info("{} opened peer={} ({}) {} {} tls tx={} rx={}{}", prefix(), o.peer_id->str(),
-               o.authorized_by, tls_->protocol(), tls_->cipher(), path(tls_->kernel_writes()),
+               o.authorized_by, info.protocol, info.cipher, path(tls_->kernel_writes()),
                path(tls_->kernel_reads()),
-               tls_->ktls_detail().empty() ? "" : " (" + tls_->ktls_detail() + ")");
+               info.ktls_detail.empty() ? "" : " (" + info.ktls_detail + ")");
 }
 
 void Session::log_closed(const pump::PumpResult& r) const {
@@ -265,7 +254,7 @@ void Session::log_closed(const pump::PumpResult& r) const {
     why = std::string(server ? "target→peer " : "app→remote ") + r.b_to_a.error;
   }
   spdlog::info("{} closed peer={} bytes_from_peer={} bytes_to_peer={} duration_ms={} path={}/{} ({})",
-               prefix(), tls_->outcome().peer_id->str(), r.a_to_b.bytes, r.b_to_a.bytes, ms,
+               prefix(), tls_->info().peer.peer_id->str(), r.a_to_b.bytes, r.b_to_a.bytes, ms,
                pump::path_name(r.a_to_b.path), pump::path_name(r.b_to_a.path), why);
 }
 
@@ -289,7 +278,8 @@ asio::awaitable<void> Session::run() {
     log_opened();
     pump::PumpOptions po;
     po.buffer_size = context_->limits.buffer_size;
-    po.allow_splice = tls_->context().options().ktls != tls::KtlsMode::kOff;
+    // No allow_splice decision here: a stream reports kernel_reads/kernel_writes only when the
+    // kernel holds its record layer, which `ktls: off` never allows.
     po.on_activity = [this] { last_activity_ = std::chrono::steady_clock::now(); };
     arm_idle();
     // a = TLS side, b = plain side.

@@ -16,6 +16,7 @@
 #include "spiffe_tunnel/base/byte_stream.h"
 #include "spiffe_tunnel/base/drain.h"
 #include "spiffe_tunnel/pump/pump.h"
+#include "spiffe_tunnel/tls/handshake.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
 #include "spiffe_tunnel/tunnel/tunnel_context.h"
 
@@ -39,7 +40,6 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<bool> open_client();
   // The TLS handshake on `socket`; on success tls_ holds the verified, authorized stream.
   asio::awaitable<bool> handshake(asio::ip::tcp::socket socket);
-  void reject_handshake(const asio::error_code& ec);
   // Connects target_ to the context's target.
   asio::awaitable<bool> connect_target();
   // The tunnel's OPA decision for the verified peer; true when there is none to ask.
@@ -65,6 +65,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // resolver when the target is a name: both are closed or cancelled by a deadline or abort.
   asio::ip::tcp::socket target_;
   std::optional<asio::ip::tcp::resolver> resolver_;
+  // The handshake while it runs (a deadline or abort closes it), then the stream it hands over.
+  std::unique_ptr<tls::Handshake> handshake_;
   std::unique_ptr<tls::TlsStream> tls_;
   std::unique_ptr<base::TcpStream> plain_;
   asio::steady_timer deadline_;

@@ -1,11 +1,12 @@
-// The userspace TLS 1.3 record layer: RecordCipher on its own, and TlsStream running it against a
-// plain OpenSSL peer (an independent implementation of the same records, KeyUpdate included).
+// The userspace TLS 1.3 record layer: RecordCipher on its own, and the stream running it
+// (RecordLayer::kUserspace) against a plain OpenSSL peer (an independent implementation of the same records, KeyUpdate included).
 
 #include "spiffe_tunnel/tls/record_cipher.h"
 
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <asio/co_spawn.hpp>
@@ -22,6 +23,7 @@
 
 #include "spiffe_tunnel/base/clock.h"
 #include "spiffe_tunnel/identity/identity_store.h"
+#include "spiffe_tunnel/tls/handshake.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
 #include "tls/test_tls.h"
@@ -31,6 +33,7 @@ using namespace spiffe_tunnel;
 using namespace spiffe_tunnel::tls::testing;
 using Catch::Matchers::Contains;
 using tls::RecordCipher;
+using tls::RecordLayer;
 
 // g++ 12 reports asio's coroutine frames as freed with a "mismatched" operator delete in some
 // inlining contexts (asio's awaitable_frame_base declares the matching operator new and delete);
@@ -230,15 +233,9 @@ TEST_CASE("unsupported suites and wrong secret sizes are named") {
   CHECK_THAT(s.error().message, Contains("32 bytes, expected 48"));
 }
 
-// ---- TlsStream's record layer against OpenSSL's ------------------------------------------------
+// ---- The stream's record layer against OpenSSL's ----------------------------------------------
 
 namespace {
-
-struct Pki {
-  spiffe::Issuer example = make_root("example.org");
-  std::shared_ptr<const spiffe::X509Svid> server = svid_of(example, "spiffe://example.org/server");
-  std::shared_ptr<const spiffe::X509Svid> client = svid_of(example, "spiffe://example.org/client");
-};
 
 int accept_any(int, X509_STORE_CTX*) { return 1; }
 
@@ -296,22 +293,16 @@ asio::awaitable<void> read_once(tls::TlsStream& s, std::size_t& n, asio::error_c
 }
 
 // Two spiffe-tunnel streams after a TLS 1.3 handshake over loopback.
-struct EstablishedPair {
-  Pki pki;
-  Side server_side{options_for(tls::Role::kServer, allow_any_verified()),
-                   snapshot_of({pki.server}, {&pki.example})};
-  Side client_side{options_for(tls::Role::kClient, allow_any_verified()),
-                   snapshot_of({pki.client}, {&pki.example})};
-  asio::io_context io;
-  Connection c = handshake(io, client_side.context(), server_side.context());
+struct EstablishedPair : PairSetup {
+  Connection c = connect();
   tls::TlsStream* client = nullptr;
   tls::TlsStream* server = nullptr;
 
   EstablishedPair() {
-    REQUIRE_FALSE(c.client_ec);
-    REQUIRE_FALSE(c.server_ec);
-    client = c.client.get();
-    server = c.server.get();
+    REQUIRE(c.client.ok());
+    REQUIRE(c.server.ok());
+    client = c.client.stream.get();
+    server = c.server.stream.get();
   }
 };
 
@@ -328,14 +319,16 @@ struct PeerReport {
 }  // namespace
 
 // spiffe-tunnel's side of the OpenSSL interop conversation (see the peer thread below).
-asio::awaitable<void> talk_to_openssl(tls::TlsStream& s, const std::string& suite,
+asio::awaitable<void> talk_to_openssl(tls::Handshake& handshake, const std::string& suite,
                                       const std::string& bulk, bool& done) {
+  std::unique_ptr<tls::TlsStream> stream = co_await handshake.run();
+  INFO(handshake.failure().detail);
+  REQUIRE(stream);
+  tls::TlsStream& s = *stream;
+  CHECK(s.info().record_layer == RecordLayer::kUserspace);
+  CHECK(s.info().cipher == suite);
+  CHECK(s.info().protocol == "TLSv1.3");
   asio::error_code ec;
-  co_await s.handshake(ec);
-  REQUIRE_FALSE(ec);
-  CHECK(s.own_records());
-  CHECK(s.cipher() == suite);
-  CHECK(s.protocol() == "TLSv1.3");
   co_await s.write_all(std::string_view("hello"), ec);
   REQUIRE_FALSE(ec);
   std::string got;
@@ -416,11 +409,9 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
     return r;
   });
 
-  auto stream = tls::TlsStream::create(std::move(a), context);
-  REQUIRE(stream.ok());
-  tls::TlsStream& s = **stream;
+  std::unique_ptr<tls::Handshake> handshake = handshake_on(std::move(a), context);
   bool done = false;
-  asio::co_spawn(io, talk_to_openssl(s, suite, bulk, done), rethrow);
+  asio::co_spawn(io, talk_to_openssl(*handshake, suite, bulk, done), rethrow);
   run_bounded(io, std::chrono::seconds(20));
   const PeerReport r = peer_done.get();
   INFO("OpenSSL peer errors: " << r.errors);
@@ -435,7 +426,7 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
 TEST_CASE("a forged record on an established connection fails the read, never delivers data") {
   EstablishedPair p;
   asio::io_context& io = p.io;
-  REQUIRE(p.server->own_records());
+  REQUIRE(p.server->info().record_layer == RecordLayer::kUserspace);
 
   // Forge a well-formed application-data record of random bytes straight onto the wire.
   std::vector<unsigned char> forged(tls::kRecordHeader + 64);
@@ -465,14 +456,14 @@ TEST_CASE("a forged record on an established connection fails the read, never de
   run_bounded(io);
   CHECK(n == 0);
   CHECK(ec);
-  CHECK_THAT(srv.error_detail(), Contains(expected));
+  CHECK_THAT(srv.last_error(), Contains(expected));
 }
 
 TEST_CASE("a partial record makes the reader wait for the socket, not spin") {
   EstablishedPair p;
   asio::io_context& io = p.io;
   tls::TlsStream& srv = *p.server;
-  REQUIRE(srv.own_records());
+  REQUIRE(srv.info().record_layer == RecordLayer::kUserspace);
 
   // The first 15 bytes of a 69-byte record.
   std::vector<unsigned char> record(tls::kRecordHeader + 64, 0x5a);
@@ -484,11 +475,10 @@ TEST_CASE("a partial record makes the reader wait for the socket, not spin") {
   REQUIRE(::send(fd, record.data(), 15, MSG_NOSIGNAL) == 15);
   char buf[128];
   asio::error_code ec;
-  // try_read takes in the partial record and has nothing to give.
-  for (int i = 0; i < 100 && !srv.has_buffered_input(); ++i) {
-    CHECK(srv.try_read({buf, sizeof(buf)}, ec) == 0);
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+  // Once the 15 bytes have arrived, try_read takes in the partial record and has nothing to give.
+  pollfd readable{srv.socket().native_handle(), POLLIN, 0};
+  REQUIRE(::poll(&readable, 1, 5000) == 1);
+  CHECK(srv.try_read({buf, sizeof(buf)}, ec) == 0);
   REQUIRE(ec == asio::error::would_block);
   REQUIRE(srv.has_buffered_input());
 
@@ -511,5 +501,5 @@ TEST_CASE("a partial record makes the reader wait for the socket, not spin") {
   CHECK_FALSE(wec);
   CHECK(srv.try_read({buf, sizeof(buf)}, ec) == 0);
   CHECK(ec);
-  CHECK_THAT(srv.error_detail(), Contains("bad_record_mac"));
+  CHECK_THAT(srv.last_error(), Contains("bad_record_mac"));
 }

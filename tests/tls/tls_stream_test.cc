@@ -18,6 +18,7 @@
 
 #include "spiffe_tunnel/base/clock.h"
 #include "spiffe_tunnel/identity/identity_store.h"
+#include "spiffe_tunnel/tls/handshake.h"
 #include "spiffe_tunnel/tls/ktls.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "tls/test_tls.h"
@@ -29,6 +30,7 @@ using namespace spiffe_tunnel::tls::testing;
 using Catch::Matchers::Contains;
 using spiffe::Rejection;
 using tls::ContextProvider;
+using tls::RecordLayer;
 using tls::Role;
 using tls::TlsContext;
 using tls::TlsOptions;
@@ -40,15 +42,6 @@ using tls::TlsStream;
 namespace {
 
 using ContextPtr = std::shared_ptr<const TlsContext>;
-
-// Two trust domains and a workload identity in each.
-struct Pki {
-  spiffe::Issuer example = make_root("example.org");
-  spiffe::Issuer other = make_root("other.org");
-  std::shared_ptr<const spiffe::X509Svid> server = svid_of(example, "spiffe://example.org/server");
-  std::shared_ptr<const spiffe::X509Svid> client = svid_of(example, "spiffe://example.org/client");
-  std::shared_ptr<const spiffe::X509Svid> stranger = svid_of(other, "spiffe://other.org/client");
-};
 
 // Reads exactly `n` bytes (or fewer at end of stream).
 asio::awaitable<std::string> read_exactly(base::ByteStream& s, std::size_t n,
@@ -67,84 +60,104 @@ asio::awaitable<std::string> read_exactly(base::ByteStream& s, std::size_t n,
 }
 
 // A standard-conforming pair: both in example.org, each allowing the other.
-struct GoodPair {
-  Pki pki;
-  Side server{options_for(Role::kServer, allow_ids({"spiffe://example.org/client"})),
-              snapshot_of({pki.server}, {&pki.example})};
-  Side client{options_for(Role::kClient, allow_ids({"spiffe://example.org/server"})),
-              snapshot_of({pki.client}, {&pki.example})};
+struct GoodPair : PairSetup {
+  GoodPair() {
+    server.authorizer = allow_ids({"spiffe://example.org/client"});
+    client.authorizer = allow_ids({"spiffe://example.org/server"});
+  }
 };
 
 }  // namespace
 
 TEST_CASE("a mutual TLS 1.3 handshake tells each side the other's SPIFFE ID") {
   GoodPair p;
-  asio::io_context io;
-  Connection c = handshake(io, p.client.context(), p.server.context());
-  REQUIRE_FALSE(c.client_ec);
-  REQUIRE_FALSE(c.server_ec);
+  Connection c = p.connect();
+  REQUIRE(c.client.ok());
+  REQUIRE(c.server.ok());
 
-  CHECK(c.server->outcome().verified);
-  CHECK(c.server->outcome().rejection == Rejection::kNone);
-  REQUIRE(c.server->outcome().peer_id);
-  CHECK(c.server->outcome().peer_id->str() == "spiffe://example.org/client");
-  CHECK_THAT(c.server->outcome().authorized_by, Contains("spiffe://example.org/client is listed"));
+  const tls::ConnectionInfo& server = c.server.stream->info();
+  CHECK(server.peer.verified);
+  CHECK(server.peer.rejection == Rejection::kNone);
+  REQUIRE(server.peer.peer_id);
+  CHECK(server.peer.peer_id->str() == "spiffe://example.org/client");
+  CHECK_THAT(server.peer.authorized_by, Contains("spiffe://example.org/client is listed"));
 
-  CHECK(c.client->outcome().verified);
-  REQUIRE(c.client->outcome().peer_id);
-  CHECK(c.client->outcome().peer_id->str() == "spiffe://example.org/server");
+  const tls::ConnectionInfo& client = c.client.stream->info();
+  CHECK(client.peer.verified);
+  REQUIRE(client.peer.peer_id);
+  CHECK(client.peer.peer_id->str() == "spiffe://example.org/server");
 
-  CHECK(c.client->protocol() == "TLSv1.3");
-  CHECK(c.server->protocol() == "TLSv1.3");
-  CHECK(c.client->cipher() == "TLS_AES_128_GCM_SHA256");  // first in the default preference
-  CHECK(c.server->error_detail().empty());
+  CHECK(client.protocol == "TLSv1.3");
+  CHECK(server.protocol == "TLSv1.3");
+  CHECK(client.cipher == "TLS_AES_128_GCM_SHA256");  // first in the default preference
+  CHECK(c.server.stream->last_error().empty());
+  CHECK(c.server.failure().reason.empty());
 }
 
 TEST_CASE("without kernel TLS both directions stay in userspace and the stream says why") {
   GoodPair p;
-  asio::io_context io;
-  Connection c = handshake(io, p.client.context(), p.server.context());
-  REQUIRE_FALSE(c.client_ec);
-  REQUIRE_FALSE(c.server_ec);
+  Connection c = p.connect();
+  REQUIRE(c.client.ok());
+  REQUIRE(c.server.ok());
   if (tls::ktls::probe_kernel_tls().ok()) {
     WARN("this host has kernel TLS; the UML integration tests cover offload");
     return;
   }
-  for (TlsStream* s : {c.client.get(), c.server.get()}) {
+  for (TlsStream* s : {c.client.stream.get(), c.server.stream.get()}) {
     CHECK_FALSE(s->kernel_writes());
     CHECK_FALSE(s->kernel_reads());
-    CHECK_THAT(s->ktls_detail(), Contains("did not offload transmit"));
+    CHECK(s->info().record_layer != RecordLayer::kKernel);
+    CHECK_THAT(s->info().ktls_detail, Contains("did not offload transmit"));
+  }
+}
+
+TEST_CASE("ktls on refuses a connection the kernel did not take both ways, in the handshake") {
+  PairSetup p;
+  p.server.ktls = tls::KtlsMode::kOn;
+  Connection c = p.connect();
+  if (tls::ktls::probe_kernel_tls().ok()) {
+    WARN("this host has kernel TLS; the UML integration tests cover offload");
+    return;
+  }
+  REQUIRE_FALSE(c.server.ok());
+  // The peer itself was fine: only the record layer is refused.
+  CHECK(c.server.outcome().verified);
+  CHECK(c.server.outcome().rejection == Rejection::kNone);
+  CHECK(c.server.failure().reason == "ktls_unavailable");
+  CHECK(c.server.failure().detail ==
+        "ktls is \"on\" but this connection (TLSv1.3 TLS_AES_128_GCM_SHA256) was not offloaded "
+        "both ways: OpenSSL did not offload transmit (kernel without tls module, or cipher "
+        "TLS_AES_128_GCM_SHA256 not offloadable)");
+  // The client (ktls auto) is not affected by the server's setting.
+  if (c.client.ok()) {
+    CHECK(c.client.stream->info().record_layer == RecordLayer::kUserspace);
   }
 }
 
 TEST_CASE("with ktls off the stream neither offloads nor explains") {
-  Pki pki;
-  auto server_opts = options_for(Role::kServer, allow_any_verified());
-  server_opts.ktls = tls::KtlsMode::kOff;
-  auto client_opts = options_for(Role::kClient, allow_any_verified());
-  client_opts.ktls = tls::KtlsMode::kOff;
-  Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
-  Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
-  asio::io_context io;
-  Connection c = handshake(io, client.context(), server.context());
-  REQUIRE_FALSE(c.client_ec);
-  REQUIRE_FALSE(c.server_ec);
-  CHECK_FALSE(c.client->kernel_writes());
-  CHECK_FALSE(c.client->kernel_reads());
-  CHECK(c.client->ktls_detail().empty());
+  PairSetup p;
+  p.server.ktls = tls::KtlsMode::kOff;
+  p.client.ktls = tls::KtlsMode::kOff;
+  Connection c = p.connect();
+  REQUIRE(c.client.ok());
+  REQUIRE(c.server.ok());
+  TlsStream& client = *c.client.stream;
+  CHECK_FALSE(client.kernel_writes());
+  CHECK_FALSE(client.kernel_reads());
+  CHECK(client.info().ktls_detail.empty());
+  CHECK(client.info().record_layer == RecordLayer::kUserspace);
 }
 
 TEST_CASE("data flows both ways and a half-close leaves the other direction open") {
   GoodPair p;
-  asio::io_context io;
-  Connection c = handshake(io, p.client.context(), p.server.context());
-  REQUIRE_FALSE(c.client_ec);
-  REQUIRE_FALSE(c.server_ec);
+  Connection c = p.connect();
+  REQUIRE(c.client.ok());
+  REQUIRE(c.server.ok());
   // No kernel offload here: TLS 1.3 records are this stream's own, both ends.
-  CHECK(c.client->own_records());
-  CHECK(c.server->own_records());
-  CHECK_FALSE(c.client->holds_openssl());
-  CHECK_FALSE(c.server->holds_openssl());
+  CHECK(c.client.stream->info().record_layer == RecordLayer::kUserspace);
+  CHECK(c.server.stream->info().record_layer == RecordLayer::kUserspace);
+  CHECK(tls::record_layer_name(c.server.stream->info().record_layer) == "userspace");
+  asio::io_context& io = p.io;
 
   // Larger than one TLS record and than the socket buffers, so writes must wait for reads.
   std::string big(3 * 1024 * 1024 + 17, '\0');
@@ -157,7 +170,7 @@ TEST_CASE("data flows both ways and a half-close leaves the other direction open
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
-        TlsStream& s = *c.server;
+        TlsStream& s = *c.server.stream;
         asio::error_code ec;
         const std::string got = co_await read_exactly(s, big.size(), ec);
         REQUIRE_FALSE(ec);
@@ -178,7 +191,7 @@ TEST_CASE("data flows both ways and a half-close leaves the other direction open
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
-        TlsStream& s = *c.client;
+        TlsStream& s = *c.client.stream;
         asio::error_code ec;
         co_await s.write_all(big, ec);
         REQUIRE_FALSE(ec);
@@ -200,104 +213,85 @@ TEST_CASE("data flows both ways and a half-close leaves the other direction open
 }
 
 TEST_CASE("the server refuses a client from a trust domain it holds no bundle for") {
-  Pki pki;
-  Side server(options_for(Role::kServer, allow_any_verified()),
-              snapshot_of({pki.server}, {&pki.example}));
-  Side client(options_for(Role::kClient, allow_any_verified()),
-              snapshot_of({pki.stranger}, {&pki.example, &pki.other}));
-  asio::io_context io;
-  Connection c = handshake(io, client.context(), server.context());
+  PairSetup p;
+  p.client_svid = p.pki.stranger;
+  p.client_trusts_other_org = true;
+  Connection c = p.connect();
 
-  REQUIRE(c.server_ec);
-  CHECK(c.server->outcome().rejection == Rejection::kUntrustedDomain);
-  REQUIRE(c.server->outcome().peer_id);
-  CHECK(c.server->outcome().peer_id->str() == "spiffe://other.org/client");
-  CHECK_THAT(c.server->outcome().detail, Contains("other.org"));
-  CHECK_FALSE(c.server->outcome().verified);
+  REQUIRE_FALSE(c.server.ok());
+  CHECK(c.server.outcome().rejection == Rejection::kUntrustedDomain);
+  REQUIRE(c.server.outcome().peer_id);
+  CHECK(c.server.outcome().peer_id->str() == "spiffe://other.org/client");
+  CHECK_THAT(c.server.outcome().detail, Contains("other.org"));
+  CHECK_FALSE(c.server.outcome().verified);
+  CHECK(c.server.failure().reason == spiffe::rejection_label(Rejection::kUntrustedDomain));
+  CHECK(c.server.failure().detail == c.server.outcome().detail);
 
   // In TLS 1.3 the client finishes first; it learns of the refusal from the server's alert.
-  if (!c.client_ec) {
+  if (c.client.ok()) {
+    TlsStream& client = *c.client.stream;
     asio::co_spawn(
-        io,
+        p.io,
         [&]() -> asio::awaitable<void> {
           asio::error_code ec;
           char byte;
-          const std::size_t n = co_await c.client->read_some({&byte, 1}, ec);
+          const std::size_t n = co_await client.read_some({&byte, 1}, ec);
           CHECK(n == 0);
           CHECK(ec);
-          CHECK_THAT(c.client->error_detail(), Contains("alert"));
+          CHECK_THAT(client.last_error(), Contains("alert"));
         },
         rethrow);
-    run_bounded(io);
+    run_bounded(p.io);
   }
 }
 
 TEST_CASE("the server refuses a verified client its policy does not allow") {
-  Pki pki;
-  auto intruder = svid_of(pki.example, "spiffe://example.org/intruder");
-  Side server(options_for(Role::kServer, allow_ids({"spiffe://example.org/client"})),
-              snapshot_of({pki.server}, {&pki.example}));
-  Side client(options_for(Role::kClient, allow_any_verified()),
-              snapshot_of({intruder}, {&pki.example}));
-  asio::io_context io;
-  Connection c = handshake(io, client.context(), server.context());
-  REQUIRE(c.server_ec);
-  CHECK(c.server->outcome().rejection == Rejection::kNotAuthorized);
-  CHECK_THAT(c.server->outcome().detail,
+  PairSetup p;
+  p.server.authorizer = allow_ids({"spiffe://example.org/client"});
+  p.client_svid = svid_of(p.pki.example, "spiffe://example.org/intruder");
+  Connection c = p.connect();
+  REQUIRE_FALSE(c.server.ok());
+  CHECK(c.server.outcome().rejection == Rejection::kNotAuthorized);
+  CHECK_THAT(c.server.outcome().detail,
              Contains("peer spiffe://example.org/intruder is not authorized"));
+  CHECK(c.server.failure().reason == spiffe::rejection_label(Rejection::kNotAuthorized));
 }
 
 TEST_CASE("the client refuses a server that is not in its expect list") {
-  Pki pki;
-  Side server(options_for(Role::kServer, allow_any_verified()),
-              snapshot_of({pki.server}, {&pki.example}));
-  Side client(options_for(Role::kClient, allow_ids({"spiffe://example.org/database"})),
-              snapshot_of({pki.client}, {&pki.example}));
-  asio::io_context io;
-  Connection c = handshake(io, client.context(), server.context());
+  PairSetup p;
+  p.client.authorizer = allow_ids({"spiffe://example.org/database"});
+  Connection c = p.connect();
 
-  REQUIRE(c.client_ec);
-  CHECK(c.client->outcome().rejection == Rejection::kNotAuthorized);
-  REQUIRE(c.client->outcome().peer_id);
-  CHECK(c.client->outcome().peer_id->str() == "spiffe://example.org/server");
-  CHECK_THAT(c.client->outcome().detail,
+  REQUIRE_FALSE(c.client.ok());
+  CHECK(c.client.outcome().rejection == Rejection::kNotAuthorized);
+  REQUIRE(c.client.outcome().peer_id);
+  CHECK(c.client.outcome().peer_id->str() == "spiffe://example.org/server");
+  CHECK_THAT(c.client.outcome().detail,
              Contains("peer spiffe://example.org/server is not authorized"));
-  CHECK_THAT(c.client->outcome().detail, Contains("spiffe://example.org/database"));
+  CHECK_THAT(c.client.outcome().detail, Contains("spiffe://example.org/database"));
   // The client aborts before sending its certificate: the server never verified anyone.
-  REQUIRE(c.server_ec);
-  CHECK(c.server->outcome().rejection == Rejection::kNone);
-  CHECK_FALSE(c.server->outcome().verified);
-  CHECK_FALSE(c.server->error_detail().empty());
+  REQUIRE_FALSE(c.server.ok());
+  CHECK(c.server.outcome().rejection == Rejection::kNone);
+  CHECK_FALSE(c.server.outcome().verified);
+  CHECK(c.server.failure().reason == "handshake_error");
+  CHECK_THAT(c.server.failure().detail, Contains("TLS handshake failed: ") && Contains("alert"));
 }
 
 TEST_CASE("the server refuses a client whose SVID has expired") {
-  Pki pki;
+  PairSetup p;
   spiffe::CertSpec expired;
   expired.not_before_offset = -2h;
   expired.lifetime = 1h;
-  auto old = svid_of(pki.example, "spiffe://example.org/client", "", expired);
-  Side server(options_for(Role::kServer, allow_any_verified()),
-              snapshot_of({pki.server}, {&pki.example}));
-  Side client(options_for(Role::kClient, allow_any_verified()),
-              snapshot_of({old}, {&pki.example}));
-  asio::io_context io;
-  Connection c = handshake(io, client.context(), server.context());
-  REQUIRE(c.server_ec);
-  CHECK(c.server->outcome().rejection == Rejection::kExpired);
+  p.client_svid = svid_of(p.pki.example, "spiffe://example.org/client", "", expired);
+  Connection c = p.connect();
+  REQUIRE_FALSE(c.server.ok());
+  CHECK(c.server.outcome().rejection == Rejection::kExpired);
 }
 
 TEST_CASE("the server refuses a client that sends no certificate") {
-  Pki pki;
-  Side side(options_for(Role::kServer, allow_any_verified()),
-            snapshot_of({pki.server}, {&pki.example}));
-  asio::io_context io;
-  auto [client_sock, server_sock] = connected_pair(io);
-  auto stream = TlsStream::create(std::move(server_sock), side.context());
-  REQUIRE(stream.ok());
-  TlsStream& server = **stream;
-
+  LoneServer s;
   // A plain OpenSSL client without a certificate, blocking on its own thread.
-  const int fd = client_sock.release();
+  const int fd = s.client.release();
   timeval limit{5, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
@@ -313,49 +307,44 @@ TEST_CASE("the server refuses a client that sends no certificate") {
     ERR_clear_error();
     ::close(fd);
   });
-  asio::error_code ec;
-  asio::co_spawn(io, server.handshake(ec), rethrow);
-  run_bounded(io);
+  s.run();
   anonymous.join();
 
-  REQUIRE(ec);
-  CHECK(server.outcome().rejection == Rejection::kNoCertificate);
-  CHECK_THAT(server.outcome().detail, Contains("no client certificate"));
+  REQUIRE_FALSE(s.server.ok());
+  CHECK(s.server.outcome().rejection == Rejection::kNoCertificate);
+  CHECK_THAT(s.server.outcome().detail, Contains("no client certificate"));
+  CHECK(s.server.failure().reason == spiffe::rejection_label(Rejection::kNoCertificate));
 }
 
 TEST_CASE("a client that speaks plain text fails the handshake with a TLS error") {
-  Pki pki;
-  Side side(options_for(Role::kServer, allow_any_verified()),
-            snapshot_of({pki.server}, {&pki.example}));
-  asio::io_context io;
-  auto [client_sock, server_sock] = connected_pair(io);
-  auto stream = TlsStream::create(std::move(server_sock), side.context());
-  REQUIRE(stream.ok());
-  TlsStream& server = **stream;
-  asio::write(client_sock, asio::buffer(std::string_view("GET / HTTP/1.1\r\n\r\n")));
-  asio::error_code ec;
-  asio::co_spawn(io, server.handshake(ec), rethrow);
-  run_bounded(io);
-  REQUIRE(ec);
-  CHECK(server.outcome().rejection == Rejection::kNone);
-  CHECK_FALSE(server.error_detail().empty());
+  LoneServer s;
+  asio::write(s.client, asio::buffer(std::string_view("GET / HTTP/1.1\r\n\r\n")));
+  s.run();
+  REQUIRE_FALSE(s.server.ok());
+  CHECK(s.server.outcome().rejection == Rejection::kNone);
+  CHECK(s.server.failure().reason == "handshake_error");
+  // OpenSSL's reason ("http request"), not only the socket's.
+  CHECK_THAT(s.server.failure().detail, Contains("TLS handshake failed: ") &&
+                                            Contains("SSL routines"));
 }
 
 TEST_CASE("a client that hangs up mid-handshake fails the handshake") {
-  Pki pki;
-  Side side(options_for(Role::kServer, allow_any_verified()),
-            snapshot_of({pki.server}, {&pki.example}));
-  asio::io_context io;
-  auto [client_sock, server_sock] = connected_pair(io);
-  auto stream = TlsStream::create(std::move(server_sock), side.context());
-  REQUIRE(stream.ok());
-  TlsStream& server = **stream;
-  client_sock.close();
-  asio::error_code ec;
-  asio::co_spawn(io, server.handshake(ec), rethrow);
-  run_bounded(io);
-  REQUIRE(ec);
-  CHECK_FALSE(server.error_detail().empty());
+  LoneServer s;
+  s.client.close();
+  s.run();
+  REQUIRE_FALSE(s.server.ok());
+  CHECK(s.server.failure().reason == "handshake_error");
+  CHECK_THAT(s.server.failure().detail, Contains("TLS handshake failed: ") && Contains("peer"));
+}
+
+TEST_CASE("a closed handshake fails instead of waiting for the peer") {
+  LoneServer s;
+  spawn_handshake(s.io, s.server);
+  s.io.poll();  // the server now waits for the ClientHello
+  s.server.handshake->close();
+  run_bounded(s.io);
+  REQUIRE_FALSE(s.server.ok());
+  CHECK(s.server.failure().reason == "handshake_error");
 }
 
 TEST_CASE("the provider has no context before the first snapshot") {
@@ -426,8 +415,8 @@ TEST_CASE("the provider presents the SVID selected by ID, by hint, or the first"
               snapshot_of({pki.client}, {&pki.example}));
   asio::io_context io;
   Connection c = handshake(io, client.context(), server.context());
-  REQUIRE_FALSE(c.client_ec);
-  CHECK(c.client->outcome().peer_id->str() == "spiffe://example.org/internal");
+  REQUIRE(c.client.ok());
+  CHECK(c.client.stream->info().peer.peer_id->str() == "spiffe://example.org/internal");
 }
 
 TEST_CASE("the provider builds one context per snapshot") {
@@ -452,48 +441,44 @@ TEST_CASE("the provider builds one context per snapshot") {
 
 TEST_CASE("a connection keeps the context it started with across a rotation") {
   GoodPair p;
-  asio::io_context io;
-  Connection c = handshake(io, p.client.context(), p.server.context());
-  REQUIRE_FALSE(c.server_ec);
-  const TlsContext* before = &c.server->context();
-  p.server.store.publish(snapshot_of({svid_of(p.pki.example, "spiffe://example.org/server")},
-                                     {&p.pki.example}));
-  CHECK(p.server.context().get() != before);
-  CHECK(&c.server->context() == before);
+  Connection c = p.connect();
+  REQUIRE(c.server.ok());
+  const TlsContext* before = c.server.stream->info().context.get();
+  p.server_side->store.publish(snapshot_of(
+      {svid_of(p.pki.example, "spiffe://example.org/server")}, {&p.pki.example}));
+  CHECK(p.server_side->context().get() != before);
+  CHECK(c.server.stream->info().context.get() == before);
 }
 
 TEST_CASE("TLS 1.2 is negotiated when the client allows no more") {
-  Pki pki;
-  auto server_opts = options_for(Role::kServer, allow_any_verified());
-  server_opts.min_version = TLS1_2_VERSION;
-  auto client_opts = options_for(Role::kClient, allow_any_verified());
-  client_opts.min_version = TLS1_2_VERSION;
-  client_opts.max_version = TLS1_2_VERSION;
-  Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
-  Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
-  asio::io_context io;
-  Connection c = handshake(io, client.context(), server.context());
-  REQUIRE_FALSE(c.client_ec);
-  REQUIRE_FALSE(c.server_ec);
-  CHECK(c.client->protocol() == "TLSv1.2");
-  CHECK(c.server->protocol() == "TLSv1.2");
-  CHECK(c.server->outcome().peer_id->str() == "spiffe://example.org/client");
-  CHECK(c.client->outcome().peer_id->str() == "spiffe://example.org/server");
-  CHECK(c.client->cipher() == "ECDHE-ECDSA-AES128-GCM-SHA256");
+  PairSetup p;
+  p.server.min_version = TLS1_2_VERSION;
+  p.client.min_version = TLS1_2_VERSION;
+  p.client.max_version = TLS1_2_VERSION;
+  Connection c = p.connect();
+  REQUIRE(c.client.ok());
+  REQUIRE(c.server.ok());
+  const tls::ConnectionInfo& client = c.client.stream->info();
+  const tls::ConnectionInfo& server = c.server.stream->info();
+  CHECK(client.protocol == "TLSv1.2");
+  CHECK(server.protocol == "TLSv1.2");
+  CHECK(server.peer.peer_id->str() == "spiffe://example.org/client");
+  CHECK(client.peer.peer_id->str() == "spiffe://example.org/server");
+  CHECK(client.cipher == "ECDHE-ECDSA-AES128-GCM-SHA256");
   // TLS 1.2 records stay with OpenSSL.
-  CHECK_FALSE(c.client->own_records());
-  CHECK_FALSE(c.server->own_records());
-  CHECK(c.client->holds_openssl());
-  CHECK(c.server->holds_openssl());
+  CHECK(client.record_layer == RecordLayer::kOpenSsl);
+  CHECK(server.record_layer == RecordLayer::kOpenSsl);
+  CHECK(tls::record_layer_name(server.record_layer) == "openssl");
+  asio::io_context& io = p.io;
 
   bool echoed = false;
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
         asio::error_code ec;
-        co_await c.client->write_all(std::string_view("ping"), ec);
+        co_await c.client.stream->write_all(std::string_view("ping"), ec);
         REQUIRE_FALSE(ec);
-        const std::string got = co_await read_exactly(*c.server, 4, ec);
+        const std::string got = co_await read_exactly(*c.server.stream, 4, ec);
         CHECK(got == "ping");
         CHECK_FALSE(ec);
         echoed = true;
@@ -504,61 +489,46 @@ TEST_CASE("TLS 1.2 is negotiated when the client allows no more") {
 }
 
 TEST_CASE("a TLS 1.3-only server refuses a TLS 1.2-only client") {
-  Pki pki;
-  auto client_opts = options_for(Role::kClient, allow_any_verified());
-  client_opts.min_version = TLS1_2_VERSION;
-  client_opts.max_version = TLS1_2_VERSION;
-  Side server(options_for(Role::kServer, allow_any_verified()),
-              snapshot_of({pki.server}, {&pki.example}));
-  Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
-  asio::io_context io;
-  Connection c = handshake(io, client.context(), server.context());
-  CHECK(c.server_ec);
-  CHECK(c.client_ec);
-  CHECK_THAT(c.server->error_detail(), Contains("unsupported protocol"));
+  PairSetup p;
+  p.client.min_version = TLS1_2_VERSION;
+  p.client.max_version = TLS1_2_VERSION;
+  Connection c = p.connect();
+  CHECK_FALSE(c.server.ok());
+  CHECK_FALSE(c.client.ok());
+  CHECK(c.server.failure().reason == "handshake_error");
+  CHECK_THAT(c.server.failure().detail, Contains("unsupported protocol"));
 }
 
 TEST_CASE("pinned cipher suites are the ones negotiated") {
   Pki pki;
+  PairSetup p;
   SECTION("TLS 1.3") {
-    auto server_opts = options_for(Role::kServer, allow_any_verified());
-    server_opts.tls13_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256";
-    Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
-    Side client(options_for(Role::kClient, allow_any_verified()),
-                snapshot_of({pki.client}, {&pki.example}));
-    asio::io_context io;
-    Connection c = handshake(io, client.context(), server.context());
-    REQUIRE_FALSE(c.server_ec);
-    CHECK(c.server->cipher() == "TLS_CHACHA20_POLY1305_SHA256");
-    CHECK(c.client->cipher() == "TLS_CHACHA20_POLY1305_SHA256");
+    p.server.tls13_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256";
+    Connection c = p.connect();
+    REQUIRE(c.server.ok());
+    REQUIRE(c.client.ok());
+    CHECK(c.server.stream->info().cipher == "TLS_CHACHA20_POLY1305_SHA256");
+    CHECK(c.client.stream->info().cipher == "TLS_CHACHA20_POLY1305_SHA256");
   }
   SECTION("TLS 1.2") {
-    auto server_opts = options_for(Role::kServer, allow_any_verified());
-    server_opts.min_version = server_opts.max_version = TLS1_2_VERSION;
-    server_opts.tls12_ciphers = "ECDHE-ECDSA-AES256-GCM-SHA384";
-    auto client_opts = options_for(Role::kClient, allow_any_verified());
-    client_opts.min_version = TLS1_2_VERSION;
-    Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
-    Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
-    asio::io_context io;
-    Connection c = handshake(io, client.context(), server.context());
-    REQUIRE_FALSE(c.server_ec);
-    CHECK(c.server->protocol() == "TLSv1.2");
-    CHECK(c.client->cipher() == "ECDHE-ECDSA-AES256-GCM-SHA384");
+    p.server.min_version = p.server.max_version = TLS1_2_VERSION;
+    p.server.tls12_ciphers = "ECDHE-ECDSA-AES256-GCM-SHA384";
+    p.client.min_version = TLS1_2_VERSION;
+    Connection c = p.connect();
+    REQUIRE(c.server.ok());
+    REQUIRE(c.client.ok());
+    CHECK(c.server.stream->info().protocol == "TLSv1.2");
+    CHECK(c.client.stream->info().cipher == "ECDHE-ECDSA-AES256-GCM-SHA384");
   }
   SECTION("no suite in common") {
-    auto server_opts = options_for(Role::kServer, allow_any_verified());
-    server_opts.tls13_ciphersuites = "TLS_AES_256_GCM_SHA384";
-    auto client_opts = options_for(Role::kClient, allow_any_verified());
-    client_opts.tls13_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256";
-    Side server(server_opts, snapshot_of({pki.server}, {&pki.example}));
-    Side client(client_opts, snapshot_of({pki.client}, {&pki.example}));
-    asio::io_context io;
-    Connection c = handshake(io, client.context(), server.context());
-    CHECK(c.server_ec);
-    CHECK(c.client_ec);
-    CHECK_THAT(c.server->error_detail(), Contains("shared cipher"));
-    CHECK(c.server->outcome().rejection == Rejection::kNone);
+    p.server.tls13_ciphersuites = "TLS_AES_256_GCM_SHA384";
+    p.client.tls13_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256";
+    Connection c = p.connect();
+    CHECK_FALSE(c.server.ok());
+    CHECK_FALSE(c.client.ok());
+    CHECK_THAT(c.server.failure().detail, Contains("shared cipher"));
+    CHECK(c.server.failure().reason == "handshake_error");
+    CHECK(c.server.outcome().rejection == Rejection::kNone);
   }
 }
 

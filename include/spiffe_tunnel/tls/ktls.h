@@ -49,7 +49,4 @@ int read_record(int fd, std::span<char> buf, Record& out);
 // the bytes sent, or -1 with errno set (EAGAIN when the socket buffer is full).
 ssize_t send_record(int fd, uint8_t type, std::span<const char> data);
 
-// A readable description of a TLS alert ("close_notify", "bad_record_mac", ...).
-std::string alert_name(uint8_t description);
-
 }  // namespace spiffe_tunnel::tls::ktls

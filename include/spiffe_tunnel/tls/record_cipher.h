@@ -18,20 +18,9 @@
 #include <string_view>
 
 #include "spiffe_tunnel/base/result.h"
+#include "spiffe_tunnel/tls/records.h"
 
 namespace spiffe_tunnel::tls {
-
-// TLS record content types (RFC 8446 §5.1).
-inline constexpr uint8_t kAlert = 21;
-inline constexpr uint8_t kHandshake = 22;
-inline constexpr uint8_t kApplicationData = 23;
-
-inline constexpr std::size_t kRecordHeader = 5;
-inline constexpr std::size_t kMaxPlaintext = 16384;          // 2^14
-inline constexpr std::size_t kMaxCiphertext = 16384 + 256;   // 2^14 + 256 (RFC 8446 §5.2)
-inline constexpr std::size_t kAeadTag = 16;
-// Bytes a record adds to its plaintext: header, inner content type, tag.
-inline constexpr std::size_t kRecordOverhead = kRecordHeader + 1 + kAeadTag;
 
 // HKDF-Expand-Label(secret, label, "", length) from RFC 8446 §7.1; `digest` is "SHA256" or
 // "SHA384".

@@ -47,7 +47,8 @@ struct TlsOptions {
   std::string server_name;  // client role: SNI to send, "" for none
 };
 
-// What the verify callback concluded about one peer. Owned by the TlsStream of that connection.
+// What the verify callback concluded about one peer. Kept by the connection's Handshake, then
+// by its TlsStream (ConnectionInfo::peer).
 struct PeerOutcome {
   spiffe::Rejection rejection = spiffe::Rejection::kNone;
   std::optional<spiffe::SpiffeId> peer_id;
@@ -56,7 +57,8 @@ struct PeerOutcome {
   bool verified = false;       // the callback ran and accepted
 };
 
-// Per-connection state OpenSSL callbacks write into (SSL app data). Owned by the TlsStream.
+// Per-connection state OpenSSL callbacks write into (SSL app data). Owned by whoever owns the SSL
+// object: the Handshake, then the OpenSslStream when OpenSSL stays the record layer.
 struct ConnectionState {
   PeerOutcome outcome;
   // The TLS 1.3 application traffic secrets 0 of both directions, captured from the key log for

@@ -1,0 +1,194 @@
+#include "spiffe_tunnel/tls/handshake.h"
+
+#include <openssl/err.h>
+
+#include <cassert>
+#include <utility>
+
+#include "spiffe_tunnel/tls/ktls.h"
+#include "spiffe_tunnel/tls/record_cipher.h"
+#include "tls/kernel_stream.h"
+#include "tls/openssl_stream.h"
+#include "tls/record_stream.h"
+#include "tls/socket_io.h"
+
+namespace spiffe_tunnel::tls {
+
+base::Result<std::unique_ptr<Handshake>> Handshake::create(
+    asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context) {
+  std::unique_ptr<Handshake> h(new Handshake(std::move(socket), std::move(context)));
+  if (!h->ssl_) {
+    return base::make_error("SSL_new failed: " + base::drain_openssl_errors());
+  }
+  asio::error_code ec;
+  h->socket_.non_blocking(true, ec);
+  if (ec || SSL_set_fd(h->ssl_.get(), h->socket_.native_handle()) != 1) {
+    return base::make_error("cannot bind TLS to socket: " + base::drain_openssl_errors());
+  }
+  SSL_set_app_data(h->ssl_.get(), h->state_.get());
+  const TlsOptions& opts = h->context_->options();
+  if (opts.role == Role::kServer) {
+    SSL_set_accept_state(h->ssl_.get());
+  } else {
+    SSL_set_connect_state(h->ssl_.get());
+    if (!opts.server_name.empty()) {
+      SSL_set_tlsext_host_name(h->ssl_.get(), opts.server_name.c_str());
+    }
+  }
+  return h;
+}
+
+Handshake::Handshake(asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context)
+    : socket_(std::move(socket)),
+      context_(std::move(context)),
+      state_(std::make_unique<ConnectionState>()),
+      ssl_(SSL_new(context_->ssl_ctx())) {}
+
+Handshake::~Handshake() = default;
+
+void Handshake::close() {
+  asio::error_code ignored;
+  socket_.close(ignored);
+}
+
+asio::awaitable<std::unique_ptr<TlsStream>> Handshake::run() {
+  if (!co_await drive()) {
+    co_return nullptr;
+  }
+  protocol_ = SSL_get_version(ssl_.get());
+  const SSL_CIPHER* suite = SSL_get_current_cipher(ssl_.get());
+  cipher_ = suite != nullptr ? SSL_CIPHER_get_name(suite) : "none";
+  enable_kernel_offload();
+  if (context_->options().ktls == KtlsMode::kOn && !(kernel_tx_ && kernel_rx_)) {
+    failure_ = {"ktls_unavailable", "ktls is \"on\" but this connection (" +
+                                        std::string(protocol_) + " " + cipher_ +
+                                        ") was not offloaded both ways: " + ktls_detail_};
+    co_return nullptr;
+  }
+  co_return hand_over();
+}
+
+asio::awaitable<bool> Handshake::drive() {
+  asio::error_code ec;
+  for (;;) {
+    ERR_clear_error();
+    const int ret = SSL_do_handshake(ssl_.get());
+    if (ret == 1) {
+      break;
+    }
+    const SocketWait wait = classify_ssl_result(ssl_.get(), ret, ec, error_detail_);
+    if (wait != SocketWait::kNone) {
+      co_await wait_ready(socket_, wait, ec);
+    }
+    if (wait == SocketWait::kNone || ec) {
+      outcome_ = state_->outcome;
+      fail_handshake(ec);
+      co_return false;
+    }
+  }
+  outcome_ = state_->outcome;
+  if (!outcome_.verified) {
+    // The verify callback must have accepted the peer; a handshake that finishes without it
+    // (which OpenSSL should never allow with SSL_VERIFY_PEER) is refused.
+    outcome_.rejection = spiffe::Rejection::kNoCertificate;
+    outcome_.detail = "handshake completed without a verified peer certificate";
+    failure_ = {std::string(spiffe::rejection_label(outcome_.rejection)), outcome_.detail};
+    co_return false;
+  }
+  co_return true;
+}
+
+void Handshake::fail_handshake(const asio::error_code& ec) {
+  if (outcome_.rejection == spiffe::Rejection::kNone && !outcome_.verified &&
+      error_detail_.find("peer did not return a certificate") != std::string::npos) {
+    outcome_.rejection = spiffe::Rejection::kNoCertificate;
+    outcome_.detail = "peer sent no client certificate";
+  }
+  if (outcome_.rejection != spiffe::Rejection::kNone) {
+    failure_ = {std::string(spiffe::rejection_label(outcome_.rejection)), outcome_.detail};
+    return;
+  }
+  const asio::error_code code = ec ? ec : asio::error::connection_aborted;
+  failure_ = {"handshake_error",
+              "TLS handshake failed: " + (error_detail_.empty() ? code.message() : error_detail_)};
+}
+
+void Handshake::enable_kernel_offload() {
+  kernel_tx_ = BIO_get_ktls_send(SSL_get_wbio(ssl_.get())) != 0;
+  kernel_rx_ = BIO_get_ktls_recv(SSL_get_rbio(ssl_.get())) != 0;
+  const std::vector<unsigned char>& secret = state_->peer_traffic_secret;
+  if (context_->options().ktls == KtlsMode::kOff) {
+    return;
+  }
+  if (!kernel_tx_) {
+    ktls_detail_ = "OpenSSL did not offload transmit (kernel without tls module, or cipher " +
+                   std::string(cipher_) + " not offloadable)";
+  }
+  // OpenSSL 3.0 never offloads TLS 1.3 receive: do it here, from the captured traffic secret.
+  if (!kernel_rx_ && SSL_version(ssl_.get()) == TLS1_3_VERSION && kernel_tx_) {
+    if (SSL_has_pending(ssl_.get()) != 0) {
+      // A record already sits in OpenSSL's buffer; the kernel would start at the wrong one.
+      ktls_detail_ = "receive not offloaded: OpenSSL holds buffered records";
+    } else if (secret.empty()) {
+      ktls_detail_ = "receive not offloaded: traffic secret unavailable";
+    } else if (auto st = ktls::install_tls13_rx(socket_.native_handle(), cipher_, secret)) {
+      kernel_rx_ = true;
+      installed_rx_ = true;
+    } else {
+      ktls_detail_ = "receive not offloaded: " + st.error().message;
+    }
+  }
+}
+
+std::unique_ptr<TlsStream> Handshake::hand_over() {
+  std::unique_ptr<TlsStream> stream;
+  if (!kernel_tx_ && !kernel_rx_) {
+    stream = start_own_records();
+  } else if (kernel_tx_ && kernel_rx_ && SSL_has_pending(ssl_.get()) == 0) {
+    // Both directions in the kernel and nothing left in OpenSSL's buffers: the SSL object can
+    // go. TLS 1.3 receive was installed here under the same condition; TLS 1.2 receive by
+    // OpenSSL, which must not have read past the handshake. KernelStream handles post-handshake
+    // messages either way (TLS 1.2 renegotiation is refused, as OpenSSL does with kTLS).
+    stream = std::make_unique<KernelStream>(std::move(socket_), connection_info(RecordLayer::kKernel));
+  }
+  // Receive installed here means OpenSSL must never read again: only the kernel stream follows.
+  assert(!installed_rx_ || stream != nullptr);
+  OPENSSL_cleanse(state_->peer_traffic_secret.data(), state_->peer_traffic_secret.size());
+  OPENSSL_cleanse(state_->own_traffic_secret.data(), state_->own_traffic_secret.size());
+  state_->peer_traffic_secret = {};
+  state_->own_traffic_secret = {};
+  if (stream) {
+    ssl_.reset();  // the buffers, transcript and the peer's parsed chain go with it
+    return stream;
+  }
+  return std::make_unique<OpenSslStream>(std::move(socket_), connection_info(RecordLayer::kOpenSsl),
+                                         std::move(ssl_), std::move(state_), kernel_tx_,
+                                         kernel_rx_);
+}
+
+std::unique_ptr<TlsStream> Handshake::start_own_records() {
+  // Conditions for taking over from OpenSSL at record sequence 0 in both directions: TLS 1.3;
+  // nothing read ahead (OpenSSL reads no further than the peer's Finished while read-ahead is off
+  // during the handshake); no NewSessionTicket sent by us (num_tickets is 0 on every context).
+  SSL* ssl = ssl_.get();
+  if (SSL_version(ssl) != TLS1_3_VERSION || SSL_has_pending(ssl) != 0 ||
+      (SSL_is_server(ssl) != 0 && SSL_get_num_tickets(ssl) != 0) ||
+      state_->peer_traffic_secret.empty() || state_->own_traffic_secret.empty()) {
+    return nullptr;
+  }
+  auto rx = RecordCipher::create(cipher_, state_->peer_traffic_secret,
+                                 RecordCipher::Direction::kOpen);
+  auto tx = RecordCipher::create(cipher_, state_->own_traffic_secret,
+                                 RecordCipher::Direction::kSeal);
+  if (!rx || !tx) {
+    return nullptr;
+  }
+  return std::make_unique<RecordStream>(std::move(socket_), connection_info(RecordLayer::kUserspace),
+                                        std::move(rx).value(), std::move(tx).value());
+}
+
+ConnectionInfo Handshake::connection_info(RecordLayer layer) const {
+  return ConnectionInfo{outcome_, protocol_, cipher_, layer, ktls_detail_, context_};
+}
+
+}  // namespace spiffe_tunnel::tls

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -165,132 +166,178 @@ std::string join(const std::vector<std::string>& args) {
   return out;
 }
 
-}  // namespace
-
-int run_demo(const DemoOptions& options) {
-  std::string dir = options.dir;
-  if (dir.empty()) {
-    char tmpl[] = "/tmp/spiffe-tunnel-demo-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) {
-      std::cerr << "demo: cannot create a temporary directory\n";
-      return 1;
-    }
-    dir = tmpl;
-  } else {
-    ::mkdir(dir.c_str(), 0700);
+// The demo's directory: `wanted`, or a fresh temporary one. "" when it cannot be made.
+std::string demo_dir(const std::string& wanted) {
+  if (!wanted.empty()) {
+    ::mkdir(wanted.c_str(), 0700);
+    return wanted;
   }
-  auto td_a = *spiffe::TrustDomain::parse("site-a.demo");
-  auto td_b = *spiffe::TrustDomain::parse("site-b.demo");
-  auto td_x = *spiffe::TrustDomain::parse("stranger.demo");
-  auto ca_a = spiffe::Issuer::create_root(td_a);
-  auto ca_b = spiffe::Issuer::create_root(td_b);
-  auto ca_x = spiffe::Issuer::create_root(td_x);
+  char tmpl[] = "/tmp/spiffe-tunnel-demo-XXXXXX";
+  return ::mkdtemp(tmpl) != nullptr ? tmpl : "";
+}
+
+// Three trust domains, each with its own CA and one SVID: A (a producer), B (the Kafka side)
+// and a stranger that neither side trusts.
+struct Sites {
+  Site a, b, x;
+};
+
+bool mint_sites(const std::string& dir, Sites& s) {
+  auto ca_a = spiffe::Issuer::create_root(*spiffe::TrustDomain::parse("site-a.demo"));
+  auto ca_b = spiffe::Issuer::create_root(*spiffe::TrustDomain::parse("site-b.demo"));
+  auto ca_x = spiffe::Issuer::create_root(*spiffe::TrustDomain::parse("stranger.demo"));
   if (!ca_a || !ca_b || !ca_x) {
     std::cerr << "demo: cannot create demo CAs\n";
-    return 1;
+    return false;
   }
-  Site a, b, x;
-  if (!mint_site(dir + "/site-a", *ca_a, "spiffe://site-a.demo/producer", a) ||
-      !mint_site(dir + "/site-b", *ca_b, "spiffe://site-b.demo/kafka", b) ||
-      !mint_site(dir + "/stranger", *ca_x, "spiffe://stranger.demo/intruder", x)) {
+  if (!mint_site(dir + "/site-a", *ca_a, "spiffe://site-a.demo/producer", s.a) ||
+      !mint_site(dir + "/site-b", *ca_b, "spiffe://site-b.demo/kafka", s.b) ||
+      !mint_site(dir + "/stranger", *ca_x, "spiffe://stranger.demo/intruder", s.x)) {
     std::cerr << "demo: cannot write certificates to " << dir << "\n";
-    return 1;
+    return false;
   }
+  return true;
+}
 
-  UniqueFd echo_fd(::socket(AF_INET, SOCK_STREAM, 0));
-  const uint16_t echo_port = free_port();
+// An echo service on a free loopback port, served by a detached thread; 0 when it cannot start.
+uint16_t start_echo() {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM, 0));
+  const uint16_t port = free_port();
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(echo_port);
+  addr.sin_port = htons(port);
   int one = 1;
-  ::setsockopt(echo_fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (::bind(echo_fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::listen(echo_fd.get(), 64) != 0) {
-    std::cerr << "demo: cannot start the echo service\n";
-    return 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(fd.get(), 64) != 0) {
+    return 0;
   }
-  std::thread(serve_echo, echo_fd.get()).detach();
+  std::thread(serve_echo, fd.release()).detach();
+  return port;
+}
 
-  const uint16_t server_port = free_port();
-  const uint16_t client_port = free_port();
-  const uint16_t stranger_port = free_port();
-  const std::string p = std::to_string(server_port);
-  std::vector<std::string> server_args = {
-      "spiffe-tunnel", "server", "--listen", "127.0.0.1:" + p,
-      "--target", "127.0.0.1:" + std::to_string(echo_port),
-      "--cert", b.cert, "--key", b.key,
-      "--bundle", "site-a.demo=" + a.bundle, "--bundle", "site-b.demo=" + b.bundle,
-      "--allow-id", "spiffe://site-a.demo/producer"};
-  std::vector<std::string> client_args = {
-      "spiffe-tunnel", "client", "--listen", "127.0.0.1:" + std::to_string(client_port),
-      "--target", "127.0.0.1:" + p, "--cert", a.cert, "--key", a.key,
-      "--bundle", "site-a.demo=" + a.bundle, "--bundle", "site-b.demo=" + b.bundle,
-      "--expect-id", "spiffe://site-b.demo/kafka"};
-  std::vector<std::string> stranger_args = {
-      "spiffe-tunnel", "client", "--name", "stranger",
-      "--listen", "127.0.0.1:" + std::to_string(stranger_port),
-      "--target", "127.0.0.1:" + p, "--cert", x.cert, "--key", x.key,
-      "--bundle", "site-b.demo=" + b.bundle, "--bundle", "stranger.demo=" + x.bundle,
-      "--expect-id", "spiffe://site-b.demo/kafka"};
+// The three daemons of the demo: site B's server tunnel in front of the echo service, site A's
+// client tunnel to it, and the stranger's client tunnel to it.
+struct Tunnels {
+  uint16_t client_port = free_port();
+  uint16_t stranger_port = free_port();
+  std::vector<std::string> server, client, stranger;
+  std::vector<pid_t> pids;
 
-  std::cout << "spiffe-tunnel demo: certificates in " << dir << "\n\n"
-            << "echo service        127.0.0.1:" << echo_port << "\n"
-            << "server tunnel (B)   " << join(server_args) << "\n"
-            << "client tunnel (A)   " << join(client_args) << "\n\n";
-  const pid_t server_pid = spawn(server_args, dir + "/server.log");
-  const pid_t client_pid = spawn(client_args, dir + "/client.log");
-  const pid_t stranger_pid = spawn(stranger_args, dir + "/stranger.log");
-  int rc = 0;
-  auto stop_all = [&] {
-    for (pid_t pid : {server_pid, client_pid, stranger_pid}) {
+  Tunnels(const Sites& s, uint16_t echo_port) {
+    const std::string p = std::to_string(free_port());
+    server = {"spiffe-tunnel", "server", "--listen", "127.0.0.1:" + p,
+              "--target", "127.0.0.1:" + std::to_string(echo_port),
+              "--cert", s.b.cert, "--key", s.b.key,
+              "--bundle", "site-a.demo=" + s.a.bundle, "--bundle", "site-b.demo=" + s.b.bundle,
+              "--allow-id", "spiffe://site-a.demo/producer"};
+    client = {"spiffe-tunnel", "client", "--listen", "127.0.0.1:" + std::to_string(client_port),
+              "--target", "127.0.0.1:" + p, "--cert", s.a.cert, "--key", s.a.key,
+              "--bundle", "site-a.demo=" + s.a.bundle, "--bundle", "site-b.demo=" + s.b.bundle,
+              "--expect-id", "spiffe://site-b.demo/kafka"};
+    stranger = {"spiffe-tunnel", "client", "--name", "stranger",
+                "--listen", "127.0.0.1:" + std::to_string(stranger_port),
+                "--target", "127.0.0.1:" + p, "--cert", s.x.cert, "--key", s.x.key,
+                "--bundle", "site-b.demo=" + s.b.bundle, "--bundle", "stranger.demo=" + s.x.bundle,
+                "--expect-id", "spiffe://site-b.demo/kafka"};
+  }
+  ~Tunnels() {
+    for (pid_t pid : pids) {
       if (pid > 0) {
         ::kill(pid, SIGTERM);
         ::waitpid(pid, nullptr, 0);
       }
     }
-  };
-  if (server_pid < 0 || client_pid < 0 || stranger_pid < 0 ||
-      !wait_for_listening(dir + "/server.log") || !wait_for_listening(dir + "/client.log") ||
-      !wait_for_listening(dir + "/stranger.log")) {
-    std::cerr << "demo: the tunnels did not start; see " << dir << "/*.log\n";
-    stop_all();
-    return 1;
   }
+
+  // Starts the three and waits until each listens.
+  bool start(const std::string& dir) {
+    for (auto [args, name] : {std::pair{&server, "server"}, std::pair{&client, "client"},
+                              std::pair{&stranger, "stranger"}}) {
+      pids.push_back(spawn(*args, dir + "/" + name + ".log"));
+    }
+    if (std::find(pids.begin(), pids.end(), -1) != pids.end()) {
+      return false;
+    }
+    for (const char* name : {"server", "client", "stranger"}) {
+      if (!wait_for_listening(dir + "/" + name + ".log")) {
+        return false;
+      }
+    }
+    return true;
+  }
+};
+
+// Sends through site A (must come back) and through the stranger (must be refused); prints what
+// happened and the server's log. True when both behaved.
+bool exchange_and_show(const Tunnels& t, const std::string& dir) {
   const std::string message = "hello from site A through mutual TLS";
-  const std::string reply = exchange(client_port, message);
+  const std::string reply = exchange(t.client_port, message);
   std::cout << "site A sends  : " << message << "\n"
             << "site A gets   : " << reply << "\n";
+  bool ok = true;
   if (reply != message) {
     std::cout << "FAILED: the echo did not come back; see " << dir << "/*.log\n";
-    rc = 1;
+    ok = false;
   }
-  const std::string stranger_reply = exchange(stranger_port, "let me in");
+  const std::string stranger_reply = exchange(t.stranger_port, "let me in");
   std::cout << "stranger.demo : " << (stranger_reply.empty() ? "refused (as it should be)" : "GOT IN")
             << "\n\n";
-  if (!stranger_reply.empty()) {
-    rc = 1;
-  }
+  ok = ok && stranger_reply.empty();
   std::cout << "server log (" << dir << "/server.log):\n";
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the closing lines follow the reply
   std::ifstream log(dir + "/server.log");
   for (std::string line; std::getline(log, line);) {
     std::cout << "  " << line << "\n";
   }
-  if (options.wait && rc == 0) {
-    std::cout << "\nTry it:  echo hi | nc -q1 127.0.0.1 " << client_port
-              << "    (Ctrl-C ends the demo)\n";
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    int sig = 0;
-    sigwait(&set, &sig);
+  return ok;
+}
+
+void wait_for_interrupt(uint16_t client_port) {
+  std::cout << "\nTry it:  echo hi | nc -q1 127.0.0.1 " << client_port
+            << "    (Ctrl-C ends the demo)\n";
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  int sig = 0;
+  sigwait(&set, &sig);
+}
+
+}  // namespace
+
+int run_demo(const DemoOptions& options) {
+  const std::string dir = demo_dir(options.dir);
+  if (dir.empty()) {
+    std::cerr << "demo: cannot create a temporary directory\n";
+    return 1;
   }
-  stop_all();
-  std::cout << (rc == 0 ? "\ndemo OK\n" : "\ndemo FAILED\n");
-  return rc;
+  Sites sites;
+  if (!mint_sites(dir, sites)) {
+    return 1;
+  }
+  const uint16_t echo_port = start_echo();
+  if (echo_port == 0) {
+    std::cerr << "demo: cannot start the echo service\n";
+    return 1;
+  }
+  Tunnels tunnels(sites, echo_port);
+  std::cout << "spiffe-tunnel demo: certificates in " << dir << "\n\n"
+            << "echo service        127.0.0.1:" << echo_port << "\n"
+            << "server tunnel (B)   " << join(tunnels.server) << "\n"
+            << "client tunnel (A)   " << join(tunnels.client) << "\n\n";
+  if (!tunnels.start(dir)) {
+    std::cerr << "demo: the tunnels did not start; see " << dir << "/*.log\n";
+    return 1;
+  }
+  const bool ok = exchange_and_show(tunnels, dir);
+  if (options.wait && ok) {
+    wait_for_interrupt(tunnels.client_port);
+  }
+  std::cout << (ok ? "\ndemo OK\n" : "\ndemo FAILED\n");
+  return ok ? 0 : 1;
 }
 
 }  // namespace spiffe_tunnel::app

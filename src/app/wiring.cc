@@ -97,11 +97,11 @@ tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
   const config::HostPort& target = tcp_address(t.target);
   o.target_host = target.host;
   o.target_port = std::to_string(target.port);
-  o.handshake_timeout = t.handshake_timeout;
-  o.connect_timeout = t.connect_timeout;
-  o.idle_timeout = t.idle_timeout;
-  o.max_connections = t.max_connections;
-  o.buffer_size = t.buffer_size;
+  o.limits = {.handshake_timeout = t.handshake_timeout,
+              .connect_timeout = t.connect_timeout,
+              .idle_timeout = t.idle_timeout,
+              .max_connections = t.max_connections,
+              .buffer_size = t.buffer_size};
   o.opa = policy.opa;
   return o;
 }

@@ -203,8 +203,9 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
     co_return co_await copy_userspace(from, to, options, out);
   }
   base::UniqueFd pipe_r(fds[0]), pipe_w(fds[1]);
+  const std::size_t chunk = std::max(options.buffer_size, kRecordBuffer * 2);
   // A larger pipe means fewer splice calls per byte; the system limit may refuse it, which is fine.
-  ::fcntl(pipe_w.get(), F_SETPIPE_SZ, static_cast<int>(options.buffer_size));
+  ::fcntl(pipe_w.get(), F_SETPIPE_SZ, static_cast<int>(chunk));
   // For the rare record that splice refuses (alerts, tickets); allocated on first use.
   std::unique_ptr<char[]> record_buf;
   auto record = [&record_buf] {
@@ -221,7 +222,7 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
       }
     }
     const ssize_t n = ::splice(src.native_handle(), nullptr, pipe_w.get(), nullptr,
-                               options.buffer_size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                               chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       std::size_t pending = static_cast<std::size_t>(n);
       if (!co_await drain_pipe(pipe_r.get(), pending, to, out)) {

@@ -20,11 +20,7 @@ std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
   auto c = std::make_shared<TunnelContext>();
   c->name = o.name;
   c->mode = tls->options().role;
-  c->limits = {.handshake_timeout = o.handshake_timeout,
-               .connect_timeout = o.connect_timeout,
-               .idle_timeout = o.idle_timeout,
-               .max_connections = o.max_connections,
-               .buffer_size = o.buffer_size};
+  c->limits = o.limits;
   c->target = Target::of(std::move(o.target_host), std::move(o.target_port));
   c->opa = std::move(o.opa);
   c->tls = std::move(tls);
@@ -47,6 +43,12 @@ base::Result<std::unique_ptr<Tunnel>> Tunnel::create(TunnelOptions options,
                                                      std::unique_ptr<tls::ContextProvider> tls,
                                                      IoPool& pool,
                                                      base::MetricsRegistry& metrics) {
+  const SessionLimits& l = options.limits;
+  if (l.handshake_timeout.count() <= 0 || l.connect_timeout.count() <= 0 ||
+      l.max_connections == 0 || l.buffer_size == 0) {
+    return base::make_error("tunnel \"" + options.name +
+                            "\": session limits not set (timeouts, max_connections, buffer_size)");
+  }
   const std::string host = options.listen_host;
   const uint16_t port = options.listen_port;
   std::unique_ptr<Tunnel> t(

@@ -1,9 +1,6 @@
 #pragma once
 // Shared scaffolding of the config tests: a temporary directory holding the identity files a
 // "files" identity names, and helpers that load YAML text and return the Config or the error.
-//
-// TODO: TempDir duplicates the one in tests/workload/source_test_support.h; both belong in one
-// shared test header once the workload tests can move to it.
 
 #include <stdlib.h>
 
@@ -14,43 +11,17 @@
 #include <catch2/catch.hpp>
 
 #include "spiffe_tunnel/config/config.h"
+#include "test_support/temp_dir.h"
 
 namespace spiffe_tunnel::config::testing {
 
-// A temporary directory, removed on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "config_test.XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  // Writes `name` with placeholder content (config validation only checks that files are
-  // readable) and returns its path.
-  std::string write(const std::string& name, const std::string& content = "placeholder\n") const {
-    const auto p = path_ / name;
-    std::ofstream(p) << content;
-    return p.string();
-  }
-  std::string path(const std::string& name) const { return (path_ / name).string(); }
-  std::string str() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using spiffe_tunnel::testing::TempDir;
 
 // A TempDir with svid.pem, key.pem, bundle.pem and partner.json written.
 struct IdentityFiles : TempDir {
   IdentityFiles() {
     for (const char* name : {"svid.pem", "key.pem", "bundle.pem", "partner.json"}) {
-      write(name);
+      write(name, "placeholder\n");  // validation only checks that the files are readable
     }
   }
 };

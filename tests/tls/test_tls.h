@@ -66,13 +66,13 @@ inline std::shared_ptr<const policy::Authorizer> allow_ids(
   }
   return std::make_shared<policy::AllowListAuthorizer>(std::move(parsed),
                                                        std::vector<spiffe::TrustDomain>{},
-                                                       std::vector<policy::IdPattern>{});
+                                                       std::vector<spiffe::IdPattern>{});
 }
 
 inline std::shared_ptr<const policy::Authorizer> allow_any_verified() {
   return std::make_shared<policy::AllowListAuthorizer>(std::vector<spiffe::SpiffeId>{},
                                                        std::vector<spiffe::TrustDomain>{},
-                                                       std::vector<policy::IdPattern>{}, true);
+                                                       std::vector<spiffe::IdPattern>{}, true);
 }
 
 // Two TCP sockets on `io`, connected to each other over loopback: {client end, server end}.

@@ -27,6 +27,7 @@
 #include "spiffe_tunnel/identity/identity_store.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tunnel/io_pool.h"
+#include "test_support/wait.h"
 #include "tls/test_tls.h"
 
 using namespace std::chrono_literals;
@@ -38,18 +39,15 @@ using Endpoint = asio::ip::tcp::endpoint;
 
 namespace {
 
-// Polls `condition` until it holds or `limit` passes. For conditions nothing signals (a metric
-// line, a refused connect); the short sleep is the polling interval, not a guess at a duration.
-bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit = 5s) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
-}
+// The configuration's defaults (config::TunnelConfig).
+constexpr tunnel::SessionLimits kLimits{.handshake_timeout = 10s,
+                                        .connect_timeout = 10s,
+                                        .idle_timeout = 0s,
+                                        .max_connections = 10000,
+                                        .buffer_size = 64 * 1024};
+
+// For conditions nothing signals (a metric line, a refused connect): poll until they hold.
+using spiffe_tunnel::testing::wait_until;
 
 // Waits (without polling) until the tunnel has no open session, up to 5 s.
 bool sessions_end(const tunnel::Tunnel& t) {
@@ -175,6 +173,7 @@ struct Tunnels {
 
     tunnel::TunnelOptions in;
     in.name = "in";
+    in.limits = kLimits;
     in.target_host = "127.0.0.1";
     in.target_port = std::to_string(backend.port());
     if (tweak_server) {
@@ -187,6 +186,7 @@ struct Tunnels {
 
     tunnel::TunnelOptions out;
     out.name = "out";
+    out.limits = kLimits;
     out.target_host = "127.0.0.1";
     out.target_port = std::to_string(server->local_endpoint().port());
     if (tweak_client) {
@@ -278,7 +278,7 @@ TEST_CASE("bytes make the round trip app → client tunnel → server tunnel →
 }
 
 TEST_CASE("a tunnel at max_connections refuses the next connection and counts it") {
-  Tunnels t([](tunnel::TunnelOptions& o) { o.max_connections = 1; });
+  Tunnels t([](tunnel::TunnelOptions& o) { o.limits.max_connections = 1; });
   App first(t.entry_port());
   first.send("one");
   REQUIRE(first.receive(3) == "one");
@@ -286,7 +286,7 @@ TEST_CASE("a tunnel at max_connections refuses the next connection and counts it
 
   App second(t.entry_port());  // the client tunnel accepts; the server tunnel refuses
   CHECK(second.closed_by_peer());
-  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "max_connections"), 1); }));
+  CHECK(wait_until([&] { return t.has_metric(t.rejected("in", "max_connections"), 1); }));
 
   // The first session is unaffected.
   first.send("still");
@@ -294,19 +294,19 @@ TEST_CASE("a tunnel at max_connections refuses the next connection and counts it
 }
 
 TEST_CASE("a client that connects and says nothing is dropped at the handshake timeout") {
-  Tunnels t([](tunnel::TunnelOptions& o) { o.handshake_timeout = 200ms; });
+  Tunnels t([](tunnel::TunnelOptions& o) { o.limits.handshake_timeout = 200ms; });
   const auto start = std::chrono::steady_clock::now();
   App silent(t.server_port());  // plain TCP straight to the server tunnel, no TLS
   CHECK(silent.closed_by_peer());
   const auto waited = std::chrono::steady_clock::now() - start;
   CHECK(waited >= 150ms);
   CHECK(waited < 3s);
-  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "handshake_timeout"), 1); }));
+  CHECK(wait_until([&] { return t.has_metric(t.rejected("in", "handshake_timeout"), 1); }));
   CHECK(sessions_end(*t.server));
 }
 
 TEST_CASE("an idle session is closed after the idle timeout") {
-  Tunnels t([](tunnel::TunnelOptions& o) { o.idle_timeout = 300ms; });
+  Tunnels t([](tunnel::TunnelOptions& o) { o.limits.idle_timeout = 300ms; });
   App app(t.entry_port());
   app.send("ping");
   REQUIRE(app.receive(4) == "ping");
@@ -319,7 +319,7 @@ TEST_CASE("an idle session is closed after the idle timeout") {
 }
 
 TEST_CASE("a session with traffic outlives the idle timeout") {
-  Tunnels t([](tunnel::TunnelOptions& o) { o.idle_timeout = 400ms; });
+  Tunnels t([](tunnel::TunnelOptions& o) { o.limits.idle_timeout = 400ms; });
   App app(t.entry_port());
   for (int i = 0; i < 8; ++i) {
     app.send("tick");
@@ -336,7 +336,7 @@ TEST_CASE("an unreachable target refuses the session and counts target_unreachab
   Tunnels t([&](tunnel::TunnelOptions& o) { o.target_port = std::to_string(nowhere); });
   App app(t.entry_port());
   CHECK(app.closed_by_peer());
-  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "target_unreachable"), 1); }));
+  CHECK(wait_until([&] { return t.has_metric(t.rejected("in", "target_unreachable"), 1); }));
   CHECK(sessions_end(*t.server));
   CHECK(t.has_metric("spiffe_tunnel_connections_established_total{tunnel=\"in\"} ", 0));
 }
@@ -363,13 +363,13 @@ TEST_CASE("a target that does not answer a connect is given up at the connect ti
   REQUIRE(::poll(&first, 1, 5000) == 1);
   Tunnels t([&](tunnel::TunnelOptions& o) {
     o.target_port = std::to_string(full.local_endpoint().port());
-    o.connect_timeout = 200ms;
+    o.limits.connect_timeout = 200ms;
   });
   const auto start = std::chrono::steady_clock::now();
   App app(t.entry_port());
   CHECK(app.closed_by_peer());
   CHECK(std::chrono::steady_clock::now() - start < 3s);
-  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "target_unreachable"), 1); }));
+  CHECK(wait_until([&] { return t.has_metric(t.rejected("in", "target_unreachable"), 1); }));
   CHECK(sessions_end(*t.server));
 }
 
@@ -379,7 +379,7 @@ TEST_CASE("a client the server does not allow never reaches the target") {
   t.client_store.publish(snapshot_of({svid_of(t.root, "spiffe://example.org/intruder")}, {&t.root}));
   App app(t.entry_port());
   CHECK(app.closed_by_peer());
-  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "not_authorized"), 1); }));
+  CHECK(wait_until([&] { return t.has_metric(t.rejected("in", "not_authorized"), 1); }));
   CHECK(t.has_metric("spiffe_tunnel_connections_established_total{tunnel=\"in\"} ", 0));
 }
 
@@ -390,7 +390,7 @@ TEST_CASE("a tunnel without an identity refuses connections as not ready") {
   CHECK_THAT(t.server->readiness_detail(), Contains("no identity held"));
   App app(t.entry_port());
   CHECK(app.closed_by_peer());
-  CHECK(eventually([&] { return t.has_metric(t.rejected("in", "not_ready"), 1); }));
+  CHECK(wait_until([&] { return t.has_metric(t.rejected("in", "not_ready"), 1); }));
 }
 
 TEST_CASE("stop() ends accepting, and close_sessions() ends the sessions still open") {
@@ -402,7 +402,7 @@ TEST_CASE("stop() ends accepting, and close_sessions() ends the sessions still o
   t.client->stop();
   t.client->stop();  // safe twice
   // New connections are refused once the listener is closed.
-  CHECK(eventually([&] { return refuses_connections(t.entry_port()); }));
+  CHECK(wait_until([&] { return refuses_connections(t.entry_port()); }));
   // The open session still works.
   app.send("during");
   CHECK(app.receive(6) == "during");
@@ -423,6 +423,7 @@ TEST_CASE("a tunnel reports a listen address it cannot bind") {
   auto make = [&](std::string host, uint16_t port) {
     tunnel::TunnelOptions o;
     o.name = "busy";
+    o.limits = kLimits;
     o.listen_host = std::move(host);
     o.listen_port = port;
     tls::TlsOptions tls_options;
@@ -444,6 +445,7 @@ TEST_CASE("a tunnel drained alone closes its own sessions while another tunnel k
   Tunnels t;
   tunnel::TunnelOptions other;
   other.name = "out2";
+  other.limits = kLimits;
   other.target_host = "127.0.0.1";
   other.target_port = std::to_string(t.server_port());
   tunnel::Tunnel* second = t.others.emplace_back(t.make_client(std::move(other))).get();
@@ -461,7 +463,7 @@ TEST_CASE("a tunnel drained alone closes its own sessions while another tunnel k
   CHECK(std::chrono::steady_clock::now() - start >= 250ms);
   CHECK(t.client->active_sessions() == 0);
   CHECK(drained.closed_by_peer());
-  CHECK(eventually([&] { return refuses_connections(t.entry_port()); }));
+  CHECK(wait_until([&] { return refuses_connections(t.entry_port()); }));
   CHECK(t.client->drain(std::chrono::steady_clock::now()) == 0);  // safe twice
 
   // The other tunnel: its open session and new ones are untouched.

@@ -29,10 +29,6 @@ class Authorizer {
   virtual std::string describe() const = 0;
 };
 
-// The pattern type moved to spiffe, where the ID grammar lives; this name stays for callers that
-// still spell it policy::IdPattern.
-using IdPattern = spiffe::IdPattern;
-
 // Allows a peer if its ID is listed, its trust domain is listed, or it matches a pattern; denies
 // everything else. An empty rule set denies everything unless `allow_any_verified` is set, in
 // which case any peer that passed chain verification is allowed.

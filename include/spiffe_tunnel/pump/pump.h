@@ -36,7 +36,9 @@ struct PumpResult {
 inline constexpr std::size_t kRecordBuffer = 16 * 1024 + 256;
 
 struct PumpOptions {
-  std::size_t buffer_size = 256 * 1024;
+  // Bytes moved per step on the userspace path, and the splice pipe size. No default: the
+  // configuration owns it (64 KiB); 0 falls back to room for two TLS records.
+  std::size_t buffer_size = 0;
   // Splice a direction when the kernel owns both its ends' record layers (plain TCP, or TLS
   // offloaded with kTLS). Otherwise, or when false, copy through userspace.
   bool allow_splice = true;

@@ -39,11 +39,7 @@ struct TunnelOptions {
   uint16_t listen_port = 0;          // 0: pick a free port (tests)
   std::string target_host;
   std::string target_port;
-  std::chrono::milliseconds handshake_timeout{10000};
-  std::chrono::milliseconds connect_timeout{10000};
-  std::chrono::milliseconds idle_timeout{0};  // 0: no idle limit
-  std::size_t max_connections = 10000;
-  std::size_t buffer_size = 256 * 1024;
+  SessionLimits limits;  // every field set by the caller
   // Asked after the handshake verified and authorized the peer; null: no OPA step.
   std::shared_ptr<policy::OpaClient> opa;
 };

@@ -37,13 +37,15 @@ struct TunnelMetrics {
   void reject(std::string_view reason);
 };
 
-// Timeouts and limits of one tunnel's sessions.
+// Timeouts and limits of one tunnel's sessions. No defaults here: the configuration model
+// (config::TunnelConfig) owns them, and app fills every field; Tunnel::create refuses zeros
+// where they would make no sense.
 struct SessionLimits {
-  std::chrono::milliseconds handshake_timeout{10000};
-  std::chrono::milliseconds connect_timeout{10000};
-  std::chrono::milliseconds idle_timeout{0};  // 0: no idle limit
-  std::size_t max_connections = 10000;
-  std::size_t buffer_size = 256 * 1024;  // per direction of the userspace pump
+  std::chrono::milliseconds handshake_timeout{};
+  std::chrono::milliseconds connect_timeout{};
+  std::chrono::milliseconds idle_timeout{};  // 0: no idle limit
+  std::size_t max_connections = 0;
+  std::size_t buffer_size = 0;  // per direction of the userspace pump, and the splice pipe size
 };
 
 // The plain-TCP end the tunnel connects to.

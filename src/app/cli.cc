@@ -4,10 +4,15 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <signal.h>
+
+#include <cerrno>
+#include <cstring>
 #include <iostream>
 
 #include "daemon.h"
 #include "demo.h"
+#include "logging.h"
 #include "spiffe_tunnel/config/config.h"
 #include "spiffe_tunnel/config/flags.h"
 #include "spiffe_tunnel/config/values.h"
@@ -105,29 +110,21 @@ void add_global_flags(CLI::App& app, config::GlobalFlags& g) {
                  "default 0): lower latency on VMs for more CPU");
 }
 
-void set_log_level(config::LogLevel level) {
-  using L = config::LogLevel;
-  switch (level) {
-    case L::kTrace:
-      return spdlog::set_level(spdlog::level::trace);
-    case L::kDebug:
-      return spdlog::set_level(spdlog::level::debug);
-    case L::kInfo:
-      return spdlog::set_level(spdlog::level::info);
-    case L::kWarn:
-      return spdlog::set_level(spdlog::level::warn);
-    case L::kError:
-      return spdlog::set_level(spdlog::level::err);
-    case L::kCritical:
-      return spdlog::set_level(spdlog::level::critical);
-    case L::kOff:
-      return spdlog::set_level(spdlog::level::off);
-  }
-}
-
 int fail(const std::string& message) {
   std::cerr << "spiffe-tunnel: " << message << "\n";
   return 2;
+}
+
+// `reload --pid`: the file is valid, so ask the daemon to take it.
+int signal_reload(pid_t pid) {
+  if (pid <= 0) {
+    return 0;
+  }
+  if (::kill(pid, SIGHUP) != 0) {
+    return fail("cannot signal process " + std::to_string(pid) + ": " + std::strerror(errno));
+  }
+  std::cout << "reload requested from process " << pid << "\n";
+  return 0;
 }
 
 }  // namespace
@@ -137,7 +134,7 @@ int run_cli(int argc, char** argv) {
       "spiffe-tunnel: SPIFFE-aware mutual TLS tunnels.\n"
       "  server: accept mTLS, forward plain TCP to a local target\n"
       "  client: accept plain TCP, forward over mTLS to a remote site\n"
-      "  run:    run every tunnel of a YAML configuration file\n"
+      "  run:    run every tunnel of a YAML configuration file (SIGHUP reloads it)\n"
       "  demo:   make throwaway trust domains and show a tunnel pair working",
       "spiffe-tunnel"};
   app.require_subcommand(1);
@@ -158,6 +155,13 @@ int run_cli(int argc, char** argv) {
   run->add_option("-c,--config", config_path, "YAML configuration file")->required();
   auto* check = app.add_subcommand("check-config", "Validate a configuration file and exit");
   check->add_option("-c,--config", config_path, "YAML configuration file")->required();
+  pid_t reload_pid = 0;
+  auto* reload = app.add_subcommand(
+      "reload", "Validate a configuration file, then ask the running daemon to reload it (SIGHUP)");
+  reload->add_option("-c,--config", config_path, "YAML configuration file")->required();
+  reload->add_option("--pid", reload_pid,
+                     "Process ID of the running daemon (systemd: ExecReload=... --pid $MAINPID); "
+                     "without it, only validate");
 
   DemoOptions demo_options;
   auto* demo = app.add_subcommand("demo", "Run a self-contained demo with throwaway trust domains");
@@ -186,7 +190,7 @@ int run_cli(int argc, char** argv) {
     draft = config::read_tunnel_flags(server_flags, config::Mode::kServer);
   } else if (*client) {
     draft = config::read_tunnel_flags(client_flags, config::Mode::kClient);
-  } else if (*run || *check) {
+  } else if (*run || *check || *reload) {
     draft = config::read_config_file(config_path);
     // A file's log_level (or its default) wins over --log-level, which only covers loading.
     overrides->log_level.reset();
@@ -198,12 +202,19 @@ int run_cli(int argc, char** argv) {
   if (!cfg) {
     return fail(cfg.error().message);
   }
-  if (*check) {
+  if (*check || *reload) {
     std::cout << config_path << ": OK, " << cfg->tunnels.size() << " tunnel(s)\n";
-    return 0;
+    return *reload ? signal_reload(reload_pid) : 0;
   }
   set_log_level(cfg->log_level);
-  return run_daemon(*cfg);
+  if (!*run) {
+    return run_daemon(*cfg);
+  }
+  // SIGHUP reads the same file again, with the same command-line overrides.
+  return run_daemon(*cfg, [path = config_path, o = *overrides] {
+    auto next = config::read_config_file(path);
+    return next ? config::finalize(std::move(*next), o) : next;
+  });
 }
 
 }  // namespace spiffe_tunnel::app

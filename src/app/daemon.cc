@@ -16,7 +16,10 @@
 #include "spiffe_tunnel/tunnel/tunnel.h"
 #include "spiffe_tunnel/workload/files_source.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
+#include "logging.h"
+#include "reload_plan.h"
 #include "systemd_notify.h"
+#include "tunnel_set.h"
 #include "wiring.h"
 
 namespace spiffe_tunnel::app {
@@ -33,30 +36,18 @@ std::shared_ptr<const identity::Snapshot> to_snapshot(workload::X509Context ctx,
   return s;
 }
 
-// Blocks until SIGINT/SIGTERM, pinging the systemd watchdog and checking the identity's expiry
-// meanwhile.
-void wait_for_stop(SystemdNotifier& notifier, identity::ExpiryWatch& expiry) {
+// Waits up to `tick` for SIGINT, SIGTERM or SIGHUP; returns the signal, or 0 when none came.
+int wait_for_signal(std::chrono::milliseconds tick) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGHUP);
-  const auto tick = std::min(notifier.watchdog_interval() / 2, std::chrono::milliseconds(200));
-  for (;;) {
-    timespec ts{};
-    ts.tv_sec = tick.count() / 1000;
-    ts.tv_nsec = (tick.count() % 1000) * 1'000'000;
-    const int sig = sigtimedwait(&set, nullptr, &ts);
-    notifier.watchdog();
-    expiry.check();
-    if (sig == SIGINT || sig == SIGTERM) {
-      spdlog::info("received {}, draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
-      return;
-    }
-    if (sig == SIGHUP) {
-      spdlog::info("SIGHUP: identity files are reloaded automatically; nothing else to reload");
-    }
-  }
+  timespec ts{};
+  ts.tv_sec = tick.count() / 1000;
+  ts.tv_nsec = (tick.count() % 1000) * 1'000'000;
+  const int sig = sigtimedwait(&set, nullptr, &ts);
+  return sig > 0 ? sig : 0;
 }
 
 // Waits for the identity store's first snapshot; false when SIGINT/SIGTERM comes first.
@@ -77,22 +68,20 @@ bool wait_for_identity(const identity::IdentityStore& store) {
 }
 
 // One line per tunnel: whether it can take connections now, and if not, why.
-admin::Readiness readiness(const identity::IdentityStore& store,
-                           const std::vector<std::unique_ptr<tunnel::Tunnel>>& tunnels) {
+admin::Readiness readiness(const identity::IdentityStore& store, const TunnelSet& tunnels) {
   admin::Readiness r{static_cast<bool>(store.current()), ""};
   if (!r.ready) {
     r.detail = "no identity held (not received yet, revoked or expired)\n";
   }
-  for (const auto& t : tunnels) {
-    const bool ok = t->ready();
+  tunnels.for_each([&](const tunnel::Tunnel& t) {
+    const bool ok = t.ready();
     r.ready = r.ready && ok;
-    r.detail += "tunnel " + t->name() + ": " + t->readiness_detail() + "\n";
-  }
+    r.detail += "tunnel " + t.name() + ": " + t.readiness_detail() + "\n";
+  });
   return r;
 }
 
-std::string status_json(const identity::IdentityStore& store,
-                        const std::vector<std::unique_ptr<tunnel::Tunnel>>& tunnels) {
+std::string status_json(const identity::IdentityStore& store, const TunnelSet& tunnels) {
   nlohmann::json j;
   auto snap = store.current();
   j["identity"]["ready"] = static_cast<bool>(snap);
@@ -111,15 +100,19 @@ std::string status_json(const identity::IdentityStore& store,
       j["identity"]["trust_domains"].push_back(td.name());
     }
   }
-  for (const auto& t : tunnels) {
-    const auto ep = t->local_endpoint();
-    j["tunnels"].push_back({{"name", t->name()},
+  tunnels.for_each([&](const tunnel::Tunnel& t) {
+    const auto ep = t.local_endpoint();
+    j["tunnels"].push_back({{"name", t.name()},
                             {"listen", ep.address().to_string() + ":" + std::to_string(ep.port())},
-                            {"target", t->context()->target.str()},
-                            {"ready", t->ready()},
-                            {"detail", t->readiness_detail()},
-                            {"active_sessions", t->active_sessions()}});
-  }
+                            {"target", t.context()->target.str()},
+                            {"ready", t.ready()},
+                            {"detail", t.readiness_detail()},
+                            {"active_sessions", t.active_sessions()}});
+  });
+  // Previous versions of reloaded or removed tunnels, until their sessions have ended.
+  tunnels.for_each_draining([&](const tunnel::Tunnel& t) {
+    j["draining"].push_back({{"name", t.name()}, {"active_sessions", t.active_sessions()}});
+  });
   return j.dump(2) + "\n";
 }
 
@@ -162,28 +155,48 @@ void block_signals() {
 }
 
 // ktls: on needs kernel TLS; checked once for all tunnels, before anything binds.
-bool probe_ktls_if_required(const Config& config) {
+base::Status probe_ktls_if_required(const Config& config) {
   for (const auto& t : config.tunnels) {
     if (t.tls.ktls == config::KtlsMode::kOn) {
       if (auto st = tls::ktls::probe_kernel_tls(); !st) {
-        spdlog::error("tunnel \"{}\": ktls is \"on\" but {}", t.name, st.error().message);
-        return false;
+        return base::make_error("tunnel \"" + t.name + "\": ktls is \"on\" but " +
+                                st.error().message);
       }
-      return true;
+      return {};
     }
   }
-  return true;
+  return {};
 }
+
+// Reload outcomes; see docs/metrics.md.
+struct ReloadMetrics {
+  explicit ReloadMetrics(base::MetricsRegistry& r)
+      : success(r.counter("spiffe_tunnel_config_reloads_total",
+                          "Configuration reloads, by result.", {{"result", "success"}})),
+        failure(r.counter("spiffe_tunnel_config_reloads_total", "", {{"result", "failure"}})),
+        failures(r.counter("spiffe_tunnel_config_reload_failures_total",
+                           "Reloads rejected (invalid file, port in use); the running "
+                           "configuration stayed.")),
+        last_ok(r.gauge("spiffe_tunnel_config_last_reload_successful",
+                        "1 when the last reload (or the start) applied its configuration.")) {
+    last_ok.set(1);
+  }
+  base::Counter& success;
+  base::Counter& failure;
+  base::Counter& failures;
+  base::Gauge& last_ok;
+};
 
 // The daemon's parts and the order in which they come up and go down: build() creates
 // everything that can fail on bad input, start() waits for the first identity and starts
-// accepting, run_until_signal() serves, drain() shuts down. Only the main thread calls these.
-// Members are declared so that they are destroyed in reverse dependency order: sessions (frames
-// in the pool) hold tunnel contexts that point into the store and the metrics registry, and the
-// identity source calls into the expiry watch and the identity metrics.
+// accepting, run_until_signal() serves (and reloads on SIGHUP), drain() shuts down. Only the main
+// thread calls these. Members are declared so that they are destroyed in reverse dependency
+// order: sessions (frames in the pool) hold tunnel contexts that point into the store and the
+// metrics registry, and the identity source calls into the expiry watch and the identity metrics.
 class Daemon {
  public:
-  explicit Daemon(const Config& config) : config_(config) {}
+  Daemon(Config config, ConfigLoader loader)
+      : config_(std::move(config)), loader_(std::move(loader)) {}
   ~Daemon() { stop_services(); }
 
   // Logs the reason and returns false when the configuration or environment does not allow a
@@ -192,34 +205,44 @@ class Daemon {
   // Starts the identity source and waits for the first identity, then the data path. False when
   // SIGINT/SIGTERM came first.
   bool start();
-  // Serves until SIGINT/SIGTERM: watchdog pings, expiry checks, SIGHUP logged and ignored.
-  void run_until_signal() { wait_for_stop(notifier_, expiry_); }
+  // Serves until SIGINT/SIGTERM: watchdog pings, expiry checks, retiring drained tunnel
+  // versions, and a reload on each SIGHUP.
+  void run_until_signal();
   // Stops accepting everywhere, lets sessions end until drain_timeout, closes the rest, stops.
   void drain();
 
  private:
   bool build_source();
-  bool build_tunnels();
   bool build_admin();
   void start_source();
+  // Re-reads the configuration and applies what changed; on any error the running one stays.
+  void reload();
+  // The summary line, or why nothing changed.
+  base::Result<std::string> try_reload();
   // Stops the identity source, admin and the data path. Safe to call twice.
   void stop_services();
 
-  const Config& config_;
+  Config config_;  // the configuration running now (replaced by each successful reload)
+  ConfigLoader loader_;
   base::MetricsRegistry metrics_;
   IdentityMetrics identity_metrics_{metrics_};
+  ReloadMetrics reload_metrics_{metrics_};
   identity::IdentityStore store_;
   identity::ExpiryWatch expiry_{store_, base::SystemClock::instance()};
   std::unique_ptr<workload::IdentitySource> source_;
   bool source_started_ = false;
   std::unique_ptr<tunnel::IoPool> pool_;
-  std::vector<std::unique_ptr<tunnel::Tunnel>> tunnels_;
+  std::unique_ptr<TunnelSet> tunnels_;
   std::unique_ptr<admin::AdminServer> admin_;
   SystemdNotifier notifier_;
 };
 
 bool Daemon::build() {
-  if (!build_source() || !probe_ktls_if_required(config_)) {
+  if (!build_source()) {
+    return false;
+  }
+  if (auto st = probe_ktls_if_required(config_); !st) {
+    spdlog::error("{}", st.error().message);
     return false;
   }
   const std::size_t threads =
@@ -231,7 +254,12 @@ bool Daemon::build() {
   } else {
     spdlog::info("data path: {} thread(s)", threads);
   }
-  return build_tunnels() && build_admin();
+  tunnels_ = std::make_unique<TunnelSet>(*pool_, metrics_, store_);
+  if (auto st = tunnels_->build(config_.tunnels); !st) {
+    spdlog::error("{}", st.error().message);
+    return false;
+  }
+  return build_admin();
 }
 
 bool Daemon::build_source() {
@@ -252,22 +280,6 @@ bool Daemon::build_source() {
   return true;
 }
 
-bool Daemon::build_tunnels() {
-  for (const auto& t : config_.tunnels) {
-    const TunnelPolicy policy = make_policy(t);
-    auto provider = std::make_unique<tls::ContextProvider>(make_tls_options(t, policy), store_,
-                                                           base::SystemClock::instance());
-    auto made = tunnel::Tunnel::create(make_tunnel_options(t, policy), std::move(provider),
-                                       *pool_, metrics_);
-    if (!made) {
-      spdlog::error("{}", made.error().message);
-      return false;
-    }
-    tunnels_.push_back(std::move(*made));
-  }
-  return true;
-}
-
 // Admin serves as soon as it is built, so /healthz and /readyz answer while the daemon waits
 // for its first identity.
 bool Daemon::build_admin() {
@@ -277,8 +289,8 @@ bool Daemon::build_admin() {
   const config::HostPort& hp = tcp_address(*config_.admin);
   auto made = admin::AdminServer::create(
       hp.host, hp.port, metrics_,
-      {.readiness = [this] { return readiness(store_, tunnels_); },
-       .status_json = [this] { return status_json(store_, tunnels_); }});
+      {.readiness = [this] { return readiness(store_, *tunnels_); },
+       .status_json = [this] { return status_json(store_, *tunnels_); }});
   if (!made) {
     spdlog::error("{}", made.error().message);
     return false;
@@ -319,26 +331,84 @@ bool Daemon::start() {
     }
   }
   pool_->start();
-  for (auto& t : tunnels_) {
-    t->start();
-  }
-  notifier_.ready("spiffe-tunnel: " + std::to_string(tunnels_.size()) + " tunnel(s) listening");
+  tunnels_->start();
+  notifier_.ready("spiffe-tunnel: " + std::to_string(tunnels_->size()) + " tunnel(s) listening");
   return true;
+}
+
+void Daemon::run_until_signal() {
+  const auto tick = std::min(notifier_.watchdog_interval() / 2, std::chrono::milliseconds(200));
+  for (;;) {
+    const int sig = wait_for_signal(tick);
+    notifier_.watchdog();
+    expiry_.check();
+    tunnels_->reap();
+    if (sig == SIGINT || sig == SIGTERM) {
+      spdlog::info("received {}, draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      return;
+    }
+    if (sig == SIGHUP) {
+      reload();
+    }
+  }
+}
+
+void Daemon::reload() {
+  if (!loader_) {
+    spdlog::warn("SIGHUP: the tunnels came from command-line flags; there is no file to reload");
+    return;
+  }
+  notifier_.reloading();
+  // Metrics first, then the log line: whoever sees the line sees the counters too.
+  if (auto done = try_reload(); done) {
+    reload_metrics_.success.inc();
+    reload_metrics_.last_ok.set(1);
+    spdlog::info("{}", *done);
+  } else {
+    reload_metrics_.failure.inc();
+    reload_metrics_.failures.inc();
+    reload_metrics_.last_ok.set(0);
+    spdlog::error("reload failed, the running configuration stays: {}", done.error().message);
+  }
+  notifier_.ready("spiffe-tunnel: " + std::to_string(tunnels_->size()) + " tunnel(s) listening");
+}
+
+base::Result<std::string> Daemon::try_reload() {
+  spdlog::info("SIGHUP: reloading {}", config_.file);
+  auto next = loader_();
+  if (!next) {
+    return next.error();
+  }
+  if (auto st = probe_ktls_if_required(*next); !st) {
+    return st.error();
+  }
+  const ReloadPlan plan = plan_reload(config_, *next);
+  for (const auto& setting : plan.need_restart) {
+    spdlog::warn("reload: {} changed; this takes a restart, the running value stays", setting);
+  }
+  if (auto st = tunnels_->apply(plan, next->tunnels, next->drain_timeout); !st) {
+    return st.error();
+  }
+  if (plan.log_level_changed) {
+    set_log_level(next->log_level);
+  }
+  std::size_t counts[5] = {};
+  for (const auto& c : plan.tunnels) {
+    ++counts[static_cast<int>(c.kind)];
+  }
+  config_ = effective_config(config_, std::move(*next));
+  return fmt::format(
+      "reload: done: {} unchanged, {} policy changed, {} replaced, {} removed, {} added",
+      counts[0], counts[1], counts[2], counts[3], counts[4]);
 }
 
 void Daemon::drain() {
   notifier_.stopping();
   // One deadline for every tunnel: all stop accepting first, then each waits for what is left
   // of the same drain_timeout and closes the sessions still open when it passes.
-  const auto deadline = std::chrono::steady_clock::now() + config_.drain_timeout;
-  for (auto& t : tunnels_) {
-    t->stop();
-  }
-  for (auto& t : tunnels_) {
-    t->drain(deadline);
-  }
+  tunnels_->drain(std::chrono::steady_clock::now() + config_.drain_timeout);
   stop_services();
-  tunnels_.clear();
+  tunnels_->clear();
   spdlog::info("stopped");
 }
 
@@ -357,9 +427,9 @@ void Daemon::stop_services() {
 
 }  // namespace
 
-int run_daemon(const Config& config) {
+int run_daemon(const Config& config, ConfigLoader loader) {
   block_signals();
-  Daemon daemon(config);
+  Daemon daemon(config, std::move(loader));
   if (!daemon.build()) {
     return 1;
   }

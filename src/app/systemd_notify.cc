@@ -1,5 +1,7 @@
 #include "systemd_notify.h"
 
+#include <time.h>
+
 #include <cstdlib>
 
 #ifdef SPIFFE_TUNNEL_HAVE_SYSTEMD
@@ -29,6 +31,16 @@ void SystemdNotifier::stopping() {
   }
 }
 
+void SystemdNotifier::reloading() {
+  if (enabled_) {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    const unsigned long long usec =
+        static_cast<unsigned long long>(ts.tv_sec) * 1'000'000ULL + ts.tv_nsec / 1000;
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", usec);
+  }
+}
+
 void SystemdNotifier::status(const std::string& s) {
   if (enabled_) {
     sd_notifyf(0, "STATUS=%s", s.c_str());
@@ -49,6 +61,7 @@ void SystemdNotifier::watchdog() {
 SystemdNotifier::SystemdNotifier() = default;
 void SystemdNotifier::ready(const std::string&) {}
 void SystemdNotifier::stopping() {}
+void SystemdNotifier::reloading() {}
 void SystemdNotifier::status(const std::string&) {}
 void SystemdNotifier::watchdog() {}
 #endif

@@ -12,6 +12,9 @@ class SystemdNotifier {
   SystemdNotifier();
   void ready(const std::string& status);
   void stopping();
+  // A reload starts (RELOADING=1 with MONOTONIC_USEC, as Type=notify-reload expects); ready()
+  // ends it.
+  void reloading();
   void status(const std::string& status);
   // Pings the watchdog if WatchdogSec= is set and half the interval has passed since the last ping.
   void watchdog();

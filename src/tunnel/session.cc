@@ -56,6 +56,58 @@ void Session::abort(std::string reason) {
   });
 }
 
+void Session::recheck(std::shared_ptr<const TunnelContext> next) {
+  asio::post(accepted_.get_executor(), [self = shared_from_this(), next = std::move(next)] {
+    if (self->finished_) {
+      return;
+    }
+    if (!self->authorized_) {
+      self->pending_policy_ = next;  // the newest policy wins
+      return;
+    }
+    self->apply_policy(next);
+  });
+}
+
+void Session::apply_policy(std::shared_ptr<const TunnelContext> next) {
+  const spiffe::SpiffeId& peer = *tls_->info().peer.peer_id;
+  const auto& authorizer = next->tls->options().authorizer;
+  if (authorizer) {
+    const policy::Decision d = authorizer->authorize(peer);
+    if (!d.allowed) {
+      end_by_policy(d.reason);
+      return;
+    }
+  }
+  if (next->opa) {
+    asio::co_spawn(accepted_.get_executor(),
+                   [self = shared_from_this(), next] { return self->ask_opa_again(next); },
+                   asio::detached);
+  }
+}
+
+asio::awaitable<void> Session::ask_opa_again(std::shared_ptr<const TunnelContext> next) {
+  policy::OpaInput input{next->name, std::string(next->mode_name()), *tls_->info().peer.peer_id,
+                         tls_->info().context->svid().id.str()};
+  const policy::OpaDecision d = co_await next->opa->decide(std::move(input));
+  if (finished_ || (d.allowed && !d.error)) {
+    co_return;
+  }
+  // Fail closed, as at the handshake: no answer from OPA is no permission.
+  end_by_policy(d.error ? "OPA unavailable: " + d.reason : "OPA: " + d.reason);
+}
+
+void Session::end_by_policy(const std::string& detail) {
+  if (finished_ || timed_out_ == "policy_changed") {
+    return;
+  }
+  spdlog::warn("{} ending reason=policy_changed: peer {} is no longer allowed: {}", prefix(),
+               tls_->info().peer.peer_id->str(), detail);
+  context_->metrics->end("policy_changed");
+  timed_out_ = "policy_changed";
+  close_all();
+}
+
 void Session::close_all() {
   asio::error_code ignored;
   accepted_.close(ignored);
@@ -274,6 +326,10 @@ asio::awaitable<void> Session::run() {
   const bool server = context_->mode == tls::Role::kServer;
   const bool opened = server ? co_await open_server() : co_await open_client();
   if (opened) {
+    authorized_ = true;
+    if (pending_policy_) {
+      apply_policy(std::move(pending_policy_));
+    }
     context_->metrics->established.inc();
     log_opened();
     pump::PumpOptions po;

@@ -31,6 +31,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void start(base::DrainToken token);
   // Aborts both ends from any thread; `reason` ends up in the session's closing line.
   void abort(std::string reason);
+  // Checks the session's peer against the policy of `next` (its TLS options' allow-list, then
+  // its OPA step) and ends the session with reason policy_changed when that no longer allows the
+  // peer. A session still in its handshake is checked once it has been authorized. Any thread.
+  void recheck(std::shared_ptr<const TunnelContext> next);
+  uint64_t id() const { return id_; }
 
  private:
   asio::awaitable<void> run();
@@ -45,6 +50,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // The tunnel's OPA decision for the verified peer; true when there is none to ask.
   asio::awaitable<bool> ask_opa();
   void count_and_log(const pump::PumpResult& r) const;
+  // recheck() on the session's thread, once the peer is authorized.
+  void apply_policy(std::shared_ptr<const TunnelContext> next);
+  asio::awaitable<void> ask_opa_again(std::shared_ptr<const TunnelContext> next);
+  void end_by_policy(const std::string& detail);
 
   // Closes everything if not cancelled within `after`.
   void arm_deadline(std::chrono::milliseconds after, std::string what);
@@ -75,6 +84,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_activity_;
   bool finished_ = false;
+  bool authorized_ = false;  // the peer passed this session's policy; pumping may start
+  // A policy that arrived while the peer was not yet authorized; applied right after.
+  std::shared_ptr<const TunnelContext> pending_policy_;
 };
 
 }  // namespace spiffe_tunnel::tunnel

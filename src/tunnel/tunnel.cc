@@ -4,6 +4,11 @@
 
 #include <asio/post.hpp>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <future>
+
 #include "session.h"
 #include "spiffe_tunnel/base/listener.h"
 
@@ -51,14 +56,85 @@ base::Result<std::unique_ptr<Tunnel>> Tunnel::create(TunnelOptions options,
   }
   const std::string host = options.listen_host;
   const uint16_t port = options.listen_port;
+  const int fd = options.listen_fd;
   std::unique_ptr<Tunnel> t(
       new Tunnel(make_context(std::move(options), std::move(tls), metrics), pool));
+  if (fd >= 0) {
+    auto adopted = t->adopt_listener(fd);
+    if (!adopted) {
+      return adopted.error();
+    }
+    return t;
+  }
   auto bound = base::bind_listener(t->acceptor_, "tunnel \"" + t->name_ + "\": listen", host, port);
   if (!bound) {
     return bound.error();
   }
   t->local_ = *bound;
   return t;
+}
+
+base::Status Tunnel::adopt_listener(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  asio::error_code ec;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    ec = asio::error_code(errno, asio::system_category());
+  } else {
+    acceptor_.assign(ss.ss_family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
+  }
+  if (ec) {
+    ::close(fd);
+    return base::make_error("tunnel \"" + name_ + "\": cannot take over listening socket: " +
+                            ec.message());
+  }
+  local_ = acceptor_.local_endpoint(ec);
+  return {};
+}
+
+int Tunnel::release_listener() {
+  std::promise<int> released;
+  asio::post(acceptor_.get_executor(), [this, &released] {
+    // On the acceptor's thread: an accept that completed before this runs still starts its
+    // session here; the pending one is cancelled by release().
+    int fd = -1;
+    if (!stopped_.exchange(true)) {
+      accept_backoff_.cancel();
+      asio::error_code ec;
+      fd = acceptor_.release(ec);
+      if (ec) {
+        fd = -1;
+      }
+    }
+    released.set_value(fd);
+  });
+  return released.get_future().get();
+}
+
+void Tunnel::update_policy(std::unique_ptr<tls::ContextProvider> tls,
+                           std::shared_ptr<policy::OpaClient> opa) {
+  auto next = std::make_shared<TunnelContext>(*context());
+  next->tls = std::move(tls);
+  next->opa = std::move(opa);
+  std::shared_ptr<const TunnelContext> shared = std::move(next);
+  swap_context(shared);
+  for (const auto& s : live_sessions()) {
+    s->recheck(shared);
+  }
+}
+
+std::vector<std::shared_ptr<Session>> Tunnel::live_sessions() {
+  std::vector<std::shared_ptr<Session>> live;
+  std::lock_guard lock(sessions_mutex_);
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    if (auto s = it->second.lock()) {
+      live.push_back(std::move(s));
+      ++it;
+    } else {
+      it = sessions_.erase(it);
+    }
+  }
+  return live;
 }
 
 std::shared_ptr<const TunnelContext> Tunnel::context() const {
@@ -124,6 +200,14 @@ void Tunnel::start_session(asio::ip::tcp::socket socket) {
   });
   if (!token) {
     return;  // draining: the session is dropped with its socket, never started
+  }
+  {
+    std::lock_guard lock(sessions_mutex_);
+    // Ended sessions leave expired entries; sweep them once they outnumber the live ones.
+    if (sessions_.size() >= 64 && sessions_.size() > 2 * drain_.held()) {
+      std::erase_if(sessions_, [](const auto& e) { return e.second.expired(); });
+    }
+    sessions_.emplace(session->id(), session);
   }
   m.active.add(1);
   session->start(std::move(*token));

@@ -34,6 +34,14 @@ void TunnelMetrics::reject(std::string_view reason) {
       .inc();
 }
 
+void TunnelMetrics::end(std::string_view reason) {
+  registry
+      .counter("spiffe_tunnel_sessions_ended_total",
+               "Open sessions the daemon ended on its own, by reason (see docs/metrics.md).",
+               {{"tunnel", tunnel}, {"reason", std::string(reason)}})
+      .inc();
+}
+
 Target Target::of(std::string host, std::string port) {
   Target t{std::move(host), std::move(port), std::nullopt};
   asio::error_code not_ip;

@@ -516,3 +516,85 @@ TEST_CASE("a session keeps the context it started with when the tunnel's context
   CHECK(old_session.receive(5) == "still");
   CHECK(t.server->active_sessions() == 1);
 }
+
+TEST_CASE("update_policy ends the open sessions of peers it no longer allows, and only those") {
+  Tunnels t;
+  // A second client tunnel with another identity, allowed by the server tunnel too.
+  identity::IdentityStore other_store;
+  other_store.publish(snapshot_of({svid_of(t.root, "spiffe://example.org/other")}, {&t.root}));
+  tls::TlsOptions in_tls;
+  in_tls.role = tls::Role::kServer;
+  in_tls.authorizer = allow_ids({"spiffe://example.org/app", "spiffe://example.org/other"});
+  t.server->update_policy(std::make_unique<tls::ContextProvider>(
+                              in_tls, t.server_store, base::SystemClock::instance()),
+                          nullptr);
+  tunnel::TunnelOptions o;
+  o.name = "other";
+  o.limits = kLimits;
+  o.target_host = "127.0.0.1";
+  o.target_port = std::to_string(t.server_port());
+  tls::TlsOptions out_tls;
+  out_tls.role = tls::Role::kClient;
+  out_tls.authorizer = allow_ids({"spiffe://example.org/backend"});
+  tunnel::Tunnel* other = t.others.emplace_back(t.create(std::move(o), out_tls, other_store)).get();
+  other->start();
+
+  App app(t.entry_port());
+  app.send("app");
+  REQUIRE(app.receive(3) == "app");
+  App denied(other->local_endpoint().port());
+  denied.send("other");
+  REQUIRE(denied.receive(5) == "other");
+  REQUIRE(t.server->active_sessions() == 2);
+
+  // The new policy allows app only.
+  in_tls.authorizer = allow_ids({"spiffe://example.org/app"});
+  t.server->update_policy(std::make_unique<tls::ContextProvider>(
+                              in_tls, t.server_store, base::SystemClock::instance()),
+                          nullptr);
+  CHECK(denied.closed_by_peer());
+  CHECK(wait_until([&] { return t.server->active_sessions() == 1; }));
+  CHECK(t.has_metric(
+      "spiffe_tunnel_sessions_ended_total{tunnel=\"in\",reason=\"policy_changed\"} ", 1));
+  app.send("still");
+  CHECK(app.receive(5) == "still");
+
+  // New handshakes use it too: the other identity is refused, app is served.
+  App again(other->local_endpoint().port());
+  CHECK(again.closed_by_peer());
+  App fresh(t.entry_port());
+  fresh.send("new");
+  CHECK(fresh.receive(3) == "new");
+}
+
+TEST_CASE("a listener released by one version of a tunnel is adopted by the next") {
+  Tunnels t;
+  App old_session(t.entry_port());
+  old_session.send("old");
+  REQUIRE(old_session.receive(3) == "old");
+
+  const uint16_t port = t.entry_port();
+  const int fd = t.client->release_listener();
+  REQUIRE(fd >= 0);
+  CHECK(t.client->release_listener() == -1);  // once
+  // Between the versions the address does not refuse: the connection waits in the backlog.
+  App queued(port);
+
+  tunnel::TunnelOptions next;
+  next.name = "out";
+  next.limits = kLimits;
+  next.listen_fd = fd;
+  next.target_host = "127.0.0.1";
+  next.target_port = std::to_string(t.server_port());
+  tunnel::Tunnel* v2 = t.others.emplace_back(t.make_client(std::move(next))).get();
+  CHECK(v2->local_endpoint().port() == port);
+  v2->start();
+
+  queued.send("queued");
+  CHECK(queued.receive(6) == "queued");
+  CHECK(v2->active_sessions() == 1);
+  // The old version keeps its open session until it is drained.
+  old_session.send("still");
+  CHECK(old_session.receive(5) == "still");
+  CHECK(t.client->active_sessions() == 1);
+}

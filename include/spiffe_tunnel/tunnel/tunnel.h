@@ -20,6 +20,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "spiffe_tunnel/base/drain.h"
 #include "spiffe_tunnel/base/metrics.h"
@@ -31,12 +33,17 @@
 
 namespace spiffe_tunnel::tunnel {
 
+class Session;
+
 // What app configures for one tunnel; Tunnel::create turns it into the listener and the first
 // TunnelContext.
 struct TunnelOptions {
   std::string name;
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 0;          // 0: pick a free port (tests)
+  // >= 0: a listening socket to adopt instead of binding listen_host:listen_port (the socket a
+  // previous version of the tunnel released, see Tunnel::release_listener).
+  int listen_fd = -1;
   std::string target_host;
   std::string target_port;
   SessionLimits limits;  // every field set by the caller
@@ -67,6 +74,18 @@ class Tunnel {
   // to call twice.
   std::size_t drain(std::chrono::steady_clock::time_point deadline);
 
+  // Stops accepting and hands over the listening socket, so that a new version of this tunnel can
+  // adopt it (TunnelOptions::listen_fd) without the address ever refusing a connection:
+  // connections wait in the backlog meanwhile. Open sessions are not touched. Returns -1 when the
+  // tunnel was stopped already. App thread, while the pool runs.
+  int release_listener();
+
+  // New sessions are authorized by `tls` (its options carry the allow-list) and `opa`; the open
+  // sessions are checked against the same policy and those whose peer it no longer allows end
+  // with reason policy_changed. Everything else of the context, and the listener, stay.
+  void update_policy(std::unique_ptr<tls::ContextProvider> tls,
+                     std::shared_ptr<policy::OpaClient> opa);
+
   // The context new sessions start with. Any thread.
   std::shared_ptr<const TunnelContext> context() const;
   // New sessions start with `next`; open sessions keep the context they have. The listener (and
@@ -82,8 +101,11 @@ class Tunnel {
 
  private:
   Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool);
+  base::Status adopt_listener(int fd);
   void accept_next();
   void start_session(asio::ip::tcp::socket socket);
+  // Sessions still alive (expired entries are pruned on the way).
+  std::vector<std::shared_ptr<Session>> live_sessions();
 
   const std::string name_;
   IoPool& pool_;
@@ -93,6 +115,9 @@ class Tunnel {
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_session_id_{1};
   base::Drain drain_;
+
+  std::mutex sessions_mutex_;
+  std::unordered_map<uint64_t, std::weak_ptr<Session>> sessions_;  // guarded by sessions_mutex_
 
   mutable std::mutex context_mutex_;
   std::shared_ptr<const TunnelContext> context_;  // guarded by context_mutex_

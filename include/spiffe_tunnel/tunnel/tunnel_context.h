@@ -35,6 +35,9 @@ struct TunnelMetrics {
   std::string tunnel;
   // Counts a refused connection under st_connections_rejected_total{tunnel,reason}.
   void reject(std::string_view reason);
+  // Counts an open session the daemon ended (e.g. policy_changed) under
+  // spiffe_tunnel_sessions_ended_total{tunnel,reason}.
+  void end(std::string_view reason);
 };
 
 // Timeouts and limits of one tunnel's sessions. No defaults here: the configuration model

@@ -1,0 +1,95 @@
+#include "reload_plan.h"
+
+#include <algorithm>
+
+namespace spiffe_tunnel::app {
+namespace {
+
+using config::Config;
+using config::TunnelConfig;
+
+const TunnelConfig* find(const std::vector<TunnelConfig>& tunnels, const std::string& name) {
+  auto it = std::find_if(tunnels.begin(), tunnels.end(),
+                         [&](const TunnelConfig& t) { return t.name == name; });
+  return it == tunnels.end() ? nullptr : &*it;
+}
+
+// What must happen to a tunnel present in both configurations. `origin` (where it was defined)
+// never counts: moving a tunnel within the file changes nothing.
+TunnelChange::Kind compare(TunnelConfig a, TunnelConfig b) {
+  a.origin = b.origin;
+  if (a == b) {
+    return TunnelChange::Kind::kUnchanged;
+  }
+  a.peers = b.peers;
+  a.opa = b.opa;
+  return a == b ? TunnelChange::Kind::kPolicy : TunnelChange::Kind::kReplace;
+}
+
+}  // namespace
+
+bool ReloadPlan::empty() const {
+  return need_restart.empty() && !log_level_changed && !drain_timeout_changed &&
+         std::all_of(tunnels.begin(), tunnels.end(), [](const TunnelChange& c) {
+           return c.kind == TunnelChange::Kind::kUnchanged;
+         });
+}
+
+std::string_view change_name(TunnelChange::Kind kind) {
+  switch (kind) {
+    case TunnelChange::Kind::kUnchanged:
+      return "unchanged";
+    case TunnelChange::Kind::kPolicy:
+      return "policy changed";
+    case TunnelChange::Kind::kReplace:
+      return "replaced";
+    case TunnelChange::Kind::kRemove:
+      return "removed";
+    case TunnelChange::Kind::kAdd:
+      return "added";
+  }
+  return "?";
+}
+
+ReloadPlan plan_reload(const Config& running, const Config& next) {
+  ReloadPlan plan;
+  for (const TunnelConfig& old : running.tunnels) {
+    const TunnelConfig* now = find(next.tunnels, old.name);
+    if (now == nullptr) {
+      plan.tunnels.push_back({TunnelChange::Kind::kRemove, old.name});
+      continue;
+    }
+    const auto kind = compare(old, *now);
+    plan.tunnels.push_back({kind, old.name, old.listen == now->listen});
+  }
+  for (const TunnelConfig& now : next.tunnels) {
+    if (find(running.tunnels, now.name) == nullptr) {
+      plan.tunnels.push_back({TunnelChange::Kind::kAdd, now.name});
+    }
+  }
+  if (running.identity != next.identity) {
+    plan.need_restart.emplace_back("identity");
+  }
+  if (running.threads != next.threads) {
+    plan.need_restart.emplace_back("threads");
+  }
+  if (running.busy_poll != next.busy_poll) {
+    plan.need_restart.emplace_back("busy_poll");
+  }
+  if (running.admin != next.admin) {
+    plan.need_restart.emplace_back("admin");
+  }
+  plan.log_level_changed = running.log_level != next.log_level;
+  plan.drain_timeout_changed = running.drain_timeout != next.drain_timeout;
+  return plan;
+}
+
+Config effective_config(const Config& running, Config next) {
+  next.identity = running.identity;
+  next.threads = running.threads;
+  next.busy_poll = running.busy_poll;
+  next.admin = running.admin;
+  return next;
+}
+
+}  // namespace spiffe_tunnel::app

@@ -17,6 +17,10 @@
 //	spiffe-peer svids --socket ... [--wait-for-id ID] [--timeout 30s]
 //	    Prints the X509 context (SVID IDs, hints, serials, expiry, bundle trust domains) as JSON.
 //
+//	spiffe-peer proxy-backend --listen 127.0.0.1:0 [--max-conns N]
+//	    Plain-TCP backend that decodes a PROXY protocol header with go-proxyproto and echoes
+//	    (see proxy_backend.go).
+//
 // Exit codes: 0 ok, 1 TLS/handshake/authorization/IO failure, 2 usage error,
 // 3 no SVID from the Workload API within --timeout.
 // The socket defaults to $SPIFFE_ENDPOINT_SOCKET; a bare absolute path is accepted too.
@@ -381,7 +385,7 @@ func hasID(svids []*x509svid.SVID, id string) bool {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: spiffe-peer serve|dial|svids [flags]   (spiffe-peer <cmd> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: spiffe-peer serve|dial|svids|proxy-backend [flags]   (spiffe-peer <cmd> -h for flags)")
 	os.Exit(exitUsage)
 }
 
@@ -397,6 +401,8 @@ func main() {
 		code = cmdDial(os.Args[2:])
 	case "svids":
 		code = cmdSvids(os.Args[2:])
+	case "proxy-backend":
+		code = cmdProxyBackend(os.Args[2:])
 	default:
 		usage()
 	}

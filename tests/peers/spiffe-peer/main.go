@@ -200,6 +200,14 @@ func cmdServe(args []string) int {
 	if err != nil {
 		die(exitFail, "listen %s: %v", *listen, err)
 	}
+	serveAll(ctx, cancel, ln, *maxConns, func(conn net.Conn) { serveConn(conn.(*tls.Conn)) })
+	return exitOK
+}
+
+// serveAll prints "listening <addr>", then handles each connection on its own goroutine until
+// ctx ends or maxConns (if positive) connections were handled, and waits for them.
+func serveAll(ctx context.Context, cancel context.CancelFunc, ln net.Listener, maxConns int,
+	handle func(net.Conn)) {
 	go func() { <-ctx.Done(); ln.Close() }()
 	emit("listening %s", ln.Addr())
 
@@ -218,10 +226,10 @@ func cmdServe(args []string) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			serveConn(conn.(*tls.Conn))
+			handle(conn)
 			hmu.Lock()
 			handled++
-			done := *maxConns > 0 && handled >= *maxConns
+			done := maxConns > 0 && handled >= maxConns
 			hmu.Unlock()
 			if done {
 				ln.Close()
@@ -230,7 +238,6 @@ func cmdServe(args []string) int {
 		}()
 	}
 	wg.Wait()
-	return exitOK
 }
 
 func serveConn(conn *tls.Conn) {

@@ -19,7 +19,6 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -75,35 +74,7 @@ func cmdProxyBackend(args []string) int {
 	if err != nil {
 		die(exitFail, "listen %s: %v", *listen, err)
 	}
-	go func() { <-ctx.Done(); ln.Close() }()
-	emit("listening %s", ln.Addr())
-
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	handled := 0
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				break
-			}
-			logf("accept: %v", err)
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			serveProxied(conn.(*net.TCPConn))
-			mu.Lock()
-			handled++
-			done := *maxConns > 0 && handled >= *maxConns
-			mu.Unlock()
-			if done {
-				cancel()
-			}
-		}()
-	}
-	wg.Wait()
+	serveAll(ctx, cancel, ln, *maxConns, func(conn net.Conn) { serveProxied(conn.(*net.TCPConn)) })
 	return exitOK
 }
 

@@ -11,8 +11,9 @@ build_pkgs=(
 )
 test_pkgs=(
   python3 python3-pytest iproute2 socat user-mode-linux kmod procps psmisc
+  haproxy  # an independent PROXY protocol receiver (tests/integration/test_proxy_protocol.py)
 )
-bench_pkgs=(stunnel4 haproxy nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
+bench_pkgs=(stunnel4 nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
 
 want=("${build_pkgs[@]}" "${test_pkgs[@]}")
 if [[ "${1:-}" == "--bench" ]]; then want+=("${bench_pkgs[@]}"); fi

@@ -73,6 +73,18 @@ void add_limit_flags(CLI::App* cmd, config::TunnelFlags& f) {
       ->default_str(std::to_string(d.max_connections));
 }
 
+// Shown on `server` only; `client` takes it too (hidden), so that validate() can say why not.
+void add_proxy_protocol_flag(CLI::App* cmd, config::TunnelFlags& f, bool server) {
+  const auto fallback = config::proxy_protocol_name(kTunnelDefaults.proxy_protocol);
+  auto* opt = cmd->add_option("--proxy-protocol", f.proxy_protocol,
+                              "Send the target a PROXY protocol header first (peer address, TLS "
+                              "facts, SPIFFE ID): off or v2")
+                  ->default_str(std::string(fallback));
+  if (!server) {
+    opt->group("");
+  }
+}
+
 void add_tunnel_flags(CLI::App* cmd, config::TunnelFlags& f, bool server) {
   cmd->add_option("--name", f.name, "Tunnel name used in logs and metrics")
       ->default_str(server ? "server" : "client");
@@ -97,6 +109,7 @@ void add_tunnel_flags(CLI::App* cmd, config::TunnelFlags& f, bool server) {
   add_peer_flags(cmd, f, server);
   add_tls_flags(cmd, f, server);
   add_limit_flags(cmd, f);
+  add_proxy_protocol_flag(cmd, f, server);
 }
 
 void add_global_flags(CLI::App& app, config::GlobalFlags& g) {

@@ -103,6 +103,8 @@ tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
               .max_connections = t.max_connections,
               .buffer_size = t.buffer_size};
   o.opa = policy.opa;
+  o.proxy_protocol = t.proxy_protocol == config::ProxyProtocol::kV2 ? tunnel::ProxyProtocol::kV2
+                                                                    : tunnel::ProxyProtocol::kOff;
   return o;
 }
 

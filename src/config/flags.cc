@@ -105,6 +105,8 @@ Status read_tunnel_settings(const TunnelFlags& f, TunnelConfig& t) {
   ST_TRY(flag_value(f.max_connections, "--max-connections", parse_max_connections,
                     t.max_connections));
   ST_TRY(flag_value(f.buffer_size, "--buffer-size", parse_buffer_size, t.buffer_size));
+  ST_TRY(flag_value(f.proxy_protocol, "--proxy-protocol", parse_proxy_protocol,
+                    t.proxy_protocol));
   return {};
 }
 

@@ -74,6 +74,11 @@ Status validate_tunnel(const TunnelConfig& t, const std::string& ctx) {
   if (const HostPort* target = t.target.tcp(); target && target->port == 0) {
     return make_error(ctx + ": target " + t.target.str() + " needs a port");
   }
+  if (t.proxy_protocol != ProxyProtocol::kOff && t.mode != Mode::kServer) {
+    return make_error(ctx + ": proxy_protocol is for server tunnels, whose target is the "
+                            "backend; a client tunnel's target is the remote spiffe-tunnel "
+                            "(set it on that side's server tunnel)");
+  }
   if (t.handshake_timeout.count() <= 0 || t.connect_timeout.count() <= 0) {
     return make_error(ctx + ": handshake and connect timeouts must be positive");
   }

@@ -254,6 +254,19 @@ std::string_view ktls_name(KtlsMode mode) {
   return "auto";
 }
 
+Result<ProxyProtocol> parse_proxy_protocol(std::string_view text) {
+  for (auto v : {ProxyProtocol::kOff, ProxyProtocol::kV2}) {
+    if (text == proxy_protocol_name(v)) {
+      return v;
+    }
+  }
+  return make_error("proxy_protocol " + quoted(text) + " is not off or v2");
+}
+
+std::string_view proxy_protocol_name(ProxyProtocol value) {
+  return value == ProxyProtocol::kV2 ? "v2" : "off";
+}
+
 Result<TlsVersion> parse_tls_version(std::string_view text) {
   for (auto v : {TlsVersion::k1_2, TlsVersion::k1_3}) {
     if (text == tls_version_name(v)) {

@@ -229,6 +229,8 @@ Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::str
   ST_TRY(r.value(n["max_connections"], "max_connections", prefix, parse_max_connections,
                  t.max_connections));
   ST_TRY(r.value(n["buffer_size"], "buffer_size", prefix, parse_buffer_size, t.buffer_size));
+  ST_TRY(r.value(n["proxy_protocol"], "proxy_protocol", prefix, parse_proxy_protocol,
+                 t.proxy_protocol));
   return {};
 }
 
@@ -237,7 +239,7 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
   t.origin = r.where(n);
   ST_TRY(r.only_keys(n,
                      {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
-                      "timeouts", "max_connections", "buffer_size"},
+                      "timeouts", "max_connections", "buffer_size", "proxy_protocol"},
                      "tunnel #" + std::to_string(index + 1)));
   t.name = "tunnel-" + std::to_string(index + 1);
   ST_TRY(r.optional_scalar(n["name"], "name", t.name));

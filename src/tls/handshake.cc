@@ -58,6 +58,9 @@ asio::awaitable<std::unique_ptr<TlsStream>> Handshake::run() {
   protocol_ = SSL_get_version(ssl_.get());
   const SSL_CIPHER* suite = SSL_get_current_cipher(ssl_.get());
   cipher_ = suite != nullptr ? SSL_CIPHER_get_name(suite) : "none";
+  if (const char* sni = SSL_get_servername(ssl_.get(), TLSEXT_NAMETYPE_host_name)) {
+    server_name_ = sni;
+  }
   enable_kernel_offload();
   if (context_->options().ktls == KtlsMode::kOn && !(kernel_tx_ && kernel_rx_)) {
     failure_ = {"ktls_unavailable", "ktls is \"on\" but this connection (" +
@@ -188,7 +191,7 @@ std::unique_ptr<TlsStream> Handshake::start_own_records() {
 }
 
 ConnectionInfo Handshake::connection_info(RecordLayer layer) const {
-  return ConnectionInfo{outcome_, protocol_, cipher_, layer, ktls_detail_, context_};
+  return ConnectionInfo{outcome_, protocol_, cipher_, layer, ktls_detail_, context_, server_name_};
 }
 
 }  // namespace spiffe_tunnel::tls

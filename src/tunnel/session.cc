@@ -14,13 +14,16 @@
 namespace spiffe_tunnel::tunnel {
 namespace {
 
-std::string endpoint_string(const asio::ip::tcp::socket& s) {
+// One end of `s` (the peer's or ours), nullopt when the socket cannot say.
+std::optional<asio::ip::tcp::endpoint> end_of(const asio::ip::tcp::socket& s, bool remote) {
   asio::error_code ec;
-  auto ep = s.remote_endpoint(ec);
-  if (ec) {
-    return "?";
-  }
-  return ep.address().to_string() + ":" + std::to_string(ep.port());
+  auto ep = remote ? s.remote_endpoint(ec) : s.local_endpoint(ec);
+  return ec ? std::nullopt : std::optional(ep);
+}
+
+std::string endpoint_string(const asio::ip::tcp::socket& s) {
+  const auto ep = end_of(s, true);
+  return ep ? ep->address().to_string() + ":" + std::to_string(ep->port()) : "?";
 }
 
 }  // namespace
@@ -30,6 +33,8 @@ Session::Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
     : context_(std::move(context)),
       id_(id),
       peer_address_(endpoint_string(downstream)),
+      peer_endpoint_(end_of(downstream, true)),
+      local_endpoint_(end_of(downstream, false)),
       accepted_(std::move(downstream)),
       target_(accepted_.get_executor()),
       deadline_(accepted_.get_executor()),
@@ -257,6 +262,33 @@ asio::awaitable<bool> Session::open_server() {
     co_return false;
   }
   plain_ = std::make_unique<base::TcpStream>(std::move(target_));
+  const bool announced = co_await send_proxy_header();
+  co_return announced;
+}
+
+asio::awaitable<bool> Session::send_proxy_header() {
+  if (context_->proxy_protocol == ProxyProtocol::kOff) {
+    co_return true;
+  }
+  const tls::ConnectionInfo& info = tls_->info();
+  ProxyHeader h;
+  h.source = peer_endpoint_;
+  h.destination = local_endpoint_;
+  h.authority = info.server_name;
+  h.tls = ProxyTls{info.protocol, info.cipher};
+  h.spiffe_id = info.peer.peer_id->str();
+  const std::vector<uint8_t> header = encode_v2(h);
+  // One write before the pump starts, so nothing can come between; a few hundred bytes into a
+  // fresh connection's empty send buffer complete at once, so no deadline is armed.
+  const std::span<const char> bytes(reinterpret_cast<const char*>(header.data()), header.size());
+  asio::error_code ec;
+  co_await plain_->write_all(bytes, ec);
+  if (ec) {
+    reject("target_unreachable",
+           "cannot send the PROXY protocol header to target " + context_->target.str() + ": " +
+               ec.message());
+    co_return false;
+  }
   co_return true;
 }
 
@@ -283,10 +315,11 @@ void Session::log_opened() const {
   const tls::ConnectionInfo& info = tls_->info();
   const tls::PeerOutcome& o = info.peer;
   const auto path = [](bool k) { return k ? "ktls" : "userspace"; };
-  spdlog::info("{} opened peer={} ({}) {} {} tls tx={} rx={}{}", prefix(), o.peer_id->str(),
+  spdlog::info("{} opened peer={} ({}) {} {} tls tx={} rx={}{}{}", prefix(), o.peer_id->str(),
                o.authorized_by, info.protocol, info.cipher, path(tls_->kernel_writes()),
                path(tls_->kernel_reads()),
-               info.ktls_detail.empty() ? "" : " (" + info.ktls_detail + ")");
+               info.ktls_detail.empty() ? "" : " (" + info.ktls_detail + ")",
+               context_->proxy_protocol == ProxyProtocol::kV2 ? " proxy_protocol=v2" : "");
 }
 
 void Session::log_closed(const pump::PumpResult& r) const {

@@ -43,6 +43,8 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<bool> open_server();
   // Client mode: connect the target, then TLS on it.
   asio::awaitable<bool> open_client();
+  // Server mode with proxy_protocol: the PROXY header to the target, before any peer byte.
+  asio::awaitable<bool> send_proxy_header();
   // The TLS handshake on `socket`; on success tls_ holds the verified, authorized stream.
   asio::awaitable<bool> handshake(asio::ip::tcp::socket socket);
   // Connects target_ to the context's target.
@@ -69,6 +71,9 @@ class Session : public std::enable_shared_from_this<Session> {
   const uint64_t id_;
   base::DrainToken token_;
   std::string peer_address_;
+  // The accepted connection's two ends, for the PROXY header; nullopt when not known.
+  std::optional<asio::ip::tcp::endpoint> peer_endpoint_;
+  std::optional<asio::ip::tcp::endpoint> local_endpoint_;
   asio::ip::tcp::socket accepted_;
   // The target while connect_target() runs (then moved into plain_ or the TLS stream), and the
   // resolver when the target is a name: both are closed or cancelled by a deadline or abort.

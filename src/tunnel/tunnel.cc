@@ -28,6 +28,7 @@ std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
   c->limits = o.limits;
   c->target = Target::of(std::move(o.target_host), std::move(o.target_port));
   c->opa = std::move(o.opa);
+  c->proxy_protocol = o.proxy_protocol;
   c->tls = std::move(tls);
   c->metrics = std::make_shared<TunnelMetrics>(metrics, o.name);
   return c;
@@ -53,6 +54,10 @@ base::Result<std::unique_ptr<Tunnel>> Tunnel::create(TunnelOptions options,
       l.max_connections == 0 || l.buffer_size == 0) {
     return base::make_error("tunnel \"" + options.name +
                             "\": session limits not set (timeouts, max_connections, buffer_size)");
+  }
+  if (options.proxy_protocol != ProxyProtocol::kOff && tls->options().role != tls::Role::kServer) {
+    return base::make_error("tunnel \"" + options.name +
+                            "\": a PROXY protocol header is sent by server tunnels only");
   }
   const std::string host = options.listen_host;
   const uint16_t port = options.listen_port;
@@ -149,8 +154,9 @@ void Tunnel::swap_context(std::shared_ptr<const TunnelContext> next) {
 
 void Tunnel::start() {
   const auto c = context();
-  spdlog::info("tunnel={} mode={} listening on {}:{} target {}", name_, c->mode_name(),
-               local_.address().to_string(), local_.port(), c->target.str());
+  spdlog::info("tunnel={} mode={} listening on {}:{} target {}{}", name_, c->mode_name(),
+               local_.address().to_string(), local_.port(), c->target.str(),
+               c->proxy_protocol == ProxyProtocol::kV2 ? " (PROXY protocol v2)" : "");
   asio::post(acceptor_.get_executor(), [this] { accept_next(); });
 }
 

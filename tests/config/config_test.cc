@@ -637,3 +637,26 @@ tunnels:
   CHECK(off.busy_poll == 0us);
 }
 
+
+TEST_CASE("proxy_protocol is a server tunnel setting, off unless asked for") {
+  const auto server = [](const std::string& name, const std::string& port,
+                         const std::string& extra) {
+    return "  - {name: " + name + ", mode: server, listen: \":" + port +
+           "\", target: \"db:5432\", allow: {trust_domains: [td]}" + extra + "}\n";
+  };
+  const Config c = load_ok(std::string(kWorkloadApiIdentity) + "tunnels:\n" +
+                           server("v2", "1000", ", proxy_protocol: v2") +
+                           server("plain", "1001", "") +
+                           server("off", "1002", ", proxy_protocol: off"));
+  CHECK(c.tunnels[0].proxy_protocol == ProxyProtocol::kV2);
+  CHECK(c.tunnels[1].proxy_protocol == ProxyProtocol::kOff);
+  CHECK(c.tunnels[2].proxy_protocol == ProxyProtocol::kOff);
+
+  CHECK_THAT(error_of(std::string(kWorkloadApiIdentity) + "tunnels:\n" +
+                      server("v1", "1000", ", proxy_protocol: v1")),
+             StartsWith("test.yaml:4:") && Contains("proxy_protocol \"v1\" is not off or v2"));
+  CHECK_THAT(error_of(std::string(kWorkloadApiIdentity) +
+                      "tunnels:\n  - {name: out, mode: client, listen: \":1000\", target: "
+                      "\"peer:8443\", expect: {trust_domains: [td]}, proxy_protocol: v2}\n"),
+             StartsWith("test.yaml:4:5: tunnel \"out\": proxy_protocol is for server tunnels"));
+}

@@ -219,6 +219,8 @@ TEST_CASE("a bad tunnel flag is refused naming the flag") {
        "command line: tunnel \"server\": no peer rule, so every peer would be refused"},
       {[](TunnelFlags& f) { f.tls_max = "1.2"; },
        "command line: tunnel \"server\": TLS minimum version 1.3 is above the maximum 1.2"},
+      {[](TunnelFlags& f) { f.proxy_protocol = "v1"; },
+       "flag --proxy-protocol: proxy_protocol \"v1\" is not off or v2"},
   };
   for (const auto& c : cases) {
     INFO(c.message);
@@ -229,6 +231,13 @@ TEST_CASE("a bad tunnel flag is refused naming the flag") {
   TunnelFlags client = server_flags(dir);
   client.peer_ids = {"spiffe://TD/x"};
   CHECK_THAT(flag_error(client, Mode::kClient), StartsWith("flag --expect-id: "));
+  client = server_flags(dir);
+  client.proxy_protocol = "v2";
+  CHECK_THAT(flag_error(client, Mode::kClient),
+             StartsWith("command line: tunnel \"client\": proxy_protocol is for server tunnels"));
+  TunnelFlags server = server_flags(dir);
+  server.proxy_protocol = "v2";
+  CHECK(finalized(server, Mode::kServer).tunnels[0].proxy_protocol == ProxyProtocol::kV2);
 }
 
 TEST_CASE("OPA alone is a peer rule, and its timeout must be positive") {

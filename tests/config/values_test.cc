@@ -210,6 +210,12 @@ TEST_CASE("enumerated values read their names and nothing else") {
     INFO(bad);
     CHECK_THAT(parse_tls_version(bad).error().message, Contains("is not 1.2 or 1.3"));
   }
+  CHECK(*parse_proxy_protocol("off") == ProxyProtocol::kOff);
+  CHECK(*parse_proxy_protocol("v2") == ProxyProtocol::kV2);
+  for (const char* bad : {"v1", "V2", "on", ""}) {
+    INFO(bad);
+    CHECK_THAT(parse_proxy_protocol(bad).error().message, Contains("is not off or v2"));
+  }
   for (auto l : {LogLevel::kTrace, LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarn,
                  LogLevel::kError, LogLevel::kCritical, LogLevel::kOff}) {
     CHECK(*parse_log_level(log_level_name(l)) == l);

@@ -163,6 +163,16 @@ def locate_tools(build: bool = True, with_opa: bool = False) -> Tools:
                  spiffe_peer=p["peer"], opa=p["opa"] if os.access(p["opa"], os.X_OK) else None)
 
 
+def locate_peer(build: bool = True) -> Path:
+    """The spiffe-peer binary alone (no SPIRE needed, e.g. for its proxy-backend); built when
+    missing."""
+    if _missing(["peer"]):
+        if not build:
+            raise ToolsUnavailable("not built: peer; run scripts/build-tools.sh peer")
+        build_tools(["peer"])
+    return _expected_paths()["peer"]
+
+
 # --------------------------------------------------------------------------- small utilities
 
 def td_id(td: Union[str, "SpireServer", "TrustDomain"]) -> str:

@@ -598,3 +598,41 @@ TEST_CASE("a listener released by one version of a tunnel is adopted by the next
   CHECK(old_session.receive(5) == "still");
   CHECK(t.client->active_sessions() == 1);
 }
+
+TEST_CASE("with proxy_protocol v2 the target reads the header, then the peer's bytes") {
+  Tunnels t([](tunnel::TunnelOptions& o) { o.proxy_protocol = tunnel::ProxyProtocol::kV2; });
+  App app(t.entry_port());
+  app.send("hello");
+  // The echo target sends back what it read: the header first, then "hello".
+  const std::string fixed = app.receive(16);
+  REQUIRE(fixed.substr(0, 12) == std::string("\r\n\r\n\0\r\nQUIT\n", 12));
+  CHECK(fixed[12] == '\x21');  // version 2, PROXY
+  CHECK(fixed[13] == '\x11');  // TCP over IPv4
+  const std::size_t length = static_cast<uint8_t>(fixed[14]) << 8 | static_cast<uint8_t>(fixed[15]);
+  const std::string rest = app.receive(length + 5);
+  // Destination: the server tunnel's own address and port.
+  CHECK(rest.substr(4, 4) == std::string("\x7f\x00\x00\x01", 4));
+  const uint16_t dst_port = static_cast<uint8_t>(rest[10]) << 8 | static_cast<uint8_t>(rest[11]);
+  CHECK(dst_port == t.server_port());
+  CHECK_THAT(rest, Contains("spiffe://example.org/app") && Contains("TLSv1.3"));
+  CHECK(rest.substr(length) == "hello");
+}
+
+TEST_CASE("a client tunnel refuses to send a PROXY protocol header") {
+  tunnel::IoPool pool(1);
+  base::MetricsRegistry metrics;
+  identity::IdentityStore store;
+  tunnel::TunnelOptions o;
+  o.name = "out";
+  o.limits = kLimits;
+  o.proxy_protocol = tunnel::ProxyProtocol::kV2;
+  tls::TlsOptions tls_options;
+  tls_options.role = tls::Role::kClient;
+  tls_options.authorizer = allow_any_verified();
+  auto made = tunnel::Tunnel::create(
+      std::move(o),
+      std::make_unique<tls::ContextProvider>(tls_options, store, base::SystemClock::instance()),
+      pool, metrics);
+  REQUIRE_FALSE(made.ok());
+  CHECK_THAT(made.error().message, Contains("sent by server tunnels only"));
+}

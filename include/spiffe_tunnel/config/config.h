@@ -25,6 +25,8 @@ enum class Mode { kServer, kClient };
 enum class KtlsMode { kAuto, kOn, kOff };
 enum class TlsVersion { k1_2, k1_3 };
 enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kCritical, kOff };
+// Server tunnels: whether the target gets a PROXY protocol header first (docs/proxy-protocol.md).
+enum class ProxyProtocol { kOff, kV2 };
 
 struct HostPort {
   std::string host;
@@ -107,6 +109,8 @@ struct TunnelConfig {
   // Userspace copy buffer per active direction (idle sessions hold none), also the splice pipe
   // size. This is the product default; the tunnel module's own default only serves its tests.
   std::size_t buffer_size = 64 * 1024;
+  // Server mode only: tell the target who connected (address, TLS facts, SPIFFE ID).
+  ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
 
   friend bool operator==(const TunnelConfig&, const TunnelConfig&) = default;
 };

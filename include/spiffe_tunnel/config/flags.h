@@ -27,6 +27,7 @@ struct TunnelFlags {
   std::string tls_min, tls_max, cipher_suites, ciphers, ktls, server_name;
   std::string handshake_timeout, connect_timeout, idle_timeout;
   std::string max_connections, buffer_size;
+  std::string proxy_protocol;
 };
 
 // The global flags, given before or after the command.

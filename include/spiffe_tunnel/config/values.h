@@ -46,6 +46,9 @@ std::string_view ktls_name(KtlsMode mode);
 // "1.2", "1.3".
 base::Result<TlsVersion> parse_tls_version(std::string_view text);
 std::string_view tls_version_name(TlsVersion version);
+// "off", "v2".
+base::Result<ProxyProtocol> parse_proxy_protocol(std::string_view text);
+std::string_view proxy_protocol_name(ProxyProtocol value);
 // trace, debug, info, warn (warning), error (err), critical, off.
 base::Result<LogLevel> parse_log_level(std::string_view text);
 std::string_view log_level_name(LogLevel level);

@@ -32,6 +32,7 @@ struct ConnectionInfo {
   std::string ktls_detail;    // why kernel offload was not used for a direction, "" when it was
                               // or was not wanted
   std::shared_ptr<const TlsContext> context;  // the context the handshake ran with, kept alive
+  std::string server_name;    // the SNI the client sent (server role), "" when none
 };
 
 class TlsStream : public base::ByteStream {

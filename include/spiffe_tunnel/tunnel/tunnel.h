@@ -49,6 +49,8 @@ struct TunnelOptions {
   SessionLimits limits;  // every field set by the caller
   // Asked after the handshake verified and authorized the peer; null: no OPA step.
   std::shared_ptr<policy::OpaClient> opa;
+  // Server mode only: announce the peer to the target with a PROXY protocol header.
+  ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
 };
 
 class Tunnel {

@@ -17,6 +17,7 @@
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/policy/opa_client.h"
 #include "spiffe_tunnel/tls/tls_context.h"
+#include "spiffe_tunnel/tunnel/proxy_protocol.h"
 
 namespace spiffe_tunnel::tunnel {
 
@@ -73,6 +74,8 @@ struct TunnelContext {
   std::shared_ptr<policy::OpaClient> opa;
   std::shared_ptr<const tls::ContextProvider> tls;  // never null
   std::shared_ptr<TunnelMetrics> metrics;           // never null
+  // Server mode: a PROXY protocol header to the target before the peer's first byte.
+  ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
 
   std::string_view mode_name() const { return mode == tls::Role::kServer ? "server" : "client"; }
 };

@@ -17,6 +17,10 @@
 //	spiffe-peer svids --socket ... [--wait-for-id ID] [--timeout 30s]
 //	    Prints the X509 context (SVID IDs, hints, serials, expiry, bundle trust domains) as JSON.
 //
+//	spiffe-peer proxy-backend --listen 127.0.0.1:0 [--max-conns N]
+//	    Plain-TCP backend that decodes a PROXY protocol header with go-proxyproto and echoes
+//	    (see proxy_backend.go).
+//
 // Exit codes: 0 ok, 1 TLS/handshake/authorization/IO failure, 2 usage error,
 // 3 no SVID from the Workload API within --timeout.
 // The socket defaults to $SPIFFE_ENDPOINT_SOCKET; a bare absolute path is accepted too.
@@ -196,6 +200,14 @@ func cmdServe(args []string) int {
 	if err != nil {
 		die(exitFail, "listen %s: %v", *listen, err)
 	}
+	serveAll(ctx, cancel, ln, *maxConns, func(conn net.Conn) { serveConn(conn.(*tls.Conn)) })
+	return exitOK
+}
+
+// serveAll prints "listening <addr>", then handles each connection on its own goroutine until
+// ctx ends or maxConns (if positive) connections were handled, and waits for them.
+func serveAll(ctx context.Context, cancel context.CancelFunc, ln net.Listener, maxConns int,
+	handle func(net.Conn)) {
 	go func() { <-ctx.Done(); ln.Close() }()
 	emit("listening %s", ln.Addr())
 
@@ -214,10 +226,10 @@ func cmdServe(args []string) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			serveConn(conn.(*tls.Conn))
+			handle(conn)
 			hmu.Lock()
 			handled++
-			done := *maxConns > 0 && handled >= *maxConns
+			done := maxConns > 0 && handled >= maxConns
 			hmu.Unlock()
 			if done {
 				ln.Close()
@@ -226,7 +238,6 @@ func cmdServe(args []string) int {
 		}()
 	}
 	wg.Wait()
-	return exitOK
 }
 
 func serveConn(conn *tls.Conn) {
@@ -381,7 +392,7 @@ func hasID(svids []*x509svid.SVID, id string) bool {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: spiffe-peer serve|dial|svids [flags]   (spiffe-peer <cmd> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: spiffe-peer serve|dial|svids|proxy-backend [flags]   (spiffe-peer <cmd> -h for flags)")
 	os.Exit(exitUsage)
 }
 
@@ -397,6 +408,8 @@ func main() {
 		code = cmdDial(os.Args[2:])
 	case "svids":
 		code = cmdSvids(os.Args[2:])
+	case "proxy-backend":
+		code = cmdProxyBackend(os.Args[2:])
 	default:
 		usage()
 	}

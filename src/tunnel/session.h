@@ -29,8 +29,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Runs the session on its socket's io_context; `token` is released when the session ends.
   void start(base::DrainToken token);
-  // Aborts both ends from any thread; `reason` ends up in the session's closing line.
-  void abort(std::string reason);
+  // Aborts both ends from any thread; `reason` ends up in the session's closing line, and
+  // `label` (a short snake_case word, e.g. "draining" or "policy_changed") in the reason label of
+  // spiffe_tunnel_sessions_closed_total when the session was established.
+  void abort(std::string reason, std::string label = "aborted");
 
  private:
   asio::awaitable<void> run();
@@ -45,6 +47,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // The tunnel's OPA decision for the verified peer; true when there is none to ask.
   asio::awaitable<bool> ask_opa();
   void count_and_log(const pump::PumpResult& r) const;
+  // The reason label of an established session that ended with `r`.
+  std::string_view close_label(const pump::PumpResult& r) const;
 
   // Closes everything if not cancelled within `after`.
   void arm_deadline(std::chrono::milliseconds after, std::string what);
@@ -72,6 +76,7 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::steady_timer deadline_;
   asio::steady_timer idle_timer_;
   std::string timed_out_;  // what timed out, if anything
+  std::string abort_label_;  // set with timed_out_ by abort() and the idle timer
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_activity_;
   bool finished_ = false;

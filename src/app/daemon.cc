@@ -16,6 +16,7 @@
 #include "spiffe_tunnel/tunnel/tunnel.h"
 #include "spiffe_tunnel/workload/files_source.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
+#include "app_metrics.h"
 #include "systemd_notify.h"
 #include "wiring.h"
 
@@ -183,7 +184,7 @@ bool probe_ktls_if_required(const Config& config) {
 // identity source calls into the expiry watch and the identity metrics.
 class Daemon {
  public:
-  explicit Daemon(const Config& config) : config_(config) {}
+  explicit Daemon(const Config& config) : config_(config) { register_build_info(metrics_); }
   ~Daemon() { stop_services(); }
 
   // Logs the reason and returns false when the configuration or environment does not allow a
@@ -208,6 +209,7 @@ class Daemon {
   const Config& config_;
   base::MetricsRegistry metrics_;
   IdentityMetrics identity_metrics_{metrics_};
+  ReloadMetrics reload_metrics_{metrics_};  // for the SIGHUP reload: record() per attempt
   identity::IdentityStore store_;
   identity::ExpiryWatch expiry_{store_, base::SystemClock::instance()};
   std::unique_ptr<workload::IdentitySource> source_;
@@ -235,7 +237,9 @@ bool Daemon::build() {
 }
 
 bool Daemon::build_source() {
-  auto made = make_source(config_);
+  const bool workload_api = config_.identity.kind == config::IdentityConfig::Kind::kWorkloadApi;
+  auto made = make_source(config_, workload_api ? workload_api_observer(metrics_)
+                                                : workload::WorkloadApiObserver{});
   if (!made) {
     spdlog::error("identity: {}", made.error().message);
     return false;
@@ -254,7 +258,7 @@ bool Daemon::build_source() {
 
 bool Daemon::build_tunnels() {
   for (const auto& t : config_.tunnels) {
-    const TunnelPolicy policy = make_policy(t);
+    const TunnelPolicy policy = make_policy(t, &metrics_);
     auto provider = std::make_unique<tls::ContextProvider>(make_tls_options(t, policy), store_,
                                                            base::SystemClock::instance());
     auto made = tunnel::Tunnel::create(make_tunnel_options(t, policy), std::move(provider),

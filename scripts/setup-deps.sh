@@ -10,7 +10,7 @@ build_pkgs=(
   catch2 libcli11-dev libsystemd-dev nlohmann-json3-dev
 )
 test_pkgs=(
-  python3 python3-pytest iproute2 socat user-mode-linux kmod procps psmisc
+  python3 python3-pytest python3-prometheus-client iproute2 socat user-mode-linux kmod procps psmisc
 )
 bench_pkgs=(stunnel4 haproxy nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
 

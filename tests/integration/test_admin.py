@@ -1,5 +1,7 @@
 """The admin endpoint: /healthz, /readyz (503 until an identity arrives), /metrics with the
-documented counters, /status JSON. Loopback only."""
+documented counters, /status JSON; its limits: idle connections beyond the cap are closed and the
+request timeout frees the slots, and accept() backs off when the daemon runs out of descriptors.
+Loopback only."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import time
 import urllib.error
 import urllib.request
 
-from daemon import Backend, Daemon, exchange
+import pytest
+
+from daemon import Backend, Daemon, exchange, has_ubsan_vptr_check
 from helpers import wait_for
 from test_files_tunnels import CLIENT_ID, bundles, pki, start_client  # noqa: F401 (fixture)
 
@@ -144,6 +148,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_accept_backs_off_when_out_of_descriptors(pki):
+    if has_ubsan_vptr_check():
+        # As in test_files_tunnels.py: UBSan's vptr check needs a free descriptor; the release
+        # daemon runs this test in the main pass.
+        pytest.skip("a UBSan vptr-checked daemon cannot run out of descriptors")
     d = files_daemon(pki)
     held: list[socket.socket] = []
     try:

@@ -30,9 +30,4 @@ workload::WorkloadApiObserver workload_api_observer(base::MetricsRegistry& regis
           .on_reconnect = [&reconnects] { reconnects.inc(); }};
 }
 
-ReloadMetrics::ReloadMetrics(base::MetricsRegistry& r)
-    : success(r.counter("spiffe_tunnel_config_reloads_total",
-                        "Configuration reloads (SIGHUP), by result.", {{"result", "success"}})),
-      failure(r.counter("spiffe_tunnel_config_reloads_total", "", {{"result", "failure"}})) {}
-
 }  // namespace spiffe_tunnel::app

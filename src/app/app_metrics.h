@@ -1,7 +1,7 @@
 #pragma once
-// Process-wide metrics that belong to no single module: what was built, the Workload API
-// connection as the identity source sees it, and configuration reload outcomes. Registered once
-// by the daemon on its registry; see docs/metrics.md.
+// Process-wide metrics that belong to no single module: what was built, and the Workload API
+// connection as the identity source sees it. Registered once by the daemon on its registry; see
+// docs/metrics.md.
 
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
@@ -16,14 +16,5 @@ void register_build_info(base::MetricsRegistry& registry);
 // spiffe_tunnel_workload_api_reconnects_total. The functions returned keep references into
 // `registry`, which must outlive the source they are given to.
 workload::WorkloadApiObserver workload_api_observer(base::MetricsRegistry& registry);
-
-// spiffe_tunnel_config_reloads_total{result="success|failure"}, both registered at 0. The reload
-// code calls record() once per reload attempt, after validation and, when valid, after applying.
-struct ReloadMetrics {
-  explicit ReloadMetrics(base::MetricsRegistry& registry);
-  void record(bool success) { (success ? this->success : failure).inc(); }
-  base::Counter& success;
-  base::Counter& failure;
-};
 
 }  // namespace spiffe_tunnel::app

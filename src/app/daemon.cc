@@ -209,7 +209,6 @@ class Daemon {
   const Config& config_;
   base::MetricsRegistry metrics_;
   IdentityMetrics identity_metrics_{metrics_};
-  ReloadMetrics reload_metrics_{metrics_};  // for the SIGHUP reload: record() per attempt
   identity::IdentityStore store_;
   identity::ExpiryWatch expiry_{store_, base::SystemClock::instance()};
   std::unique_ptr<workload::IdentitySource> source_;

@@ -10,7 +10,7 @@ build_pkgs=(
   catch2 libcli11-dev libsystemd-dev nlohmann-json3-dev
 )
 test_pkgs=(
-  python3 python3-pytest iproute2 socat user-mode-linux kmod procps psmisc
+  python3 python3-pytest python3-prometheus-client iproute2 socat user-mode-linux kmod procps psmisc
   haproxy  # an independent PROXY protocol receiver (tests/integration/test_proxy_protocol.py)
 )
 bench_pkgs=(stunnel4 nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)

@@ -91,7 +91,8 @@ integration_tests all tests/integration tests/scripts "${pytest_args[@]}"
 if ((!quick)) && [[ -x build/asan/spiffe-tunnel ]]; then
   SPIFFE_TUNNEL_BIN=$PWD/build/asan/spiffe-tunnel ASAN_OPTIONS="detect_leaks=1" \
     integration_tests asan-daemon tests/integration/test_files_tunnels.py tests/integration/test_admin.py \
-      tests/integration/test_cli_config.py tests/integration/test_opa.py
+      tests/integration/test_cli_config.py tests/integration/test_opa.py \
+      tests/integration/test_metrics.py
 fi
 
 echo

@@ -20,18 +20,24 @@ std::string http_response(int code, const std::string& reason, const std::string
 }
 
 // One request on one connection: read the head (bounded in size and time), answer, close.
+// Lives on the admin thread; `open` counts the exchanges alive and must outlive this one.
 class Exchange : public std::enable_shared_from_this<Exchange> {
  public:
-  Exchange(asio::ip::tcp::socket socket,
-           std::function<std::string(const std::string&, const std::string&)> respond)
+  using Respond = std::function<std::string(const std::string&, const std::string&)>;
+
+  Exchange(asio::ip::tcp::socket socket, Respond respond, std::size_t& open)
       : socket_(std::move(socket)),
         timer_(socket_.get_executor()),
         buf_(8192),
-        respond_(std::move(respond)) {}
+        respond_(std::move(respond)),
+        open_(open) {
+    ++open_;
+  }
+  ~Exchange() { --open_; }
 
-  void start() {
+  void start(std::chrono::milliseconds timeout) {
     auto self = shared_from_this();
-    timer_.expires_after(std::chrono::seconds(5));
+    timer_.expires_after(timeout);
     timer_.async_wait([self](asio::error_code ec) {
       if (!ec) {
         asio::error_code ignored;
@@ -39,46 +45,58 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
       }
     });
     asio::async_read_until(socket_, buf_, "\r\n\r\n", [self](asio::error_code ec, std::size_t) {
-      std::string reply;
-      if (ec) {
-        reply = http_response(400, "Bad Request", "text/plain", "bad request\n");
-      } else {
-        std::istream in(&self->buf_);
-        std::string method, target, version;
-        in >> method >> target >> version;
-        reply = self->respond_(method, target);
-      }
-      self->reply_ = std::move(reply);
-      asio::async_write(self->socket_, asio::buffer(self->reply_),
-                        [self](asio::error_code, std::size_t) {
-                          asio::error_code ignored;
-                          self->socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-                          self->socket_.close(ignored);
-                          self->timer_.cancel();
-                        });
+      self->answer(ec);
     });
   }
 
  private:
+  void answer(asio::error_code ec) {
+    if (ec == asio::error::operation_aborted || !socket_.is_open()) {
+      return;  // timed out: nobody to answer
+    }
+    if (ec) {
+      reply_ = http_response(400, "Bad Request", "text/plain", "bad request\n");
+    } else {
+      std::istream in(&buf_);
+      std::string method, target, version;
+      in >> method >> target >> version;
+      reply_ = respond_(method, target);
+      if (method == "HEAD") {
+        // RFC 9110 §9.3.2: the headers GET would send (Content-Length included), no content.
+        reply_.resize(reply_.find("\r\n\r\n") + 4);
+      }
+    }
+    auto self = shared_from_this();
+    asio::async_write(socket_, asio::buffer(reply_), [self](asio::error_code, std::size_t) {
+      asio::error_code ignored;
+      self->socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+      self->socket_.close(ignored);
+      self->timer_.cancel();
+    });
+  }
+
   asio::ip::tcp::socket socket_;
   asio::steady_timer timer_;
   asio::streambuf buf_;
   std::string reply_;
-  std::function<std::string(const std::string&, const std::string&)> respond_;
+  Respond respond_;
+  std::size_t& open_;
 };
 
 }  // namespace
 
-AdminServer::AdminServer(const base::MetricsRegistry& metrics, AdminHooks hooks)
-    : metrics_(metrics), hooks_(std::move(hooks)) {}
+AdminServer::AdminServer(const base::MetricsRegistry& metrics, AdminHooks hooks,
+                         AdminLimits limits)
+    : metrics_(metrics), hooks_(std::move(hooks)), limits_(limits) {}
 
 AdminServer::~AdminServer() { stop(); }
 
 base::Result<std::unique_ptr<AdminServer>> AdminServer::create(const std::string& host,
                                                                uint16_t port,
                                                                const base::MetricsRegistry& metrics,
-                                                               AdminHooks hooks) {
-  std::unique_ptr<AdminServer> s(new AdminServer(metrics, std::move(hooks)));
+                                                               AdminHooks hooks,
+                                                               AdminLimits limits) {
+  std::unique_ptr<AdminServer> s(new AdminServer(metrics, std::move(hooks), limits));
   auto bound = base::bind_listener(s->acceptor_, "admin endpoint", host, port, 64);
   if (!bound) {
     return bound.error();
@@ -106,21 +124,57 @@ void AdminServer::accept_next() {
     if (ec == asio::error::operation_aborted) {
       return;
     }
-    if (!ec) {
-      std::make_shared<Exchange>(std::move(socket),
-                                 [this](const std::string& m, const std::string& p) {
-                                   return respond(m, p);
-                                 })
-          ->start();
+    if (ec) {
+      pause_accepting(ec);
+      return;
     }
+    if (failed_accepts_ > 0) {
+      spdlog::info("admin: accepting again after {} failed accept(s)", failed_accepts_);
+      failed_accepts_ = 0;
+    }
+    on_accepted(std::move(socket));
     accept_next();
   });
+}
+
+// EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays readable, so accepting again at once would
+// spin on the same error. Pause; exchanges that end meanwhile free descriptors.
+void AdminServer::pause_accepting(const asio::error_code& ec) {
+  if (failed_accepts_++ == 0) {
+    spdlog::warn("admin: accept failed: {}; retrying every 100 ms", ec.message());
+  }
+  accept_backoff_.expires_after(std::chrono::milliseconds(100));
+  accept_backoff_.async_wait([this](asio::error_code wec) {
+    if (!wec) {
+      accept_next();
+    }
+  });
+}
+
+void AdminServer::on_accepted(asio::ip::tcp::socket socket) {
+  if (open_ >= limits_.max_connections) {
+    // Closed rather than left waiting: a probe fails fast and retries, and the slots free up
+    // within request_timeout whatever the other clients do.
+    if (!refusing_) {
+      spdlog::warn("admin: {} connections open (the limit); closing new ones until one ends",
+                   open_);
+      refusing_ = true;
+    }
+    asio::error_code ignored;
+    socket.close(ignored);
+    return;
+  }
+  refusing_ = false;
+  std::make_shared<Exchange>(
+      std::move(socket),
+      [this](const std::string& m, const std::string& p) { return respond(m, p); }, open_)
+      ->start(limits_.request_timeout);
 }
 
 std::string AdminServer::respond(const std::string& method, const std::string& target) const {
   const std::string path = target.substr(0, target.find('?'));
   if (method != "GET" && method != "HEAD") {
-    return http_response(405, "Method Not Allowed", "text/plain", "only GET\n");
+    return http_response(405, "Method Not Allowed", "text/plain", "only GET and HEAD\n");
   }
   if (path == "/metrics") {
     return http_response(200, "OK", "text/plain; version=0.0.4", metrics_.render());

@@ -16,6 +16,7 @@
 #include "spiffe_tunnel/tunnel/tunnel.h"
 #include "spiffe_tunnel/workload/files_source.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
+#include "app_metrics.h"
 #include "logging.h"
 #include "reload_plan.h"
 #include "systemd_notify.h"
@@ -196,7 +197,9 @@ struct ReloadMetrics {
 class Daemon {
  public:
   Daemon(Config config, ConfigLoader loader)
-      : config_(std::move(config)), loader_(std::move(loader)) {}
+      : config_(std::move(config)), loader_(std::move(loader)) {
+    register_build_info(metrics_);
+  }
   ~Daemon() { stop_services(); }
 
   // Logs the reason and returns false when the configuration or environment does not allow a
@@ -263,7 +266,9 @@ bool Daemon::build() {
 }
 
 bool Daemon::build_source() {
-  auto made = make_source(config_);
+  const bool workload_api = config_.identity.kind == config::IdentityConfig::Kind::kWorkloadApi;
+  auto made = make_source(config_, workload_api ? workload_api_observer(metrics_)
+                                                : workload::WorkloadApiObserver{});
   if (!made) {
     spdlog::error("identity: {}", made.error().message);
     return false;

@@ -32,7 +32,7 @@ TunnelSet::TunnelSet(tunnel::IoPool& pool, base::MetricsRegistry& metrics,
 
 base::Result<std::unique_ptr<tunnel::Tunnel>> TunnelSet::make(const config::TunnelConfig& t,
                                                               int listen_fd) const {
-  const TunnelPolicy policy = make_policy(t);
+  const TunnelPolicy policy = make_policy(t, &metrics_);
   auto provider = std::make_unique<tls::ContextProvider>(make_tls_options(t, policy), store_,
                                                          base::SystemClock::instance());
   tunnel::TunnelOptions options = make_tunnel_options(t, policy);
@@ -117,7 +117,7 @@ std::unique_ptr<tunnel::Tunnel> TunnelSet::carry_over(const TunnelChange& change
     case Kind::kUnchanged:
       return std::move(old.tunnel);
     case Kind::kPolicy: {
-      const TunnelPolicy policy = make_policy(next);
+      const TunnelPolicy policy = make_policy(next, &metrics_);
       old.tunnel->update_policy(
           std::make_unique<tls::ContextProvider>(make_tls_options(next, policy), store_,
                                                  base::SystemClock::instance()),

@@ -26,7 +26,8 @@ tls::KtlsMode ktls_mode(config::KtlsMode m) {
 
 }  // namespace
 
-base::Result<std::unique_ptr<workload::IdentitySource>> make_source(const config::Config& c) {
+base::Result<std::unique_ptr<workload::IdentitySource>> make_source(
+    const config::Config& c, const workload::WorkloadApiObserver& observer) {
   switch (c.identity.kind) {
     case config::IdentityConfig::Kind::kFiles: {
       workload::FilesSourceOptions o;
@@ -37,7 +38,8 @@ base::Result<std::unique_ptr<workload::IdentitySource>> make_source(const config
           std::make_unique<workload::FilesSource>(std::move(o)));
     }
     case config::IdentityConfig::Kind::kWorkloadApi: {
-      auto source = workload::WorkloadApiSource::create({.address = c.identity.workload_api});
+      auto source = workload::WorkloadApiSource::create(
+          {.address = c.identity.workload_api, .observer = observer});
       if (!source) {
         return source.error();
       }
@@ -49,7 +51,7 @@ base::Result<std::unique_ptr<workload::IdentitySource>> make_source(const config
   return base::make_error("no identity source is configured");
 }
 
-TunnelPolicy make_policy(const config::TunnelConfig& t) {
+TunnelPolicy make_policy(const config::TunnelConfig& t, base::MetricsRegistry* metrics) {
   const config::PeerRules& p = t.peers;
   // With OPA as the only rule, every verified peer passes the list and OPA decides.
   const bool only_opa = t.opa && p.ids.empty() && p.trust_domains.empty() && p.patterns.empty();
@@ -63,7 +65,7 @@ TunnelPolicy make_policy(const config::TunnelConfig& t) {
         .path = t.opa->endpoint.path,
         .timeout = t.opa->timeout,
         .cache_ttl = t.opa->cache_ttl,
-    });
+    }, metrics != nullptr ? std::make_shared<policy::OpaMetrics>(*metrics, t.name) : nullptr);
   }
   return policy;
 }

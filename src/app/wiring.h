@@ -12,6 +12,7 @@
 #include "spiffe_tunnel/policy/opa_client.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tunnel/tunnel.h"
+#include "spiffe_tunnel/workload/workload_api_source.h"
 #include "spiffe_tunnel/workload/x509_context.h"
 
 namespace spiffe_tunnel::app {
@@ -23,10 +24,14 @@ struct TunnelPolicy {
   std::shared_ptr<policy::OpaClient> opa;
 };
 
-// The files or Workload API source the configuration names.
-base::Result<std::unique_ptr<workload::IdentitySource>> make_source(const config::Config& config);
+// The files or Workload API source the configuration names; `observer` is given to a Workload
+// API source (for its metrics).
+base::Result<std::unique_ptr<workload::IdentitySource>> make_source(
+    const config::Config& config, const workload::WorkloadApiObserver& observer = {});
 
-TunnelPolicy make_policy(const config::TunnelConfig& tunnel);
+// `metrics`, when given, receives the OPA client's decision metrics under the tunnel's name.
+TunnelPolicy make_policy(const config::TunnelConfig& tunnel,
+                         base::MetricsRegistry* metrics = nullptr);
 tls::TlsOptions make_tls_options(const config::TunnelConfig& tunnel, const TunnelPolicy& policy);
 tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& tunnel,
                                           const TunnelPolicy& policy);

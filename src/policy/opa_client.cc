@@ -26,8 +26,45 @@ std::string OpaOptions::url() const {
   return "http://" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port) + path;
 }
 
-OpaClient::OpaClient(OpaOptions options)
-    : options_(std::move(options)), port_(std::to_string(options_.port)) {}
+OpaMetrics::OpaMetrics(base::MetricsRegistry& r, const std::string& tunnel)
+    : allow(r.counter("spiffe_tunnel_opa_decisions_total",
+                      "OPA decisions by outcome (see docs/metrics.md).",
+                      {{"tunnel", tunnel}, {"outcome", "allow"}})),
+      deny(r.counter("spiffe_tunnel_opa_decisions_total", "",
+                     {{"tunnel", tunnel}, {"outcome", "deny"}})),
+      error(r.counter("spiffe_tunnel_opa_decisions_total", "",
+                      {{"tunnel", tunnel}, {"outcome", "error"}})),
+      timeout(r.counter("spiffe_tunnel_opa_decisions_total", "",
+                        {{"tunnel", tunnel}, {"outcome", "timeout"}})),
+      cached_allow(r.counter("spiffe_tunnel_opa_decisions_total", "",
+                             {{"tunnel", tunnel}, {"outcome", "cached_allow"}})),
+      cached_deny(r.counter("spiffe_tunnel_opa_decisions_total", "",
+                            {{"tunnel", tunnel}, {"outcome", "cached_deny"}})),
+      latency(r.histogram("spiffe_tunnel_opa_decision_duration_seconds",
+                          "Time from sending a query to OPA to its decision (or error); cache "
+                          "hits are not included.",
+                          base::short_duration_buckets(), {{"tunnel", tunnel}})) {}
+
+OpaClient::OpaClient(OpaOptions options, std::shared_ptr<OpaMetrics> metrics)
+    : options_(std::move(options)),
+      port_(std::to_string(options_.port)),
+      metrics_(std::move(metrics)) {
+  if (!metrics_) {
+    unused_registry_ = std::make_unique<base::MetricsRegistry>();
+    metrics_ = std::make_shared<OpaMetrics>(*unused_registry_, "");
+  }
+}
+
+void OpaClient::count(const OpaDecision& d, std::chrono::steady_clock::duration took) {
+  metrics_->latency.observe(took);
+  if (d.timed_out) {
+    metrics_->timeout.inc();
+  } else if (d.error) {
+    metrics_->error.inc();
+  } else {
+    (d.allowed ? metrics_->allow : metrics_->deny).inc();
+  }
+}
 
 asio::awaitable<OpaDecision> OpaClient::decide(OpaInput input) {
   const std::string key = cache_key(input);
@@ -36,11 +73,13 @@ asio::awaitable<OpaDecision> OpaClient::decide(OpaInput input) {
     std::lock_guard lock(mutex_);
     auto it = cache_.find(key);
     if (it != cache_.end() && it->second.expires > now) {
+      (it->second.allowed ? metrics_->cached_allow : metrics_->cached_deny).inc();
       co_return OpaDecision{it->second.allowed, false,
                             it->second.allowed ? "OPA allowed (cached)" : "OPA denied (cached)"};
     }
   }
   OpaDecision d = co_await query(input);
+  count(d, std::chrono::steady_clock::now() - now);
   if (!d.error && options_.cache_ttl.count() > 0) {
     std::lock_guard lock(mutex_);
     if (cache_.size() >= options_.cache_entries) {
@@ -103,7 +142,8 @@ asio::awaitable<OpaDecision> OpaClient::query(const OpaInput& input) {
   if (which.index() == 1) {
     co_return OpaDecision{false, true,
                           "OPA at " + options_.url() + " did not answer within " +
-                              std::to_string(options_.timeout.count()) + " ms"};
+                              std::to_string(options_.timeout.count()) + " ms",
+                          true};
   }
   if (ec) {
     co_return OpaDecision{false, true, "OPA at " + options_.url() + " unreachable: " + ec.message()};

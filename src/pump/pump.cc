@@ -20,35 +20,52 @@ namespace {
 
 using Socket = asio::ip::tcp::socket;
 
+// Ends a direction with `what`; `reading` says whether the source (not the destination) failed.
+void fail(DirectionResult& out, bool reading, std::string what) {
+  out.error = std::move(what);
+  out.failed_reading = reading;
+}
+
+std::string describe(const base::ByteStream& s, const asio::error_code& ec) {
+  const std::string detail = s.last_error();
+  return detail.empty() ? ec.message() : detail;
+}
+
+// Counts `n` bytes delivered: in the result, in the live counter, and as activity.
+void moved(DirectionResult& out, std::size_t n, base::Counter* live, const PumpOptions& options) {
+  out.bytes += n;
+  if (live != nullptr) {
+    live->inc(n);
+  }
+  if (options.on_activity) {
+    options.on_activity();
+  }
+}
+
 // Moves one chunk read by read_some() (userspace) to `to`. Returns false when the direction ends.
 asio::awaitable<bool> copy_chunk(base::ByteStream& from, base::ByteStream& to, char* buf,
                                  std::size_t size, const PumpOptions& options,
-                                 DirectionResult& out) {
+                                 DirectionResult& out, base::Counter* live) {
   asio::error_code ec;
   const std::size_t n = co_await from.read_some({buf, size}, ec);
   if (ec) {
-    const std::string detail = from.last_error();
-    out.error = "read: " + (detail.empty() ? ec.message() : detail);
+    fail(out, true, "read: " + describe(from, ec));
     co_return false;
   }
   if (n == 0) {
     co_await to.shutdown_write(ec);
     out.clean_end = !ec;
     if (ec) {
-      out.error = "shutdown: " + ec.message();
+      fail(out, false, "shutdown: " + ec.message());
     }
     co_return false;
   }
   co_await to.write_all({buf, n}, ec);
   if (ec) {
-    const std::string detail = to.last_error();
-    out.error = "write: " + (detail.empty() ? ec.message() : detail);
+    fail(out, false, "write: " + describe(to, ec));
     co_return false;
   }
-  out.bytes += n;
-  if (options.on_activity) {
-    options.on_activity();
-  }
+  moved(out, n, live, options);
   co_return true;
 }
 
@@ -90,7 +107,8 @@ class BufferPool {
 // Reads what `from` has now into one buffer -- several TLS records per write on the other side --
 // and writes it on; waits for readability, holding no buffer, when there is nothing.
 asio::awaitable<void> copy_userspace(base::ByteStream& from, base::ByteStream& to,
-                                     const PumpOptions& options, DirectionResult& out) {
+                                     const PumpOptions& options, DirectionResult& out,
+                                     base::Counter* live) {
   const std::size_t size = std::max(options.buffer_size, kRecordBuffer * 2);
   std::unique_ptr<char[]> buf;
   asio::error_code ec;
@@ -116,28 +134,23 @@ asio::awaitable<void> copy_userspace(base::ByteStream& from, base::ByteStream& t
     }
     const bool would_block = ec == asio::error::would_block;
     if (ec && !would_block) {
-      const std::string detail = from.last_error();
-      out.error = "read: " + (detail.empty() ? ec.message() : detail);
+      fail(out, true, "read: " + describe(from, ec));
       break;
     }
     if (filled > 0) {
       asio::error_code wec;
       co_await to.write_all({buf.get(), filled}, wec);
       if (wec) {
-        const std::string detail = to.last_error();
-        out.error = "write: " + (detail.empty() ? wec.message() : detail);
+        fail(out, false, "write: " + describe(to, wec));
         break;
       }
-      out.bytes += filled;
-      if (options.on_activity) {
-        options.on_activity();
-      }
+      moved(out, filled, live, options);
     }
     if (eof) {
       co_await to.shutdown_write(ec);
       out.clean_end = !ec;
       if (ec) {
-        out.error = "shutdown: " + ec.message();
+        fail(out, false, "shutdown: " + ec.message());
       }
       break;
     }
@@ -145,7 +158,7 @@ asio::awaitable<void> copy_userspace(base::ByteStream& from, base::ByteStream& t
       BufferPool::release(std::move(buf), size);
       co_await from.wait_readable(ec);
       if (ec) {
-        out.error = "read: " + ec.message();
+        fail(out, true, "read: " + ec.message());
         break;
       }
     }
@@ -170,12 +183,13 @@ asio::awaitable<bool> drain_pipe(int pipe_r, std::size_t& pending, base::ByteStr
       asio::error_code ec;
       co_await dst.async_wait(Socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
-        out.error = "write: " + ec.message();
+        fail(out, false, "write: " + ec.message());
         co_return false;
       }
       continue;
     }
-    out.error = std::string("splice to socket: ") + (n == 0 ? "no progress" : std::strerror(errno));
+    fail(out, false,
+         std::string("splice to socket: ") + (n == 0 ? "no progress" : std::strerror(errno)));
     co_return false;
   }
   co_return true;
@@ -185,14 +199,15 @@ asio::awaitable<bool> drain_pipe(int pipe_r, std::size_t& pending, base::ByteStr
 // splice stops with EINVAL at the first non-data record (alert, post-handshake message): that one
 // record is read through from.read_some(), which handles it, and splicing resumes.
 asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
-                                  const PumpOptions& options, DirectionResult& out) {
+                                  const PumpOptions& options, DirectionResult& out,
+                                  base::Counter* live) {
   out.path = Path::kSplice;
   // The pipe is made when the first data comes, so idle sessions hold no pipe descriptors.
   if (!from.has_buffered_input()) {
     asio::error_code ec;
     co_await from.wait_readable(ec);
     if (ec) {
-      out.error = "read: " + ec.message();
+      fail(out, true, "read: " + ec.message());
       co_return;
     }
   }
@@ -200,7 +215,7 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
     // Out of file descriptors: this direction still works, just with copies.
     out.path = Path::kUserspace;
-    co_return co_await copy_userspace(from, to, options, out);
+    co_return co_await copy_userspace(from, to, options, out, live);
   }
   base::UniqueFd pipe_r(fds[0]), pipe_w(fds[1]);
   const std::size_t chunk = std::max(options.buffer_size, kRecordBuffer * 2);
@@ -217,7 +232,7 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
   Socket& src = from.socket();
   for (;;) {
     while (from.has_buffered_input()) {
-      if (!co_await copy_chunk(from, to, record(), kRecordBuffer, options, out)) {
+      if (!co_await copy_chunk(from, to, record(), kRecordBuffer, options, out, live)) {
         co_return;
       }
     }
@@ -228,16 +243,13 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
       if (!co_await drain_pipe(pipe_r.get(), pending, to, out)) {
         break;
       }
-      out.bytes += static_cast<uint64_t>(n);
-      if (options.on_activity) {
-        options.on_activity();
-      }
+      moved(out, static_cast<std::size_t>(n), live, options);
       continue;
     }
     if (n == 0) {
       // End of the TCP stream. Whether that is a clean end (TCP, or TLS after close_notify) or a
       // truncation (TLS without close_notify) is the stream's call: ask it with one read.
-      co_await copy_chunk(from, to, record(), kRecordBuffer, options, out);
+      co_await copy_chunk(from, to, record(), kRecordBuffer, options, out, live);
       co_return;
     }
     const int e = errno;
@@ -245,30 +257,30 @@ asio::awaitable<void> copy_splice(base::ByteStream& from, base::ByteStream& to,
       asio::error_code ec;
       co_await src.async_wait(Socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
-        out.error = "read: " + ec.message();
+        fail(out, true, "read: " + ec.message());
         break;
       }
       continue;
     }
     if (e == EINVAL || e == EIO) {
       // A non-data TLS record is next (kernel TLS delivers those only with recvmsg + cmsg).
-      if (!co_await copy_chunk(from, to, record(), kRecordBuffer, options, out)) {
+      if (!co_await copy_chunk(from, to, record(), kRecordBuffer, options, out, live)) {
         co_return;
       }
       continue;
     }
-    out.error = std::string("splice from socket: ") + std::strerror(e);
+    fail(out, true, std::string("splice from socket: ") + std::strerror(e));
     break;
   }
 }
 
 asio::awaitable<void> copy_direction(base::ByteStream& from, base::ByteStream& to,
                                      const PumpOptions& options, DirectionResult& out,
-                                     bool* session_aborted) {
+                                     base::Counter* live, bool* session_aborted) {
   if (options.allow_splice && from.kernel_reads() && to.kernel_writes()) {
-    co_await copy_splice(from, to, options, out);
+    co_await copy_splice(from, to, options, out, live);
   } else {
-    co_await copy_userspace(from, to, options, out);
+    co_await copy_userspace(from, to, options, out, live);
   }
   if (!out.clean_end && !*session_aborted) {
     // An error in one direction ends the session: abort both so the other direction wakes up.
@@ -288,8 +300,8 @@ asio::awaitable<PumpResult> pump_both(base::ByteStream& a, base::ByteStream& b,
   using namespace asio::experimental::awaitable_operators;
   PumpResult r;
   bool aborted = false;
-  co_await (copy_direction(a, b, options, r.a_to_b, &aborted) &&
-            copy_direction(b, a, options, r.b_to_a, &aborted));
+  co_await (copy_direction(a, b, options, r.a_to_b, options.a_to_b_bytes, &aborted) &&
+            copy_direction(b, a, options, r.b_to_a, options.b_to_a_bytes, &aborted));
   co_return r;
 }
 

@@ -2,6 +2,8 @@
 
 #include <sched.h>
 
+#include <asio/steady_timer.hpp>
+
 namespace spiffe_tunnel::tunnel {
 
 IoPool::IoPool(std::size_t threads, std::chrono::microseconds busy_poll)
@@ -13,6 +15,10 @@ IoPool::IoPool(std::size_t threads, std::chrono::microseconds busy_poll)
     // Each context runs on exactly one thread: tell asio so it can skip internal locking.
     contexts_.push_back(std::make_unique<asio::io_context>(1));
     guards_.push_back(asio::make_work_guard(*contexts_.back()));
+    // Makes the context's reactor (epoll, eventfd, timerfd) now. Made lazily, it would come
+    // with the first socket accepted onto this context, and when the process is out of
+    // descriptors then, asio throws from inside the accept handler and the process aborts.
+    asio::steady_timer reactor_now(*contexts_.back());
   }
 }
 

@@ -52,10 +52,12 @@ void Session::start(base::DrainToken token) {
                  asio::detached);
 }
 
-void Session::abort(std::string reason) {
-  asio::post(accepted_.get_executor(), [self = shared_from_this(), reason = std::move(reason)] {
+void Session::abort(std::string reason, std::string label) {
+  asio::post(accepted_.get_executor(), [self = shared_from_this(), reason = std::move(reason),
+                                        label = std::move(label)] {
     if (!self->finished_) {
       self->timed_out_ = reason;
+      self->abort_label_ = label;
       self->close_all();
     }
   });
@@ -108,8 +110,8 @@ void Session::end_by_policy(const std::string& detail) {
   }
   spdlog::warn("{} ending reason=policy_changed: peer {} is no longer allowed: {}", prefix(),
                tls_->info().peer.peer_id->str(), detail);
-  context_->metrics->end("policy_changed");
   timed_out_ = "policy_changed";
+  abort_label_ = "policy_changed";
   close_all();
 }
 
@@ -155,6 +157,7 @@ void Session::arm_idle() {
     }
     if (std::chrono::steady_clock::now() - self->last_activity_ >= idle) {
       self->timed_out_ = "idle timeout (" + std::to_string(idle.count() / 1000) + "s)";
+      self->abort_label_ = "idle_timeout";
       self->close_all();
     } else {
       self->arm_idle();
@@ -180,9 +183,11 @@ asio::awaitable<bool> Session::handshake(asio::ip::tcp::socket socket) {
   }
   handshake_ = std::move(*made);
   arm_deadline(context_->limits.handshake_timeout, "TLS handshake timeout");
+  const auto began = std::chrono::steady_clock::now();
   std::unique_ptr<tls::TlsStream> stream = co_await handshake_->run();
   disarm_deadline();
   if (stream) {
+    context_->metrics->handshake_seconds.observe(std::chrono::steady_clock::now() - began);
     tls_ = std::move(stream);
     handshake_.reset();
     co_return true;
@@ -343,10 +348,25 @@ void Session::log_closed(const pump::PumpResult& r) const {
                pump::path_name(r.a_to_b.path), pump::path_name(r.b_to_a.path), why);
 }
 
+// a is the TLS side (the peer), b the plain side (the target).
+std::string_view Session::close_label(const pump::PumpResult& r) const {
+  if (!timed_out_.empty()) {
+    return abort_label_.empty() ? "aborted" : std::string_view(abort_label_);
+  }
+  if (r.a_to_b.failed_first) {
+    return r.a_to_b.failed_reading ? "peer_error" : "plain_error";
+  }
+  if (r.b_to_a.failed_first) {
+    return r.b_to_a.failed_reading ? "plain_error" : "peer_error";
+  }
+  return "eof";
+}
+
+// Bytes were counted while they moved (PumpOptions); the rest is counted when the session ends.
 void Session::count_and_log(const pump::PumpResult& r) const {
   TunnelMetrics& m = *context_->metrics;
-  m.bytes_in.inc(r.a_to_b.bytes);
-  m.bytes_out.inc(r.b_to_a.bytes);
+  m.session_seconds.observe(std::chrono::steady_clock::now() - started_);
+  m.closed(close_label(r));
   (r.a_to_b.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
   (r.b_to_a.path == pump::Path::kSplice ? m.path_splice : m.path_userspace).inc();
   log_closed(r);
@@ -370,6 +390,8 @@ asio::awaitable<void> Session::run() {
     // No allow_splice decision here: a stream reports kernel_reads/kernel_writes only when the
     // kernel holds its record layer, which `ktls: off` never allows.
     po.on_activity = [this] { last_activity_ = std::chrono::steady_clock::now(); };
+    po.a_to_b_bytes = &context_->metrics->bytes_in;
+    po.b_to_a_bytes = &context_->metrics->bytes_out;
     arm_idle();
     // a = TLS side, b = plain side.
     const pump::PumpResult r = co_await pump::pump_both(*tls_, *plain_, po);

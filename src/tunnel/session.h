@@ -29,8 +29,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Runs the session on its socket's io_context; `token` is released when the session ends.
   void start(base::DrainToken token);
-  // Aborts both ends from any thread; `reason` ends up in the session's closing line.
-  void abort(std::string reason);
+  // Aborts both ends from any thread; `reason` ends up in the session's closing line, and
+  // `label` (a short snake_case word, e.g. "draining" or "policy_changed") in the reason label of
+  // spiffe_tunnel_sessions_closed_total when the session was established.
+  void abort(std::string reason, std::string label = "aborted");
   // Checks the session's peer against the policy of `next` (its TLS options' allow-list, then
   // its OPA step) and ends the session with reason policy_changed when that no longer allows the
   // peer. A session still in its handshake is checked once it has been authorized. Any thread.
@@ -56,6 +58,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void apply_policy(std::shared_ptr<const TunnelContext> next);
   asio::awaitable<void> ask_opa_again(std::shared_ptr<const TunnelContext> next);
   void end_by_policy(const std::string& detail);
+  // The reason label of an established session that ended with `r`.
+  std::string_view close_label(const pump::PumpResult& r) const;
 
   // Closes everything if not cancelled within `after`.
   void arm_deadline(std::chrono::milliseconds after, std::string what);
@@ -86,6 +90,7 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::steady_timer deadline_;
   asio::steady_timer idle_timer_;
   std::string timed_out_;  // what timed out, if anything
+  std::string abort_label_;  // set with timed_out_ by abort() and the idle timer
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_activity_;
   bool finished_ = false;

@@ -201,7 +201,7 @@ void Tunnel::start_session(asio::ip::tcp::socket socket) {
   auto session = std::make_shared<Session>(std::move(c), next_session_id_++, std::move(socket));
   auto token = drain_.acquire([weak = std::weak_ptr<Session>(session)] {
     if (auto s = weak.lock()) {
-      s->abort("tunnel draining");
+      s->abort("tunnel draining", "draining");
     }
   });
   if (!token) {

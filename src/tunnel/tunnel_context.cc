@@ -3,6 +3,16 @@
 #include <charconv>
 
 namespace spiffe_tunnel::tunnel {
+namespace {
+
+base::Counter& closed_counter(base::MetricsRegistry& r, const std::string& tunnel,
+                              std::string_view reason) {
+  return r.counter("spiffe_tunnel_sessions_closed_total",
+                   "Established sessions that ended, by reason (see docs/metrics.md).",
+                   {{"tunnel", tunnel}, {"reason", std::string(reason)}});
+}
+
+}  // namespace
 
 TunnelMetrics::TunnelMetrics(base::MetricsRegistry& r, const std::string& t)
     : accepted(r.counter("spiffe_tunnel_connections_accepted_total",
@@ -23,21 +33,28 @@ TunnelMetrics::TunnelMetrics(base::MetricsRegistry& r, const std::string& t)
                                {{"tunnel", t}, {"path", "userspace"}})),
       path_splice(r.counter("spiffe_tunnel_session_directions_total", "",
                             {{"tunnel", t}, {"path", "ktls+splice"}})),
+      handshake_seconds(r.histogram("spiffe_tunnel_handshake_duration_seconds",
+                                    "Duration of successful TLS handshakes, including the peer's "
+                                    "verification and authorization (not OPA).",
+                                    base::short_duration_buckets(), {{"tunnel", t}})),
+      session_seconds(r.histogram("spiffe_tunnel_session_duration_seconds",
+                                  "Lifetime of established sessions, from accept to close.",
+                                  base::session_duration_buckets(), {{"tunnel", t}})),
       registry(r),
-      tunnel(t) {}
+      tunnel(t) {
+  for (std::string_view reason : kCloseReasons) {
+    closed_counter(r, t, reason);
+  }
+}
+
+void TunnelMetrics::closed(std::string_view reason) {
+  closed_counter(registry, tunnel, reason).inc();
+}
 
 void TunnelMetrics::reject(std::string_view reason) {
   registry
       .counter("spiffe_tunnel_connections_rejected_total",
                "Connections refused, by reason (see docs/metrics.md).",
-               {{"tunnel", tunnel}, {"reason", std::string(reason)}})
-      .inc();
-}
-
-void TunnelMetrics::end(std::string_view reason) {
-  registry
-      .counter("spiffe_tunnel_sessions_ended_total",
-               "Open sessions the daemon ended on its own, by reason (see docs/metrics.md).",
                {{"tunnel", tunnel}, {"reason", std::string(reason)}})
       .inc();
 }

@@ -222,7 +222,11 @@ void WorkloadApiSource::Streams::run_svid_stream() {
   SvidStreamLog log(options_.address);
   bool holding = false;     // identities delivered and not revoked since
   std::string last_digest;  // of the response behind the identities we hold
-  for (;;) {
+  const WorkloadApiObserver& observer = options_.observer;
+  for (bool first = true;; first = false) {
+    if (!first && observer.on_reconnect) {
+      observer.on_reconnect();
+    }
     auto stub = new_stub(target_);
     grpc::ClientContext call;  // no deadline: the first message may take a while (SPIFFE.md §6)
     call.AddMetadata(kSecurityHeader, "true");
@@ -232,7 +236,12 @@ void WorkloadApiSource::Streams::run_svid_stream() {
     auto reader = stub->FetchX509SVID(&call, X509SVIDRequest());
     X509SVIDResponse response;
     bool streaming = false;  // this stream delivered a good message
+    bool answered = false;   // this stream delivered any message
     while (reader->Read(&response)) {
+      if (!answered && observer.on_connection) {
+        observer.on_connection(true);
+      }
+      answered = true;
       std::string digest = digest_of(response);
       if (holding && digest == last_digest) {
         // SPIRE does not deduplicate (SPIFFE.md §6.10); an identical snapshot changes nothing.
@@ -255,6 +264,9 @@ void WorkloadApiSource::Streams::run_svid_stream() {
       publish_svids(std::move(*message), log);
     }
     const grpc::Status status = reader->Finish();
+    if (observer.on_connection) {
+      observer.on_connection(false);
+    }
     if (!end_svid_call()) {
       return;
     }

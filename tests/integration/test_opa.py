@@ -13,6 +13,8 @@ import pytest
 from daemon import Backend, Daemon, exchange
 from helpers import free_port
 from pki import CA
+from prom import scrape
+from test_admin import admin_port
 from test_files_tunnels import CLIENT_ID, bundles, pki, start_client  # noqa: F401 (fixture)
 
 POLICY = """package tunnels.authz
@@ -110,7 +112,8 @@ def test_opa_silent_times_out_and_denies(pki):
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # accepts, never answers
     url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1/data/x/allow"
-    server, sport = start_opa_server(pki, backend, url, "--opa-timeout", "300ms")
+    server, sport = start_opa_server(pki, backend, url, "--opa-timeout", "300ms",
+                                     "--admin", "127.0.0.1:0")
     try:
         client, cport = start_client(pki, sport)
         try:
@@ -119,6 +122,14 @@ def test_opa_silent_times_out_and_denies(pki):
             pass
         server.wait_for(r"rejected reason=opa_unavailable: .*did not answer within 300 ms")
         assert backend.connections == 0
+        # Counted as its own outcome, with the time it took in the latency histogram.
+        sc = scrape(admin_port(server))
+        assert sc.value("spiffe_tunnel_opa_decisions_total", tunnel="kafka-in",
+                        outcome="timeout") == 1
+        buckets, total, count = sc.histogram("spiffe_tunnel_opa_decision_duration_seconds",
+                                             tunnel="kafka-in")
+        assert count == 1 and 0.3 <= total < 2
+        assert dict(buckets)[0.25] == 0 and dict(buckets)[0.5] == 1
         client.stop()
     finally:
         server.stop()

@@ -268,7 +268,7 @@ def test_reload_applies_each_change_to_its_tunnel_only(site, pki):
     assert re.search(r"RELOADING=1\nMONOTONIC_USEC=\d+", msgs[0]), msgs
     assert any(m.startswith("READY=1") for m in msgs[1:]), msgs
     assert metric(site.admin, "spiffe_tunnel_config_reloads_total", '{result="success"}') == 1
-    assert metric(site.admin, "spiffe_tunnel_sessions_ended_total",
+    assert metric(site.admin, "spiffe_tunnel_sessions_closed_total",
                   '{tunnel="policy",reason="policy_changed"}') == 1
 
     # The removed tunnel's last session ends: its version goes away.

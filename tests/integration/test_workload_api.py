@@ -45,7 +45,9 @@ from cryptography import x509
 from daemon import Backend, Daemon, DaemonSet, EchoStream, echo_roundtrip
 from helpers import wait_for
 from pki import CA
+from prom import scrape
 from spire import SELF_UID, EntryTracker
+from test_admin import admin_port
 
 pytestmark = pytest.mark.integration
 
@@ -483,9 +485,17 @@ def test_agent_killed_mid_transfer_then_restarted(spire_domain, tunnel_daemons, 
     me = svid_files(td, cli, tmp_path / "me")  # Python's client identity (default 1 h TTL)
     backend = Backend("echo")
     try:
-        server = tunnel_daemons.start(server_args(backend.port, td.socket, "--allow-id", cli),
-                                      name="server-kill")
+        server = tunnel_daemons.start(server_args(backend.port, td.socket, "--allow-id", cli,
+                                                  "--admin", "127.0.0.1:0"), name="server-kill")
         sport = server.wait_listening(START_TIMEOUT)
+        sadmin = admin_port(server)
+
+        def agent_metrics() -> tuple[float, float]:
+            sc = scrape(sadmin)
+            return (sc.value("spiffe_tunnel_workload_api_connected"),
+                    sc.value("spiffe_tunnel_workload_api_reconnects_total"))
+
+        assert agent_metrics() == (1, 0)
         client = tunnel_daemons.start(client_args(f"127.0.0.1:{sport}", td.socket, "--svid", cli,
                                                   "--expect-id", srv), name="client-kill")
         cport = client.wait_listening(START_TIMEOUT)
@@ -501,6 +511,8 @@ def test_agent_killed_mid_transfer_then_restarted(spire_domain, tunnel_daemons, 
             for d in (server, client):
                 d.wait_for(r"workload-api: lost the stream from .*serving the last identity", 15,
                            start=marks[d])
+            wait_for(lambda: agent_metrics()[0] == 0 and agent_metrics()[1] >= 1, timeout=15,
+                     desc="workload_api_connected 0 and reconnects counted")
             # new connections while the agent is down: same snapshot, same certificate
             payload = os.urandom(256 << 10)
             assert echo_roundtrip(cport, payload) == payload
@@ -513,10 +525,13 @@ def test_agent_killed_mid_transfer_then_restarted(spire_domain, tunnel_daemons, 
         assert stream.error is None, stream.error
         assert sent > 1 << 20 and (got, got_sha) == (sent, sent_sha)
 
+        down_reconnects = agent_metrics()[1]
         td.agent.start()
         for d in (server, client):
             d.wait_for(r"workload-api: reconnected to ", 45, start=marks[d])
             assert d.proc.poll() is None
+        connected, reconnects = agent_metrics()
+        assert connected == 1 and reconnects >= down_reconnects
         payload = os.urandom(256 << 10)
         assert echo_roundtrip(cport, payload) == payload
 

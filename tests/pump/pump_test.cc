@@ -6,6 +6,7 @@
 #include <asio/io_context.hpp>
 #include <asio/read.hpp>
 #include <asio/redirect_error.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
@@ -42,6 +43,8 @@ struct Harness {
   std::optional<base::TcpStream> b;
   std::optional<pump::PumpResult> result;
   int activity = 0;
+  base::Counter live_a_to_b;
+  base::Counter live_b_to_a;
 
   Harness() {
     auto [a_far, a_near] = connected_pair(io);
@@ -57,6 +60,8 @@ struct Harness {
     options.allow_splice = allow_splice;
     options.buffer_size = 64 * 1024;
     options.on_activity = [this] { ++activity; };
+    options.a_to_b_bytes = &live_a_to_b;
+    options.b_to_a_bytes = &live_b_to_a;
     asio::co_spawn(
         io,
         [this, options]() -> asio::awaitable<void> {
@@ -161,7 +166,51 @@ TEST_CASE("the pump moves megabytes both ways intact and reports the path it too
   }
   CHECK(h.result->a_to_b.bytes == to_b.size());
   CHECK(h.result->b_to_a.bytes == to_a.size());
+  CHECK(h.live_a_to_b.value() == to_b.size());
+  CHECK(h.live_b_to_a.value() == to_a.size());
   CHECK(h.activity > 0);
+}
+
+TEST_CASE("live byte counters follow the bytes while both directions are still open") {
+  const bool splice = GENERATE(true, false);
+  INFO("allow_splice=" << splice);
+  Harness h;
+  h.start(splice);
+  const std::string data = pattern(1024 * 1024 + 3, 3);
+  uint64_t while_open = 0;
+  bool pump_running = false;
+  asio::co_spawn(
+      h.io,
+      [&]() -> asio::awaitable<void> {
+        asio::error_code ec;
+        co_await asio::async_write(h.app_a, asio::buffer(data),
+                                   asio::redirect_error(asio::use_awaitable, ec));
+        REQUIRE_FALSE(ec);
+        std::string got(data.size(), '\0');
+        co_await asio::async_read(h.app_b, asio::buffer(got),
+                                  asio::redirect_error(asio::use_awaitable, ec));
+        REQUIRE_FALSE(ec);
+        // The pump counts a chunk once its write returned, which may be just after the reader
+        // here woke up: give it a few turns.
+        asio::steady_timer t(h.io);
+        for (int i = 0; i < 200 && h.live_a_to_b.value() < data.size(); ++i) {
+          t.expires_after(1ms);
+          co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
+        while_open = h.live_a_to_b.value();
+        pump_running = !h.result.has_value();
+        co_await write_and_close(h.app_a, "");
+        co_await write_and_close(h.app_b, "");
+        co_await read_to_end(h.app_b, ec);
+        co_await read_to_end(h.app_a, ec);
+      },
+      rethrow);
+  run_bounded(h.io, 20s);
+  CHECK(pump_running);
+  CHECK(while_open == data.size());
+  REQUIRE(h.result);
+  CHECK(h.live_a_to_b.value() == h.result->a_to_b.bytes);
+  CHECK(h.live_b_to_a.value() == 0);
 }
 
 TEST_CASE("plain TCP streams let the kernel own both directions") {
@@ -241,6 +290,7 @@ TEST_CASE("a reset on one side aborts both directions and blames the direction i
   const pump::DirectionResult& from_b = h.result->b_to_a;
   const pump::DirectionResult& from_a = h.result->a_to_b;
   CHECK(from_b.failed_first);
+  CHECK(from_b.failed_reading);  // the reset was read from b, not hit writing to a
   CHECK_FALSE(from_b.clean_end);
   CHECK_THAT(from_b.error, Contains("reset"));
   CHECK(from_b.bytes == 5);

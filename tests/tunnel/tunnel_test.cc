@@ -555,7 +555,7 @@ TEST_CASE("update_policy ends the open sessions of peers it no longer allows, an
   CHECK(denied.closed_by_peer());
   CHECK(wait_until([&] { return t.server->active_sessions() == 1; }));
   CHECK(t.has_metric(
-      "spiffe_tunnel_sessions_ended_total{tunnel=\"in\",reason=\"policy_changed\"} ", 1));
+      "spiffe_tunnel_sessions_closed_total{tunnel=\"in\",reason=\"policy_changed\"} ", 1));
   app.send("still");
   CHECK(app.receive(5) == "still");
 

@@ -11,10 +11,12 @@
 #include <chrono>
 #include <cstdint>
 #include <list>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
+#include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/spiffe/spiffe_id.h"
 
 namespace spiffe_tunnel::policy {
@@ -45,11 +47,28 @@ struct OpaDecision {
   bool allowed = false;
   bool error = false;    // OPA unreachable, timed out or answered nonsense
   std::string reason;    // for logs
+  bool timed_out = false;  // the error was OPA not answering within the timeout
+};
+
+// Decisions of one tunnel's OPA client, registered under the tunnel's name: see
+// docs/metrics.md. The registry must outlive them; updates are thread-safe.
+struct OpaMetrics {
+  OpaMetrics(base::MetricsRegistry& registry, const std::string& tunnel);
+  // spiffe_tunnel_opa_decisions_total{tunnel,outcome}
+  base::Counter& allow;
+  base::Counter& deny;
+  base::Counter& error;
+  base::Counter& timeout;
+  base::Counter& cached_allow;
+  base::Counter& cached_deny;
+  // spiffe_tunnel_opa_decision_duration_seconds{tunnel}: queries sent to OPA, cache hits not.
+  base::Histogram& latency;
 };
 
 class OpaClient {
  public:
-  explicit OpaClient(OpaOptions options);
+  // `metrics` null: decisions are not counted anywhere visible.
+  explicit OpaClient(OpaOptions options, std::shared_ptr<OpaMetrics> metrics = nullptr);
 
   // Takes the input by value: it must live in the coroutine frame.
   asio::awaitable<OpaDecision> decide(OpaInput input);
@@ -57,9 +76,12 @@ class OpaClient {
 
  private:
   asio::awaitable<OpaDecision> query(const OpaInput& input);
+  void count(const OpaDecision& d, std::chrono::steady_clock::duration took);
 
   OpaOptions options_;
   std::string port_;  // options_.port as the resolver wants it
+  std::unique_ptr<base::MetricsRegistry> unused_registry_;  // backs metrics_ when none is given
+  std::shared_ptr<OpaMetrics> metrics_;                      // never null
 
   struct Entry {
     bool allowed;

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "spiffe_tunnel/base/byte_stream.h"
+#include "spiffe_tunnel/base/metrics.h"
 
 namespace spiffe_tunnel::pump {
 
@@ -25,6 +26,7 @@ struct DirectionResult {
   bool clean_end = false;  // ended with end-of-stream, not an error
   std::string error;       // why it ended, when not clean
   bool failed_first = false;  // this direction's error ended the session
+  bool failed_reading = false;  // the error was reading the source, not writing the destination
 };
 
 struct PumpResult {
@@ -44,6 +46,11 @@ struct PumpOptions {
   bool allow_splice = true;
   // Called after every chunk moved, for idle tracking. May be empty.
   std::function<void()> on_activity;
+  // Raised by the bytes moved, as they move (one relaxed add per chunk or splice call), so that
+  // byte counters rise while a session is open. May be null. The result's byte counts are kept
+  // as well.
+  base::Counter* a_to_b_bytes = nullptr;
+  base::Counter* b_to_a_bytes = nullptr;
 };
 
 // Runs until both directions end. `a` and `b` must outlive the returned awaitable.

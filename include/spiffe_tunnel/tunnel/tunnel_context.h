@@ -32,14 +32,21 @@ struct TunnelMetrics {
   base::Counter& bytes_out;  // towards the peer
   base::Counter& path_userspace;
   base::Counter& path_splice;
+  base::Histogram& handshake_seconds;  // successful handshakes
+  base::Histogram& session_seconds;    // established sessions, accept to close
   base::MetricsRegistry& registry;
   std::string tunnel;
   // Counts a refused connection under st_connections_rejected_total{tunnel,reason}.
   void reject(std::string_view reason);
-  // Counts an open session the daemon ended (e.g. policy_changed) under
-  // spiffe_tunnel_sessions_ended_total{tunnel,reason}.
-  void end(std::string_view reason);
+  // Counts an established session that ended under spiffe_tunnel_sessions_closed_total
+  // {tunnel,reason}: one of kCloseReasons, or a reason given to Session::abort().
+  void closed(std::string_view reason);
 };
+
+// The reasons an established session ends for on its own (registered at 0 for every tunnel);
+// Session::abort() may name others (e.g. policy_changed). See docs/metrics.md.
+inline constexpr std::string_view kCloseReasons[] = {
+    "eof", "idle_timeout", "draining", "aborted", "peer_error", "plain_error"};
 
 // Timeouts and limits of one tunnel's sessions. No defaults here: the configuration model
 // (config::TunnelConfig) owns them, and app fills every field; Tunnel::create refuses zeros

@@ -20,6 +20,7 @@
 // Private keys stay in memory and never reach a log.
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -30,6 +31,15 @@
 
 namespace spiffe_tunnel::workload {
 
+// Told about the FetchX509SVID stream, for metrics. Either function may be empty; both are
+// called on the stream's thread and must not block.
+struct WorkloadApiObserver {
+  // true when the stream delivers its first message after (re)connecting, false when it ends.
+  std::function<void(bool connected)> on_connection;
+  // Each new attempt after the stream ended or failed to open.
+  std::function<void()> on_reconnect;
+};
+
 struct WorkloadApiOptions {
   // "unix:///absolute/path" or "tcp://IP:port"; "" = the SPIFFE_ENDPOINT_SOCKET environment
   // variable.
@@ -38,6 +48,7 @@ struct WorkloadApiOptions {
   std::chrono::milliseconds initial_backoff{1000};
   // Cap of the delay, also used after errors that retrying soon will not fix (InvalidArgument).
   std::chrono::milliseconds max_backoff{30000};
+  WorkloadApiObserver observer;
 };
 
 class WorkloadApiSource final : public IdentitySource {

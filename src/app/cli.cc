@@ -1,13 +1,13 @@
 #include "cli.h"
 
 #include <CLI/CLI.hpp>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <iostream>
 
 #include "daemon.h"
 #include "demo.h"
+#include "logging.h"
 #include "spiffe_tunnel/config/config.h"
 #include "spiffe_tunnel/config/flags.h"
 #include "spiffe_tunnel/config/values.h"
@@ -98,31 +98,15 @@ void add_global_flags(CLI::App& app, config::GlobalFlags& g) {
   const Config defaults;
   app.add_option("--log-level", g.log_level, "trace, debug, info, warn, error")
       ->default_str(std::string(config::log_level_name(defaults.log_level)));
+  app.add_option("--log-format", g.log_format,
+                 "Log lines as text or json (one object per line); under systemd, text goes to "
+                 "the journal with fields")
+      ->default_str(std::string(config::log_format_name(defaults.log_format)));
   app.add_option("--threads", g.threads, "Data-path threads (default: one per core)");
   app.add_option("--admin", g.admin, "Admin HTTP endpoint host:port (/metrics, /healthz, /readyz)");
   app.add_option("--busy-poll", g.busy_poll,
                  "Keep polling this long after the last event before sleeping (e.g. 200us; "
                  "default 0): lower latency on VMs for more CPU");
-}
-
-void set_log_level(config::LogLevel level) {
-  using L = config::LogLevel;
-  switch (level) {
-    case L::kTrace:
-      return spdlog::set_level(spdlog::level::trace);
-    case L::kDebug:
-      return spdlog::set_level(spdlog::level::debug);
-    case L::kInfo:
-      return spdlog::set_level(spdlog::level::info);
-    case L::kWarn:
-      return spdlog::set_level(spdlog::level::warn);
-    case L::kError:
-      return spdlog::set_level(spdlog::level::err);
-    case L::kCritical:
-      return spdlog::set_level(spdlog::level::critical);
-    case L::kOff:
-      return spdlog::set_level(spdlog::level::off);
-  }
 }
 
 int fail(const std::string& message) {
@@ -169,14 +153,13 @@ int run_cli(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  spdlog::set_default_logger(spdlog::stderr_color_mt("spiffe-tunnel"));
   auto overrides = config::read_global_flags(g);
   if (!overrides) {
     return fail(overrides.error().message);
   }
   set_log_level(overrides->log_level.value_or(Config{}.log_level));
   // Logs go to stderr (journald and kubectl logs take both); stdout is for command output.
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc);
+  configure_logging(overrides->log_format.value_or(Config{}.log_format));
 
   if (*demo) {
     return run_demo(demo_options);
@@ -188,8 +171,6 @@ int run_cli(int argc, char** argv) {
     draft = config::read_tunnel_flags(client_flags, config::Mode::kClient);
   } else if (*run || *check) {
     draft = config::read_config_file(config_path);
-    // A file's log_level (or its default) wins over --log-level, which only covers loading.
-    overrides->log_level.reset();
   }
   if (!draft) {
     return fail(draft.error().message);
@@ -203,6 +184,7 @@ int run_cli(int argc, char** argv) {
     return 0;
   }
   set_log_level(cfg->log_level);
+  configure_logging(cfg->log_format);
   return run_daemon(*cfg);
 }
 

@@ -103,6 +103,7 @@ tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
               .max_connections = t.max_connections,
               .buffer_size = t.buffer_size};
   o.opa = policy.opa;
+  o.log_sessions = t.log_sessions.value_or(true);
   return o;
 }
 

@@ -139,6 +139,7 @@ Result<Config> read_tunnel_flags(const TunnelFlags& f, Mode mode) {
 Result<Overrides> read_global_flags(const GlobalFlags& f) {
   Overrides o;
   ST_TRY(flag_value(f.log_level, "--log-level", parse_log_level, o.log_level));
+  ST_TRY(flag_value(f.log_format, "--log-format", parse_log_format, o.log_format));
   ST_TRY(flag_value(f.threads, "--threads", parse_threads, o.threads));
   ST_TRY(flag_value(f.admin, "--admin", parse_endpoint, o.admin));
   ST_TRY(flag_value(f.busy_poll, "--busy-poll", parse_busy_poll, o.busy_poll));

@@ -9,6 +9,7 @@
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include "spiffe_tunnel/base/log.h"
 #include "spiffe_tunnel/pump/pump.h"
 
 namespace spiffe_tunnel::tunnel {
@@ -37,8 +38,8 @@ Session::Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
       started_(std::chrono::steady_clock::now()),
       last_activity_(started_) {}
 
-std::string Session::prefix() const {
-  return "tunnel=" + context_->name + " session=" + std::to_string(id_) + " from=" + peer_address_;
+std::array<base::LogField, 3> Session::log_context() const {
+  return {{{"tunnel", context_->name}, {"session", id_}, {"from", peer_address_}}};
 }
 
 void Session::start(base::DrainToken token) {
@@ -51,6 +52,7 @@ void Session::abort(std::string reason) {
   asio::post(accepted_.get_executor(), [self = shared_from_this(), reason = std::move(reason)] {
     if (!self->finished_) {
       self->timed_out_ = reason;
+      self->end_reason_ = "aborted";
       self->close_all();
     }
   });
@@ -98,6 +100,7 @@ void Session::arm_idle() {
     }
     if (std::chrono::steady_clock::now() - self->last_activity_ >= idle) {
       self->timed_out_ = "idle timeout (" + std::to_string(idle.count() / 1000) + "s)";
+      self->end_reason_ = "idle_timeout";
       self->close_all();
     } else {
       self->arm_idle();
@@ -107,7 +110,10 @@ void Session::arm_idle() {
 
 void Session::reject(std::string_view reason_label, const std::string& detail) {
   context_->metrics->reject(reason_label);
-  spdlog::warn("{} rejected reason={}: {}", prefix(), reason_label, detail);
+  const auto who = log_context();
+  const base::LogField facts[] = {{"reason", reason_label},
+                                  {"detail", detail, base::TextStyle::kColon}};
+  base::log_line(spdlog::level::warn, {who, "rejected", facts});
 }
 
 asio::awaitable<bool> Session::handshake(asio::ip::tcp::socket socket) {
@@ -222,40 +228,67 @@ asio::awaitable<bool> Session::open_client() {
   co_return allowed;
 }
 
-// The session lines are built only when info is logged: at warn level a busy tunnel formats
-// nothing per connection.
+// The session lines are built only when they are logged: at warn level, or with log_sessions
+// off, a busy tunnel formats nothing per connection.
+bool Session::logs_sessions() const {
+  return context_->log_sessions && spdlog::should_log(spdlog::level::info);
+}
+
 void Session::log_opened() const {
-  if (!spdlog::should_log(spdlog::level::info)) {
+  if (!logs_sessions()) {
     return;
   }
+  using base::TextStyle;
   const tls::ConnectionInfo& info = tls_->info();
   const tls::PeerOutcome& o = info.peer;
   const auto path = [](bool k) { return k ? "ktls" : "userspace"; };
-  spdlog::info("{} opened peer={} ({}) {} {} tls tx={} rx={}{}", prefix(), o.peer_id->str(),
-               o.authorized_by, info.protocol, info.cipher, path(tls_->kernel_writes()),
-               path(tls_->kernel_reads()),
-               info.ktls_detail.empty() ? "" : " (" + info.ktls_detail + ")");
+  const std::string peer = o.peer_id->str();
+  const auto who = log_context();
+  const base::LogField facts[] = {{"peer_id", peer, TextStyle::kKeyValue, "peer"},
+                                  {"authorized_by", o.authorized_by, TextStyle::kParens},
+                                  {"tls_version", info.protocol, TextStyle::kBare},
+                                  {"cipher", info.cipher, TextStyle::kBare},
+                                  {"tls_tx", path(tls_->kernel_writes()), TextStyle::kKeyValue,
+                                   "tls tx"},
+                                  {"tls_rx", path(tls_->kernel_reads()), TextStyle::kKeyValue, "rx"},
+                                  {"ktls_detail", info.ktls_detail, TextStyle::kParens}};
+  base::log_line(spdlog::level::info, {who, "opened", facts});
 }
 
 void Session::log_closed(const pump::PumpResult& r) const {
-  if (!spdlog::should_log(spdlog::level::info)) {
+  if (!logs_sessions()) {
     return;
   }
   const bool server = context_->mode == tls::Role::kServer;
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::steady_clock::now() - started_)
                       .count();
+  // `reason` is a stable label for machines; `detail` says it in words (the text line's "(...)").
+  std::string_view reason = "closed";
   std::string why = "closed";
   if (!timed_out_.empty()) {
+    reason = end_reason_;
     why = timed_out_;
   } else if (r.a_to_b.failed_first) {
+    reason = "error";
     why = std::string(server ? "peer→target " : "remote→app ") + r.a_to_b.error;
   } else if (r.b_to_a.failed_first) {
+    reason = "error";
     why = std::string(server ? "target→peer " : "app→remote ") + r.b_to_a.error;
   }
-  spdlog::info("{} closed peer={} bytes_from_peer={} bytes_to_peer={} duration_ms={} path={}/{} ({})",
-               prefix(), tls_->info().peer.peer_id->str(), r.a_to_b.bytes, r.b_to_a.bytes, ms,
-               pump::path_name(r.a_to_b.path), pump::path_name(r.b_to_a.path), why);
+  using base::TextStyle;
+  const std::string peer = tls_->info().peer.peer_id->str();
+  const std::string paths = std::string(pump::path_name(r.a_to_b.path)) + "/" +
+                            std::string(pump::path_name(r.b_to_a.path));
+  const auto who = log_context();
+  const base::LogField facts[] = {{"peer_id", peer, TextStyle::kKeyValue, "peer"},
+                                  {"bytes_from_peer", r.a_to_b.bytes},
+                                  {"bytes_to_peer", r.b_to_a.bytes},
+                                  {"duration_ms", ms},
+                                  {"path", paths},
+                                  {"reason", reason, TextStyle::kHidden},
+                                  {"detail", why, TextStyle::kParens}};
+  base::log_line(spdlog::level::info, {who, "closed", facts});
 }
 
 void Session::count_and_log(const pump::PumpResult& r) const {

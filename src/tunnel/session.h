@@ -8,6 +8,7 @@
 #include <asio/ip/tcp.hpp>
 #include <asio/steady_timer.hpp>
 
+#include <array>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -15,6 +16,7 @@
 
 #include "spiffe_tunnel/base/byte_stream.h"
 #include "spiffe_tunnel/base/drain.h"
+#include "spiffe_tunnel/base/log.h"
 #include "spiffe_tunnel/pump/pump.h"
 #include "spiffe_tunnel/tls/handshake.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
@@ -52,7 +54,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void arm_idle();
   void close_all();
   void reject(std::string_view reason_label, const std::string& detail);
-  std::string prefix() const;
+  // tunnel, session and from: who every line of this session is about.
+  std::array<base::LogField, 3> log_context() const;
+  bool logs_sessions() const;
   void log_opened() const;
   void log_closed(const pump::PumpResult& r) const;
 
@@ -72,6 +76,7 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::steady_timer deadline_;
   asio::steady_timer idle_timer_;
   std::string timed_out_;  // what timed out, if anything
+  std::string_view end_reason_ = "timeout";  // its label in the closing line's reason
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_activity_;
   bool finished_ = false;

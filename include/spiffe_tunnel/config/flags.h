@@ -32,6 +32,7 @@ struct TunnelFlags {
 // The global flags, given before or after the command.
 struct GlobalFlags {
   std::string log_level;
+  std::string log_format;
   std::string threads;
   std::string admin;
   std::string busy_poll;

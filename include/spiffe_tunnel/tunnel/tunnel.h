@@ -42,6 +42,7 @@ struct TunnelOptions {
   SessionLimits limits;  // every field set by the caller
   // Asked after the handshake verified and authorized the peer; null: no OPA step.
   std::shared_ptr<policy::OpaClient> opa;
+  bool log_sessions = true;  // the opened/closed line of each session; rejections are always logged
 };
 
 class Tunnel {

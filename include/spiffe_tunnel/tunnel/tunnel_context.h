@@ -70,6 +70,7 @@ struct TunnelContext {
   std::shared_ptr<policy::OpaClient> opa;
   std::shared_ptr<const tls::ContextProvider> tls;  // never null
   std::shared_ptr<TunnelMetrics> metrics;           // never null
+  bool log_sessions = true;  // log each session's opened/closed lines (rejections always)
 
   std::string_view mode_name() const { return mode == tls::Role::kServer ? "server" : "client"; }
 };

@@ -8,9 +8,11 @@
 #include "daemon.h"
 #include "demo.h"
 #include "logging.h"
+#include "wait_ready.h"
 #include "spiffe_tunnel/config/config.h"
 #include "spiffe_tunnel/config/flags.h"
 #include "spiffe_tunnel/config/values.h"
+#include "spiffe_tunnel/config/wait_ready.h"
 
 namespace spiffe_tunnel::app {
 namespace {
@@ -109,6 +111,23 @@ void add_global_flags(CLI::App& app, config::GlobalFlags& g) {
                  "default 0): lower latency on VMs for more CPU");
 }
 
+void add_wait_ready_flags(CLI::App* cmd, config::WaitReadyFlags& f) {
+  cmd->add_option("-c,--config", f.config_file, "Take the identity section of this YAML file");
+  cmd->add_option("--workload-api", f.workload_api,
+                  "SPIFFE Workload API address (unix:///path or tcp://ip:port); default "
+                  "$SPIFFE_ENDPOINT_SOCKET");
+  cmd->add_option("--cert", f.cert, "Wait for this PEM certificate chain (with --key, --bundle)");
+  cmd->add_option("--key", f.key, "PEM private key matching --cert");
+  cmd->add_option("--bundle", f.bundles, "TRUST_DOMAIN=FILE bundle to wait for (repeatable)");
+  cmd->add_option("--svid", f.svid, "Wait for the SVID with this SPIFFE ID");
+  cmd->add_option("--svid-hint", f.svid_hint, "Wait for the SVID with this Workload API hint");
+  cmd->add_option("--trust-domain", f.trust_domains,
+                  "Wait for this trust domain's bundle too (repeatable; default: the SVID's own)");
+  cmd->add_option("--timeout", f.timeout,
+                  "Give up after this long (exit 2, with the reason on stderr)")
+      ->default_str(config::format_duration(config::WaitReadyConfig{}.timeout));
+}
+
 int fail(const std::string& message) {
   std::cerr << "spiffe-tunnel: " << message << "\n";
   return 2;
@@ -122,6 +141,7 @@ int run_cli(int argc, char** argv) {
       "  server: accept mTLS, forward plain TCP to a local target\n"
       "  client: accept plain TCP, forward over mTLS to a remote site\n"
       "  run:    run every tunnel of a YAML configuration file\n"
+      "  wait-ready: wait until the identity source delivers an SVID and bundles\n"
       "  demo:   make throwaway trust domains and show a tunnel pair working",
       "spiffe-tunnel"};
   app.require_subcommand(1);
@@ -143,6 +163,14 @@ int run_cli(int argc, char** argv) {
   auto* check = app.add_subcommand("check-config", "Validate a configuration file and exit");
   check->add_option("-c,--config", config_path, "YAML configuration file")->required();
 
+  config::WaitReadyFlags wait_flags;
+  auto* wait_ready = app.add_subcommand(
+      "wait-ready",
+      "Wait until the identity source has delivered an SVID (and bundles), print it, exit 0.\n"
+      "Exit codes: 0 ready, 1 bad flags or configuration, 2 timed out (reason on stderr),\n"
+      "128+N ended by signal N (SIGINT, SIGTERM)");
+  add_wait_ready_flags(wait_ready, wait_flags);
+
   DemoOptions demo_options;
   auto* demo = app.add_subcommand("demo", "Run a self-contained demo with throwaway trust domains");
   demo->add_option("--dir", demo_options.dir, "Keep the demo's certificates in this directory");
@@ -151,11 +179,14 @@ int run_cli(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int rc = app.exit(e);
+    // wait-ready documents 1 for every usage error (CLI11 has codes of its own).
+    return (wait_ready->parsed() && rc != 0) ? kWaitReadyBadUsage : rc;
   }
   auto overrides = config::read_global_flags(g);
   if (!overrides) {
-    return fail(overrides.error().message);
+    const int rc = fail(overrides.error().message);
+    return *wait_ready ? kWaitReadyBadUsage : rc;
   }
   set_log_level(overrides->log_level.value_or(Config{}.log_level));
   // Logs go to stderr (journald and kubectl logs take both); stdout is for command output.
@@ -163,6 +194,14 @@ int run_cli(int argc, char** argv) {
 
   if (*demo) {
     return run_demo(demo_options);
+  }
+  if (*wait_ready) {
+    auto wait = config::read_wait_ready_flags(wait_flags);
+    if (!wait) {
+      fail(wait.error().message);
+      return kWaitReadyBadUsage;
+    }
+    return run_wait_ready(*wait);
   }
   base::Result<Config> draft = base::Error{"no command"};
   if (*server) {

@@ -35,6 +35,8 @@ std::vector<Sourced> sourced(const std::vector<std::string>& values, const std::
   return out;
 }
 
+}  // namespace
+
 Status read_identity_flags(const TunnelFlags& f, IdentityConfig& id) {
   const bool files = !f.cert.empty() || !f.key.empty() || !f.bundles.empty();
   const bool wl = f.use_workload_api || !f.workload_api.empty();
@@ -67,6 +69,8 @@ Status read_identity_flags(const TunnelFlags& f, IdentityConfig& id) {
   }
   return {};
 }
+
+namespace {
 
 Status read_peer_flags(const TunnelFlags& f, TunnelConfig& t) {
   const std::string verb = t.mode == Mode::kServer ? "--allow" : "--expect";

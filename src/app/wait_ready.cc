@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 
+#include "spiffe_tunnel/config/values.h"
 #include "spiffe_tunnel/identity/readiness.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
 #include "wiring.h"
@@ -60,7 +61,8 @@ class Progress {
     std::lock_guard lock(mutex_);
     if (snapshot_) {
       auto ready = identity::check_ready(*snapshot_, want);
-      return source + " delivered an identity, but " + (ready ? "it is ready" : ready.error().message);
+      return source + " delivered an identity, but " +
+             (ready ? "it became ready just now" : ready.error().message);
     }
     if (!revoked_.empty()) {
       return "the identity was revoked: " + revoked_;
@@ -126,11 +128,6 @@ std::string ready_line(const spiffe::X509Svid& svid, const identity::Snapshot& s
          " valid until " + utc_text(svid.not_after()) + "; bundles " + tds + "; from " + source;
 }
 
-std::string seconds_text(std::chrono::milliseconds d) {
-  return d.count() % 1000 == 0 ? std::to_string(d.count() / 1000) + "s"
-                               : std::to_string(d.count()) + "ms";
-}
-
 // Blocks until ready, the deadline, or a signal; returns the exit code.
 int wait_until_ready(const Progress& progress, const identity::ReadinessRequirement& want,
                      const std::string& source, std::chrono::milliseconds timeout,
@@ -145,8 +142,8 @@ int wait_until_ready(const Progress& progress, const identity::ReadinessRequirem
     }
     const auto left = deadline - Clock::now();
     if (left <= Clock::duration::zero()) {
-      std::cerr << "spiffe-tunnel wait-ready: not ready after " << seconds_text(timeout) << ": "
-                << progress.why_not(want, source) << "\n";
+      std::cerr << "spiffe-tunnel wait-ready: not ready after " << config::format_duration(timeout)
+                << ": " << progress.why_not(want, source) << "\n";
       return kWaitReadyTimeout;
     }
     const auto tick = std::min<Clock::duration>(left, std::chrono::milliseconds(100));
@@ -178,8 +175,8 @@ int run_wait_ready(const config::WaitReadyConfig& c) {
   }
   const std::string name = (*source)->describe();
   const identity::ReadinessRequirement want{{c.svid_id, c.svid_hint}, c.trust_domains};
-  spdlog::info("wait-ready: waiting up to {} for an SVID {} from {}", seconds_text(c.timeout),
-               want.svid.describe(), name);
+  spdlog::info("wait-ready: waiting up to {} for an SVID {} from {}",
+               config::format_duration(c.timeout), want.svid.describe(), name);
   Progress progress;
   (*source)->start(progress.callbacks());
   const int rc = wait_until_ready(progress, want, name, c.timeout, signals);

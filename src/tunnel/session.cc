@@ -250,7 +250,8 @@ void Session::log_opened() const {
                                   {"cipher", info.cipher, TextStyle::kBare},
                                   {"tls_tx", path(tls_->kernel_writes()), TextStyle::kKeyValue,
                                    "tls tx"},
-                                  {"tls_rx", path(tls_->kernel_reads()), TextStyle::kKeyValue, "rx"},
+                                  {"tls_rx", path(tls_->kernel_reads()), TextStyle::kKeyValue,
+                                   "rx"},
                                   {"ktls_detail", info.ktls_detail, TextStyle::kParens}};
   base::log_line(spdlog::level::info, {who, "opened", facts});
 }

@@ -1,16 +1,25 @@
 """Log lines operators can use (issue #10, item 6): `log_format: json` gives one JSON object per
 line with stable fields, parsed here by Python's json module; `log_sessions: false` hides the
 per-session lines but keeps rejections; `--log-level` wins over the file's log_level under
-`run`; JOURNAL_STREAM naming another file leaves the log on stderr. Tunnels on PEM files."""
+`run`; under journald (JOURNAL_STREAM naming stderr) lines reach the journal's native socket with
+their priority and fields, and JOURNAL_STREAM naming another file leaves the log on stderr.
+Tunnels on PEM files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
+import subprocess
+import threading
 import time
+from dataclasses import dataclass
 
-from daemon import Backend, Daemon, echo_roundtrip
+import pytest
+
+from daemon import Backend, Daemon, binary, echo_roundtrip
 from test_files_tunnels import A, B, CLIENT_ID, SERVER_ID, _tls_client, pki  # noqa: F401
 
 LISTENING = r'"msg":"listening on".*"listen":"[^"]+:(\d+)"'
@@ -73,34 +82,50 @@ def intruder(pki, tmp_path):
     return pki["ca"][A].issue(f"spiffe://{A}/intruder").write(tmp_path, "intruder")
 
 
-def test_json_lines_carry_session_fields(pki, tmp_path):
+@dataclass
+class Pair:
+    """app → client tunnel json-out → server tunnel json-in → echo backend; both log JSON."""
+    server: Daemon
+    client: Daemon
+    sport: int
+    cport: int
+    backend: Backend
+
+
+@contextlib.contextmanager
+def json_pair(pki, tmp_path, server_extra: str = "", tunnel_extra: str = ""):
     backend = Backend("echo")
-    server = start(tmp_path, "server", server_yaml(pki, backend.port, "log_format: json\n"))
+    server = start(tmp_path, "server", server_yaml(pki, backend.port, "log_format: json\n" +
+                                                   server_extra, tunnel_extra))
     client = None
     try:
         sport = int(server.wait_for(LISTENING).group(1))
         client = start(tmp_path, "client", client_yaml(pki, sport))
         cport = int(client.wait_for(LISTENING).group(1))
-        payload = os.urandom(300_000) + b'"quotes"\n\\ and a newline'
-        started = time.monotonic()
-        assert echo_roundtrip(cport, payload) == payload
-        elapsed_ms = (time.monotonic() - started) * 1000
-        server.wait_for(r'"msg":"closed"')
-        client.wait_for(r'"msg":"closed"')
-
-        cert, key = intruder(pki, tmp_path)
-        assert _tls_client(sport, cert, key) == b""
-        server.wait_for(r'"msg":"rejected"')
+        yield Pair(server, client, sport, cport, backend)
     finally:
         if client:
             client.stop()
         server.stop()
         backend.close()
 
-    srv = records(server)
+
+def test_json_lines_carry_session_fields(pki, tmp_path):
+    with json_pair(pki, tmp_path) as p:
+        payload = os.urandom(300_000) + b'"quotes"\n\\ and a newline'
+        started = time.monotonic()
+        assert echo_roundtrip(p.cport, payload) == payload
+        elapsed_ms = (time.monotonic() - started) * 1000
+        p.server.wait_for(r'"msg":"closed"')
+        p.client.wait_for(r'"msg":"closed"')
+        cert, key = intruder(pki, tmp_path)
+        assert _tls_client(p.sport, cert, key) == b""
+        p.server.wait_for(r'"msg":"rejected"')
+
+    srv = records(p.server)
     [listening] = with_msg(srv, "listening on")
     assert listening["tunnel"] == "json-in" and listening["mode"] == "server"
-    assert listening["target"] == f"127.0.0.1:{backend.port}"
+    assert listening["target"] == f"127.0.0.1:{p.backend.port}"
     [opened] = with_msg(srv, "opened")
     assert opened["level"] == "info"
     assert opened["tunnel"] == "json-in" and isinstance(opened["session"], int)
@@ -122,58 +147,36 @@ def test_json_lines_carry_session_fields(pki, tmp_path):
     # lines without fields are objects too, with their text as msg
     assert any(r["msg"].startswith("received SIGTERM") for r in srv), srv
 
-    cli = records(client)
+    cli = records(p.client)
     [closed] = with_msg(cli, "closed")
     assert closed["tunnel"] == "json-out" and closed["peer_id"] == SERVER_ID
     assert closed["bytes_from_peer"] == len(payload) and closed["bytes_to_peer"] == len(payload)
 
 
 def test_log_sessions_false_hides_sessions_but_keeps_rejections(pki, tmp_path):
-    backend = Backend("echo")
-    server = start(tmp_path, "server",
-                   server_yaml(pki, backend.port, "log_format: json\nlog_sessions: false\n"))
-    client = None
-    try:
-        sport = int(server.wait_for(LISTENING).group(1))
-        client = start(tmp_path, "client", client_yaml(pki, sport))
-        cport = int(client.wait_for(LISTENING).group(1))
+    with json_pair(pki, tmp_path, "log_sessions: false\n") as p:
         for _ in range(3):
-            assert echo_roundtrip(cport, b"quiet please") == b"quiet please"
-        client.wait_for(r'"msg":"closed"')  # the client's own tunnel still logs sessions
+            assert echo_roundtrip(p.cport, b"quiet please") == b"quiet please"
+        p.client.wait_for(r'"msg":"closed"')  # the client's own tunnel still logs sessions
         cert, key = intruder(pki, tmp_path)
-        assert _tls_client(sport, cert, key) == b""
-        server.wait_for(r'"msg":"rejected"')
+        assert _tls_client(p.sport, cert, key) == b""
+        p.server.wait_for(r'"msg":"rejected"')
         time.sleep(0.3)
-    finally:
-        if client:
-            client.stop()
-        server.stop()
-        backend.close()
-    srv = records(server)
+    srv = records(p.server)
     assert with_msg(srv, "opened") == [] and with_msg(srv, "closed") == []
     [rejected] = with_msg(srv, "rejected")
     assert rejected["reason"] == "not_authorized"
-    assert len(with_msg(records(client), "closed")) == 3
+    assert len(with_msg(records(p.client), "closed")) == 3
 
 
 def test_tunnel_log_sessions_overrides_the_global_value(pki, tmp_path):
-    backend = Backend("echo")
-    server = start(tmp_path, "server", server_yaml(pki, backend.port, "log_sessions: true\n",
-                                                   "    log_sessions: false\n"))
-    client = None
-    try:
-        sport = server.wait_listening()
-        client = start(tmp_path, "client", client_yaml(pki, sport))
-        cport = int(client.wait_for(LISTENING).group(1))
-        assert echo_roundtrip(cport, b"x") == b"x"
-        client.wait_for(r'"msg":"closed"')
+    with json_pair(pki, tmp_path, "log_sessions: true\n", "    log_sessions: false\n") as p:
+        assert echo_roundtrip(p.cport, b"x") == b"x"
+        p.client.wait_for(r'"msg":"closed"')
         time.sleep(0.3)
-    finally:
-        if client:
-            client.stop()
-        server.stop()
-        backend.close()
-    assert server.count(r" opened peer=") == 0 and server.count(r" closed peer=") == 0
+    srv = records(p.server)
+    assert with_msg(srv, "opened") == [] and with_msg(srv, "closed") == []
+    assert with_msg(srv, "listening on")
 
 
 def free_port() -> int:
@@ -228,3 +231,95 @@ def test_journal_stream_of_another_file_keeps_stderr(pki, tmp_path):
     finally:
         d.stop()
         backend.close()
+
+
+def parse_journal_datagram(data: bytes) -> dict:
+    """journald's native protocol (systemd.journal-fields(7), sd_journal_sendv): KEY=value lines,
+    or KEY\\n + 64-bit little-endian length + value + \\n for values holding a newline."""
+    fields, i = {}, 0
+    while i < len(data):
+        nl = data.index(b"\n", i)
+        line = data[i:nl]
+        if b"=" in line:
+            key, value = line.split(b"=", 1)
+            i = nl + 1
+        else:
+            key, size = line, int.from_bytes(data[nl + 1:nl + 9], "little")
+            value = data[nl + 9:nl + 9 + size]
+            i = nl + 9 + size + 1
+        fields[key.decode()] = value.decode()
+    return fields
+
+
+def test_journald_gets_priority_and_fields(pki, tmp_path):
+    """The daemon runs in a private mount namespace where /run/systemd/journal is this test's
+    directory, so its native journal socket is a datagram socket the test reads; stderr is a pipe
+    whose device:inode is in JOURNAL_STREAM, as systemd sets it up."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    jdir = tmp_path / "journal"
+    jdir.mkdir()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(jdir / "socket"))
+    entries: list[dict] = []
+    cv = threading.Condition()
+
+    def receive():
+        while True:
+            try:
+                data = sock.recv(1 << 20)
+            except OSError:
+                return
+            with cv:
+                entries.append(parse_journal_datagram(data))
+                cv.notify_all()
+
+    threading.Thread(target=receive, daemon=True).start()
+
+    def wait_entry(pred, timeout=15.0) -> dict:
+        with cv:
+            assert cv.wait_for(lambda: any(pred(e) for e in entries), timeout), entries
+            return next(e for e in entries if pred(e))
+
+    backend = Backend("echo")
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text(server_yaml(pki, backend.port))
+    r, w = os.pipe()
+    st = os.fstat(w)
+    script = ('mount -t tmpfs none /run && mkdir -p /run/systemd/journal && '
+              f'mount --bind {jdir} /run/systemd/journal && exec "$0" "$@"')
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script, str(binary()), "run", "-c",
+                             str(cfg)], stdin=subprocess.DEVNULL, stdout=w, stderr=w,
+                            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    os.close(w)
+    client = None
+    try:
+        listening = wait_entry(lambda e: e.get("MSG") == "listening on")
+        assert listening["PRIORITY"] == "6" and listening["SYSLOG_IDENTIFIER"] == "spiffe-tunnel"
+        assert listening["TUNNEL"] == "json-in" and listening["MODE"] == "server"
+        assert listening["MESSAGE"].startswith("tunnel=json-in mode=server listening on ")
+        sport = int(listening["LISTEN"].rsplit(":", 1)[1])
+        client = start(tmp_path, "client", client_yaml(pki, sport))
+        cport = int(client.wait_for(LISTENING).group(1))
+        assert echo_roundtrip(cport, b"to the journal") == b"to the journal"
+        closed = wait_entry(lambda e: e.get("MSG") == "closed")
+        assert closed["PEER_ID"] == CLIENT_ID
+        assert closed["BYTES_FROM_PEER"] == closed["BYTES_TO_PEER"] == str(len(b"to the journal"))
+        assert closed["REASON"] == "closed" and int(closed["DURATION_MS"]) >= 0
+        assert " closed peer=" + CLIENT_ID + " bytes_from_peer=14 " in closed["MESSAGE"]
+        cert, key = intruder(pki, tmp_path)
+        assert _tls_client(sport, cert, key) == b""
+        rejected = wait_entry(lambda e: e.get("MSG") == "rejected")
+        assert rejected["PRIORITY"] == "4" and rejected["REASON"] == "not_authorized"
+    finally:
+        if client:
+            client.stop()
+        proc.send_signal(15)
+        proc.wait(timeout=15)
+        with os.fdopen(r, "rb") as f:
+            stderr = f.read().decode(errors="replace")
+        sock.close()
+        backend.close()
+    # everything went to the journal; stderr stayed empty
+    assert stderr == "", stderr
+    assert any(e.get("MESSAGE", "").startswith("received SIGTERM") for e in entries)

@@ -108,10 +108,13 @@ void Session::arm_idle() {
   });
 }
 
-void Session::reject(std::string_view reason_label, const std::string& detail) {
+void Session::reject(std::string_view reason_label, const std::string& detail,
+                     std::string_view peer_id) {
   context_->metrics->reject(reason_label);
   const auto who = log_context();
+  // The detail names the peer for the text line; JSON and journald also get it as peer_id.
   const base::LogField facts[] = {{"reason", reason_label},
+                                  {"peer_id", peer_id, base::TextStyle::kHidden},
                                   {"detail", detail, base::TextStyle::kColon}};
   base::log_line(spdlog::level::warn, {who, "rejected", facts});
 }
@@ -184,12 +187,13 @@ asio::awaitable<bool> Session::ask_opa() {
   policy::OpaInput input{context_->name, std::string(context_->mode_name()), *o.peer_id,
                          tls_->info().context->svid().id.str()};
   policy::OpaDecision d = co_await opa->decide(std::move(input));
+  const std::string peer = o.peer_id->str();
   if (d.error) {
-    reject("opa_unavailable", "peer " + o.peer_id->str() + " refused: " + d.reason);
+    reject("opa_unavailable", "peer " + peer + " refused: " + d.reason, peer);
     co_return false;
   }
   if (!d.allowed) {
-    reject("not_authorized", "peer " + o.peer_id->str() + ": " + d.reason);
+    reject("not_authorized", "peer " + peer + ": " + d.reason, peer);
     co_return false;
   }
   co_return true;

@@ -53,7 +53,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void disarm_deadline();
   void arm_idle();
   void close_all();
-  void reject(std::string_view reason_label, const std::string& detail);
+  // Counts and logs a refused connection; `peer_id` when the peer is known (after the handshake).
+  void reject(std::string_view reason_label, const std::string& detail,
+              std::string_view peer_id = {});
   // tunnel, session and from: who every line of this session is about.
   std::array<base::LogField, 3> log_context() const;
   bool logs_sessions() const;

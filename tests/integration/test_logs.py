@@ -323,3 +323,26 @@ def test_journald_gets_priority_and_fields(pki, tmp_path):
     # everything went to the journal; stderr stayed empty
     assert stderr == "", stderr
     assert any(e.get("MESSAGE", "").startswith("received SIGTERM") for e in entries)
+
+
+def test_rejection_after_verification_names_the_peer(pki, tmp_path):
+    """A peer refused after its handshake (here: OPA unreachable, so the decision fails closed)
+    is named in the JSON line's peer_id; the text line keeps it in its detail."""
+    backend = Backend("echo")
+    cert, key = pki["server"]
+    opa_url = f"http://127.0.0.1:{free_port()}/v1/data/tunnels/authz/allow"  # nothing listens
+    server = Daemon(["server", "--name", "opa-in", "--listen", "127.0.0.1:0", "--target",
+                     f"127.0.0.1:{backend.port}", "--cert", cert, "--key", key, "--bundle",
+                     f"{A}={pki[f'bundle:{A}']}", "--opa-url", opa_url, "--log-format", "json"],
+                    name="server")
+    try:
+        sport = int(server.wait_for(LISTENING).group(1))
+        ccert, ckey = pki["client"]
+        assert _tls_client(sport, ccert, ckey) == b""
+        server.wait_for(r'"msg":"rejected"')
+    finally:
+        server.stop()
+        backend.close()
+    [rejected] = with_msg(records(server), "rejected")
+    assert rejected["reason"] == "opa_unavailable" and rejected["peer_id"] == CLIENT_ID
+    assert rejected["detail"].startswith(f"peer {CLIENT_ID} refused: ")

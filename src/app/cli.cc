@@ -111,7 +111,12 @@ void add_global_flags(CLI::App& app, config::GlobalFlags& g) {
                  "default 0): lower latency on VMs for more CPU");
 }
 
-void add_wait_ready_flags(CLI::App* cmd, config::WaitReadyFlags& f) {
+CLI::App* add_wait_ready_command(CLI::App& app, config::WaitReadyFlags& f) {
+  auto* cmd = app.add_subcommand(
+      "wait-ready",
+      "Wait until the identity source has delivered an SVID (and bundles), print it, exit 0.\n"
+      "Exit codes: 0 ready, 1 bad flags or configuration, 2 timed out (reason on stderr),\n"
+      "128+N ended by signal N (SIGINT, SIGTERM)");
   cmd->add_option("-c,--config", f.config_file, "Take the identity section of this YAML file");
   cmd->add_option("--workload-api", f.workload_api,
                   "SPIFFE Workload API address (unix:///path or tcp://ip:port); default "
@@ -126,11 +131,21 @@ void add_wait_ready_flags(CLI::App* cmd, config::WaitReadyFlags& f) {
   cmd->add_option("--timeout", f.timeout,
                   "Give up after this long (exit 2, with the reason on stderr)")
       ->default_str(config::format_duration(config::WaitReadyConfig{}.timeout));
+  return cmd;
 }
 
 int fail(const std::string& message) {
   std::cerr << "spiffe-tunnel: " << message << "\n";
   return 2;
+}
+
+int wait_ready_with(const config::WaitReadyFlags& flags) {
+  auto wait = config::read_wait_ready_flags(flags);
+  if (!wait) {
+    fail(wait.error().message);
+    return kWaitReadyBadUsage;
+  }
+  return run_wait_ready(*wait);
 }
 
 }  // namespace
@@ -164,12 +179,7 @@ int run_cli(int argc, char** argv) {
   check->add_option("-c,--config", config_path, "YAML configuration file")->required();
 
   config::WaitReadyFlags wait_flags;
-  auto* wait_ready = app.add_subcommand(
-      "wait-ready",
-      "Wait until the identity source has delivered an SVID (and bundles), print it, exit 0.\n"
-      "Exit codes: 0 ready, 1 bad flags or configuration, 2 timed out (reason on stderr),\n"
-      "128+N ended by signal N (SIGINT, SIGTERM)");
-  add_wait_ready_flags(wait_ready, wait_flags);
+  auto* wait_ready = add_wait_ready_command(app, wait_flags);
 
   DemoOptions demo_options;
   auto* demo = app.add_subcommand("demo", "Run a self-contained demo with throwaway trust domains");
@@ -196,12 +206,7 @@ int run_cli(int argc, char** argv) {
     return run_demo(demo_options);
   }
   if (*wait_ready) {
-    auto wait = config::read_wait_ready_flags(wait_flags);
-    if (!wait) {
-      fail(wait.error().message);
-      return kWaitReadyBadUsage;
-    }
-    return run_wait_ready(*wait);
+    return wait_ready_with(wait_flags);
   }
   base::Result<Config> draft = base::Error{"no command"};
   if (*server) {

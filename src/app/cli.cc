@@ -1,7 +1,6 @@
 #include "cli.h"
 
 #include <CLI/CLI.hpp>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <signal.h>
@@ -13,9 +12,11 @@
 #include "daemon.h"
 #include "demo.h"
 #include "logging.h"
+#include "wait_ready.h"
 #include "spiffe_tunnel/config/config.h"
 #include "spiffe_tunnel/config/flags.h"
 #include "spiffe_tunnel/config/values.h"
+#include "spiffe_tunnel/config/wait_ready.h"
 
 namespace spiffe_tunnel::app {
 namespace {
@@ -116,11 +117,38 @@ void add_global_flags(CLI::App& app, config::GlobalFlags& g) {
   const Config defaults;
   app.add_option("--log-level", g.log_level, "trace, debug, info, warn, error")
       ->default_str(std::string(config::log_level_name(defaults.log_level)));
+  app.add_option("--log-format", g.log_format,
+                 "Log lines as text or json (one object per line); under systemd, text goes to "
+                 "the journal with fields")
+      ->default_str(std::string(config::log_format_name(defaults.log_format)));
   app.add_option("--threads", g.threads, "Data-path threads (default: one per core)");
   app.add_option("--admin", g.admin, "Admin HTTP endpoint host:port (/metrics, /healthz, /readyz)");
   app.add_option("--busy-poll", g.busy_poll,
                  "Keep polling this long after the last event before sleeping (e.g. 200us; "
                  "default 0): lower latency on VMs for more CPU");
+}
+
+CLI::App* add_wait_ready_command(CLI::App& app, config::WaitReadyFlags& f) {
+  auto* cmd = app.add_subcommand(
+      "wait-ready",
+      "Wait until the identity source has delivered an SVID (and bundles), print it, exit 0.\n"
+      "Exit codes: 0 ready, 1 bad flags or configuration, 2 timed out (reason on stderr),\n"
+      "128+N ended by signal N (SIGINT, SIGTERM)");
+  cmd->add_option("-c,--config", f.config_file, "Take the identity section of this YAML file");
+  cmd->add_option("--workload-api", f.workload_api,
+                  "SPIFFE Workload API address (unix:///path or tcp://ip:port); default "
+                  "$SPIFFE_ENDPOINT_SOCKET");
+  cmd->add_option("--cert", f.cert, "Wait for this PEM certificate chain (with --key, --bundle)");
+  cmd->add_option("--key", f.key, "PEM private key matching --cert");
+  cmd->add_option("--bundle", f.bundles, "TRUST_DOMAIN=FILE bundle to wait for (repeatable)");
+  cmd->add_option("--svid", f.svid, "Wait for the SVID with this SPIFFE ID");
+  cmd->add_option("--svid-hint", f.svid_hint, "Wait for the SVID with this Workload API hint");
+  cmd->add_option("--trust-domain", f.trust_domains,
+                  "Wait for this trust domain's bundle too (repeatable; default: the SVID's own)");
+  cmd->add_option("--timeout", f.timeout,
+                  "Give up after this long (exit 2, with the reason on stderr)")
+      ->default_str(config::format_duration(config::WaitReadyConfig{}.timeout));
+  return cmd;
 }
 
 int fail(const std::string& message) {
@@ -140,6 +168,15 @@ int signal_reload(pid_t pid) {
   return 0;
 }
 
+int wait_ready_with(const config::WaitReadyFlags& flags) {
+  auto wait = config::read_wait_ready_flags(flags);
+  if (!wait) {
+    fail(wait.error().message);
+    return kWaitReadyBadUsage;
+  }
+  return run_wait_ready(*wait);
+}
+
 }  // namespace
 
 int run_cli(int argc, char** argv) {
@@ -148,6 +185,7 @@ int run_cli(int argc, char** argv) {
       "  server: accept mTLS, forward plain TCP to a local target\n"
       "  client: accept plain TCP, forward over mTLS to a remote site\n"
       "  run:    run every tunnel of a YAML configuration file (SIGHUP reloads it)\n"
+      "  wait-ready: wait until the identity source delivers an SVID and bundles\n"
       "  demo:   make throwaway trust domains and show a tunnel pair working",
       "spiffe-tunnel"};
   app.require_subcommand(1);
@@ -176,6 +214,9 @@ int run_cli(int argc, char** argv) {
                      "Process ID of the running daemon (systemd: ExecReload=... --pid $MAINPID); "
                      "without it, only validate");
 
+  config::WaitReadyFlags wait_flags;
+  auto* wait_ready = add_wait_ready_command(app, wait_flags);
+
   DemoOptions demo_options;
   auto* demo = app.add_subcommand("demo", "Run a self-contained demo with throwaway trust domains");
   demo->add_option("--dir", demo_options.dir, "Keep the demo's certificates in this directory");
@@ -184,19 +225,24 @@ int run_cli(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int rc = app.exit(e);
+    // wait-ready documents 1 for every usage error (CLI11 has codes of its own).
+    return (wait_ready->parsed() && rc != 0) ? kWaitReadyBadUsage : rc;
   }
-  spdlog::set_default_logger(spdlog::stderr_color_mt("spiffe-tunnel"));
   auto overrides = config::read_global_flags(g);
   if (!overrides) {
-    return fail(overrides.error().message);
+    const int rc = fail(overrides.error().message);
+    return *wait_ready ? kWaitReadyBadUsage : rc;
   }
   set_log_level(overrides->log_level.value_or(Config{}.log_level));
   // Logs go to stderr (journald and kubectl logs take both); stdout is for command output.
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc);
+  configure_logging(overrides->log_format.value_or(Config{}.log_format));
 
   if (*demo) {
     return run_demo(demo_options);
+  }
+  if (*wait_ready) {
+    return wait_ready_with(wait_flags);
   }
   base::Result<Config> draft = base::Error{"no command"};
   if (*server) {
@@ -205,8 +251,6 @@ int run_cli(int argc, char** argv) {
     draft = config::read_tunnel_flags(client_flags, config::Mode::kClient);
   } else if (*run || *check || *reload) {
     draft = config::read_config_file(config_path);
-    // A file's log_level (or its default) wins over --log-level, which only covers loading.
-    overrides->log_level.reset();
   }
   if (!draft) {
     return fail(draft.error().message);
@@ -220,6 +264,7 @@ int run_cli(int argc, char** argv) {
     return *reload ? signal_reload(reload_pid) : 0;
   }
   set_log_level(cfg->log_level);
+  configure_logging(cfg->log_format);
   if (!*run) {
     return run_daemon(*cfg);
   }

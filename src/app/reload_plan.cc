@@ -16,8 +16,10 @@ const TunnelConfig* find(const std::vector<TunnelConfig>& tunnels, const std::st
 
 // What must happen to a tunnel present in both configurations. `origin` (where it was defined)
 // never counts: moving a tunnel within the file changes nothing.
+// log_sessions is compared apart: it changes what new sessions log, nothing else.
 TunnelChange::Kind compare(TunnelConfig a, TunnelConfig b) {
   a.origin = b.origin;
+  a.log_sessions = b.log_sessions;
   if (a == b) {
     return TunnelChange::Kind::kUnchanged;
   }
@@ -31,7 +33,7 @@ TunnelChange::Kind compare(TunnelConfig a, TunnelConfig b) {
 bool ReloadPlan::empty() const {
   return need_restart.empty() && !log_level_changed && !drain_timeout_changed &&
          std::all_of(tunnels.begin(), tunnels.end(), [](const TunnelChange& c) {
-           return c.kind == TunnelChange::Kind::kUnchanged;
+           return c.kind == TunnelChange::Kind::kUnchanged && !c.log_sessions_changed;
          });
 }
 
@@ -60,7 +62,8 @@ ReloadPlan plan_reload(const Config& running, const Config& next) {
       continue;
     }
     const auto kind = compare(old, *now);
-    plan.tunnels.push_back({kind, old.name, old.listen == now->listen});
+    plan.tunnels.push_back({kind, old.name, old.listen == now->listen,
+                            old.log_sessions != now->log_sessions});
   }
   for (const TunnelConfig& now : next.tunnels) {
     if (find(running.tunnels, now.name) == nullptr) {
@@ -79,6 +82,9 @@ ReloadPlan plan_reload(const Config& running, const Config& next) {
   if (running.admin != next.admin) {
     plan.need_restart.emplace_back("admin");
   }
+  if (running.log_format != next.log_format) {
+    plan.need_restart.emplace_back("log_format");
+  }
   plan.log_level_changed = running.log_level != next.log_level;
   plan.drain_timeout_changed = running.drain_timeout != next.drain_timeout;
   return plan;
@@ -89,6 +95,7 @@ Config effective_config(const Config& running, Config next) {
   next.threads = running.threads;
   next.busy_poll = running.busy_poll;
   next.admin = running.admin;
+  next.log_format = running.log_format;
   return next;
 }
 

@@ -12,7 +12,7 @@ namespace spiffe_tunnel::app {
 
 struct TunnelChange {
   enum class Kind {
-    kUnchanged,  // listener and sessions stay as they are
+    kUnchanged,  // listener and sessions stay as they are (log_sessions may change, see below)
     kPolicy,     // peer rules or OPA: new handshakes use the new policy, open sessions re-checked
     kReplace,    // listen, mode, target, TLS, limits or SVID: a new version starts, the old drains
     kRemove,     // stops accepting and drains
@@ -23,6 +23,8 @@ struct TunnelChange {
   // kReplace: the new version listens where the old one does, so it takes over the old listening
   // socket instead of binding a second one.
   bool same_listen = false;
+  // kUnchanged or kPolicy: the tunnel's log_sessions differs; new sessions follow it.
+  bool log_sessions_changed = false;
 };
 
 struct ReloadPlan {

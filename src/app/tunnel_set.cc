@@ -113,6 +113,11 @@ std::unique_ptr<tunnel::Tunnel> TunnelSet::carry_over(const TunnelChange& change
                                                       const config::TunnelConfig& next,
                                                       std::unique_ptr<tunnel::Tunnel> prepared,
                                                       std::chrono::steady_clock::time_point deadline) {
+  if (change.log_sessions_changed && change.kind != Kind::kReplace) {
+    old.tunnel->set_log_sessions(next.log_sessions.value_or(true));
+    spdlog::info("reload: tunnel \"{}\" log_sessions {}", next.name,
+                 next.log_sessions.value_or(true) ? "on" : "off");
+  }
   switch (change.kind) {
     case Kind::kUnchanged:
       return std::move(old.tunnel);

@@ -107,6 +107,7 @@ tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
   o.opa = policy.opa;
   o.proxy_protocol = t.proxy_protocol == config::ProxyProtocol::kV2 ? tunnel::ProxyProtocol::kV2
                                                                     : tunnel::ProxyProtocol::kOff;
+  o.log_sessions = t.log_sessions.value_or(true);
   return o;
 }
 

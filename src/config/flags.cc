@@ -35,6 +35,8 @@ std::vector<Sourced> sourced(const std::vector<std::string>& values, const std::
   return out;
 }
 
+}  // namespace
+
 Status read_identity_flags(const TunnelFlags& f, IdentityConfig& id) {
   const bool files = !f.cert.empty() || !f.key.empty() || !f.bundles.empty();
   const bool wl = f.use_workload_api || !f.workload_api.empty();
@@ -67,6 +69,8 @@ Status read_identity_flags(const TunnelFlags& f, IdentityConfig& id) {
   }
   return {};
 }
+
+namespace {
 
 Status read_peer_flags(const TunnelFlags& f, TunnelConfig& t) {
   const std::string verb = t.mode == Mode::kServer ? "--allow" : "--expect";
@@ -141,6 +145,7 @@ Result<Config> read_tunnel_flags(const TunnelFlags& f, Mode mode) {
 Result<Overrides> read_global_flags(const GlobalFlags& f) {
   Overrides o;
   ST_TRY(flag_value(f.log_level, "--log-level", parse_log_level, o.log_level));
+  ST_TRY(flag_value(f.log_format, "--log-format", parse_log_format, o.log_format));
   ST_TRY(flag_value(f.threads, "--threads", parse_threads, o.threads));
   ST_TRY(flag_value(f.admin, "--admin", parse_endpoint, o.admin));
   ST_TRY(flag_value(f.busy_poll, "--busy-poll", parse_busy_poll, o.busy_poll));

@@ -136,6 +136,12 @@ base::Result<Config> finalize(Config draft, const Overrides& o) {
   if (o.busy_poll) {
     draft.busy_poll = *o.busy_poll;
   }
+  if (o.log_format) {
+    draft.log_format = *o.log_format;
+  }
+  for (TunnelConfig& t : draft.tunnels) {
+    t.log_sessions = t.log_sessions.value_or(draft.log_sessions);
+  }
   if (auto st = validate(draft); !st) {
     return st.error();
   }

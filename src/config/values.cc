@@ -317,6 +317,19 @@ std::string_view log_level_name(LogLevel level) {
   return "off";
 }
 
+Result<LogFormat> parse_log_format(std::string_view text) {
+  for (auto f : {LogFormat::kText, LogFormat::kJson}) {
+    if (text == log_format_name(f)) {
+      return f;
+    }
+  }
+  return make_error(quoted(text) + " is not a log format (text or json)");
+}
+
+std::string_view log_format_name(LogFormat format) {
+  return format == LogFormat::kJson ? "json" : "text";
+}
+
 Result<PeerRules> parse_peer_rules(const PeerRuleText& text) {
   PeerRules rules;
   rules.any = text.any;

@@ -135,6 +135,17 @@ Status read_duration(const Reader& r, const YAML::Node& n, const std::string& ke
   return r.value(n, key, key + ": ", parse_duration, out);
 }
 
+// An optional true/false; leaves `out` alone when absent. `what` names it in the error.
+Status read_bool(const Reader& r, const YAML::Node& n, const std::string& what, bool& out) {
+  if (!n) {
+    return {};
+  }
+  if (!n.IsScalar() || !YAML::convert<bool>::decode(n, out)) {
+    return r.fail(n, what + " must be true or false");
+  }
+  return {};
+}
+
 Result<Mode> parse_mode(std::string_view text) {
   if (text == "server") {
     return Mode::kServer;
@@ -231,6 +242,11 @@ Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::str
   ST_TRY(r.value(n["buffer_size"], "buffer_size", prefix, parse_buffer_size, t.buffer_size));
   ST_TRY(r.value(n["proxy_protocol"], "proxy_protocol", prefix, parse_proxy_protocol,
                  t.proxy_protocol));
+  if (const auto ls = n["log_sessions"]) {
+    bool on = true;
+    ST_TRY(read_bool(r, ls, ctx + ": log_sessions", on));
+    t.log_sessions = on;
+  }
   return {};
 }
 
@@ -239,7 +255,8 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
   t.origin = r.where(n);
   ST_TRY(r.only_keys(n,
                      {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
-                      "timeouts", "max_connections", "buffer_size", "proxy_protocol"},
+                      "timeouts", "max_connections", "buffer_size", "proxy_protocol",
+                      "log_sessions"},
                      "tunnel #" + std::to_string(index + 1)));
   t.name = "tunnel-" + std::to_string(index + 1);
   ST_TRY(r.optional_scalar(n["name"], "name", t.name));
@@ -325,7 +342,7 @@ Status read_identity(const Reader& r, const YAML::Node& root, IdentityConfig& ou
   return {};
 }
 
-// admin, log_level, threads, drain_timeout, busy_poll.
+// admin, log_level, threads, drain_timeout, busy_poll, log_format, log_sessions.
 Status read_globals(const Reader& r, const YAML::Node& root, Config& c) {
   if (const auto a = root["admin"]) {
     ST_TRY(r.only_keys(a, {"listen"}, "admin"));
@@ -339,6 +356,8 @@ Status read_globals(const Reader& r, const YAML::Node& root, Config& c) {
   ST_TRY(r.value(root["threads"], "threads", "", parse_threads, c.threads));
   ST_TRY(read_duration(r, root["drain_timeout"], "drain_timeout", c.drain_timeout));
   ST_TRY(r.value(root["busy_poll"], "busy_poll", "busy_poll: ", parse_busy_poll, c.busy_poll));
+  ST_TRY(r.value(root["log_format"], "log_format", "log_format: ", parse_log_format, c.log_format));
+  ST_TRY(read_bool(r, root["log_sessions"], "log_sessions", c.log_sessions));
   return {};
 }
 
@@ -350,7 +369,7 @@ Result<Config> read_config(const Reader& r, const YAML::Node& root) {
   }
   ST_TRY(r.only_keys(root,
                      {"identity", "tunnels", "admin", "log_level", "threads", "drain_timeout",
-                      "busy_poll"},
+                      "busy_poll", "log_format", "log_sessions"},
                      "the top level"));
   ST_TRY(read_identity(r, root, c.identity));
   ST_TRY(read_globals(r, root, c));

@@ -9,6 +9,7 @@
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include "spiffe_tunnel/base/log.h"
 #include "spiffe_tunnel/pump/pump.h"
 
 namespace spiffe_tunnel::tunnel {
@@ -42,8 +43,8 @@ Session::Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
       started_(std::chrono::steady_clock::now()),
       last_activity_(started_) {}
 
-std::string Session::prefix() const {
-  return "tunnel=" + context_->name + " session=" + std::to_string(id_) + " from=" + peer_address_;
+std::array<base::LogField, 3> Session::log_context() const {
+  return {{{"tunnel", context_->name}, {"session", id_}, {"from", peer_address_}}};
 }
 
 void Session::start(base::DrainToken token) {
@@ -108,8 +109,13 @@ void Session::end_by_policy(const std::string& detail) {
   if (finished_ || timed_out_ == "policy_changed") {
     return;
   }
-  spdlog::warn("{} ending reason=policy_changed: peer {} is no longer allowed: {}", prefix(),
-               tls_->info().peer.peer_id->str(), detail);
+  using base::TextStyle;
+  const std::string peer = tls_->info().peer.peer_id->str();
+  const std::string why = "peer " + peer + " is no longer allowed: " + detail;
+  const base::LogField facts[] = {{"reason", "policy_changed"},
+                                  {"peer_id", peer, TextStyle::kHidden},
+                                  {"detail", why, TextStyle::kColon}};
+  base::log_line(spdlog::level::warn, {log_context(), "ending", facts});
   timed_out_ = "policy_changed";
   abort_label_ = "policy_changed";
   close_all();
@@ -165,9 +171,15 @@ void Session::arm_idle() {
   });
 }
 
-void Session::reject(std::string_view reason_label, const std::string& detail) {
+void Session::reject(std::string_view reason_label, const std::string& detail,
+                     std::string_view peer_id) {
   context_->metrics->reject(reason_label);
-  spdlog::warn("{} rejected reason={}: {}", prefix(), reason_label, detail);
+  const auto who = log_context();
+  // The detail names the peer for the text line; JSON and journald also get it as peer_id.
+  const base::LogField facts[] = {{"reason", reason_label},
+                                  {"peer_id", peer_id, base::TextStyle::kHidden},
+                                  {"detail", detail, base::TextStyle::kColon}};
+  base::log_line(spdlog::level::warn, {who, "rejected", facts});
 }
 
 asio::awaitable<bool> Session::handshake(asio::ip::tcp::socket socket) {
@@ -240,12 +252,13 @@ asio::awaitable<bool> Session::ask_opa() {
   policy::OpaInput input{context_->name, std::string(context_->mode_name()), *o.peer_id,
                          tls_->info().context->svid().id.str()};
   policy::OpaDecision d = co_await opa->decide(std::move(input));
+  const std::string peer = o.peer_id->str();
   if (d.error) {
-    reject("opa_unavailable", "peer " + o.peer_id->str() + " refused: " + d.reason);
+    reject("opa_unavailable", "peer " + peer + " refused: " + d.reason, peer);
     co_return false;
   }
   if (!d.allowed) {
-    reject("not_authorized", "peer " + o.peer_id->str() + ": " + d.reason);
+    reject("not_authorized", "peer " + peer + ": " + d.reason, peer);
     co_return false;
   }
   co_return true;
@@ -311,30 +324,47 @@ asio::awaitable<bool> Session::open_client() {
   co_return allowed;
 }
 
-// The session lines are built only when info is logged: at warn level a busy tunnel formats
-// nothing per connection.
+// The session lines are built only when they are logged: at warn level, or with log_sessions
+// off, a busy tunnel formats nothing per connection.
+bool Session::logs_sessions() const {
+  return context_->log_sessions && spdlog::should_log(spdlog::level::info);
+}
+
 void Session::log_opened() const {
-  if (!spdlog::should_log(spdlog::level::info)) {
+  if (!logs_sessions()) {
     return;
   }
+  using base::TextStyle;
   const tls::ConnectionInfo& info = tls_->info();
   const tls::PeerOutcome& o = info.peer;
   const auto path = [](bool k) { return k ? "ktls" : "userspace"; };
-  spdlog::info("{} opened peer={} ({}) {} {} tls tx={} rx={}{}{}", prefix(), o.peer_id->str(),
-               o.authorized_by, info.protocol, info.cipher, path(tls_->kernel_writes()),
-               path(tls_->kernel_reads()),
-               info.ktls_detail.empty() ? "" : " (" + info.ktls_detail + ")",
-               context_->proxy_protocol == ProxyProtocol::kV2 ? " proxy_protocol=v2" : "");
+  const std::string peer = o.peer_id->str();
+  const auto who = log_context();
+  const std::string_view proxy = context_->proxy_protocol == ProxyProtocol::kV2 ? "v2" : "";
+  const base::LogField facts[] = {{"peer_id", peer, TextStyle::kKeyValue, "peer"},
+                                  {"authorized_by", o.authorized_by, TextStyle::kParens},
+                                  {"tls_version", info.protocol, TextStyle::kBare},
+                                  {"cipher", info.cipher, TextStyle::kBare},
+                                  {"tls_tx", path(tls_->kernel_writes()), TextStyle::kKeyValue,
+                                   "tls tx"},
+                                  {"tls_rx", path(tls_->kernel_reads()), TextStyle::kKeyValue,
+                                   "rx"},
+                                  {"ktls_detail", info.ktls_detail, TextStyle::kParens},
+                                  {"proxy_protocol", proxy, TextStyle::kKeyValue}};
+  base::log_line(spdlog::level::info, {who, "opened", facts});
 }
 
 void Session::log_closed(const pump::PumpResult& r) const {
-  if (!spdlog::should_log(spdlog::level::info)) {
+  if (!logs_sessions()) {
     return;
   }
   const bool server = context_->mode == tls::Role::kServer;
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::steady_clock::now() - started_)
                       .count();
+  // `reason` is a stable label for machines (the one spiffe_tunnel_sessions_closed_total counts);
+  // `detail` says it in words (the text line's "(...)").
+  const std::string_view reason = close_label(r);
   std::string why = "closed";
   if (!timed_out_.empty()) {
     why = timed_out_;
@@ -343,9 +373,19 @@ void Session::log_closed(const pump::PumpResult& r) const {
   } else if (r.b_to_a.failed_first) {
     why = std::string(server ? "target→peer " : "app→remote ") + r.b_to_a.error;
   }
-  spdlog::info("{} closed peer={} bytes_from_peer={} bytes_to_peer={} duration_ms={} path={}/{} ({})",
-               prefix(), tls_->info().peer.peer_id->str(), r.a_to_b.bytes, r.b_to_a.bytes, ms,
-               pump::path_name(r.a_to_b.path), pump::path_name(r.b_to_a.path), why);
+  using base::TextStyle;
+  const std::string peer = tls_->info().peer.peer_id->str();
+  const std::string paths = std::string(pump::path_name(r.a_to_b.path)) + "/" +
+                            std::string(pump::path_name(r.b_to_a.path));
+  const auto who = log_context();
+  const base::LogField facts[] = {{"peer_id", peer, TextStyle::kKeyValue, "peer"},
+                                  {"bytes_from_peer", r.a_to_b.bytes},
+                                  {"bytes_to_peer", r.b_to_a.bytes},
+                                  {"duration_ms", ms},
+                                  {"path", paths},
+                                  {"reason", reason, TextStyle::kHidden},
+                                  {"detail", why, TextStyle::kParens}};
+  base::log_line(spdlog::level::info, {who, "closed", facts});
 }
 
 // a is the TLS side (the peer), b the plain side (the target).

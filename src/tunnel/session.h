@@ -8,6 +8,7 @@
 #include <asio/ip/tcp.hpp>
 #include <asio/steady_timer.hpp>
 
+#include <array>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -15,6 +16,7 @@
 
 #include "spiffe_tunnel/base/byte_stream.h"
 #include "spiffe_tunnel/base/drain.h"
+#include "spiffe_tunnel/base/log.h"
 #include "spiffe_tunnel/pump/pump.h"
 #include "spiffe_tunnel/tls/handshake.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
@@ -66,8 +68,12 @@ class Session : public std::enable_shared_from_this<Session> {
   void disarm_deadline();
   void arm_idle();
   void close_all();
-  void reject(std::string_view reason_label, const std::string& detail);
-  std::string prefix() const;
+  // Counts and logs a refused connection; `peer_id` when the peer is known (after the handshake).
+  void reject(std::string_view reason_label, const std::string& detail,
+              std::string_view peer_id = {});
+  // tunnel, session and from: who every line of this session is about.
+  std::array<base::LogField, 3> log_context() const;
+  bool logs_sessions() const;
   void log_opened() const;
   void log_closed(const pump::PumpResult& r) const;
 

@@ -10,6 +10,7 @@
 #include <future>
 
 #include "session.h"
+#include "spiffe_tunnel/base/log.h"
 #include "spiffe_tunnel/base/listener.h"
 
 namespace spiffe_tunnel::tunnel {
@@ -31,6 +32,7 @@ std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
   c->proxy_protocol = o.proxy_protocol;
   c->tls = std::move(tls);
   c->metrics = std::make_shared<TunnelMetrics>(metrics, o.name);
+  c->log_sessions = o.log_sessions;
   return c;
 }
 
@@ -128,6 +130,12 @@ void Tunnel::update_policy(std::unique_ptr<tls::ContextProvider> tls,
   }
 }
 
+void Tunnel::set_log_sessions(bool on) {
+  auto next = std::make_shared<TunnelContext>(*context());
+  next->log_sessions = on;
+  swap_context(std::move(next));
+}
+
 std::vector<std::shared_ptr<Session>> Tunnel::live_sessions() {
   std::vector<std::shared_ptr<Session>> live;
   std::lock_guard lock(sessions_mutex_);
@@ -154,9 +162,14 @@ void Tunnel::swap_context(std::shared_ptr<const TunnelContext> next) {
 
 void Tunnel::start() {
   const auto c = context();
-  spdlog::info("tunnel={} mode={} listening on {}:{} target {}{}", name_, c->mode_name(),
-               local_.address().to_string(), local_.port(), c->target.str(),
-               c->proxy_protocol == ProxyProtocol::kV2 ? " (PROXY protocol v2)" : "");
+  const std::string listen = local_.address().to_string() + ":" + std::to_string(local_.port());
+  const std::string target = c->target.str();
+  const std::string_view proxy = c->proxy_protocol == ProxyProtocol::kV2 ? "v2" : "";
+  const base::LogField who[] = {{"tunnel", name_}, {"mode", c->mode_name()}};
+  const base::LogField facts[] = {{"listen", listen, base::TextStyle::kBare},
+                                  {"target", target, base::TextStyle::kLabelled},
+                                  {"proxy_protocol", proxy, base::TextStyle::kKeyValue}};
+  base::log_line(spdlog::level::info, {who, "listening on", facts});
   asio::post(acceptor_.get_executor(), [this] { accept_next(); });
 }
 
@@ -173,7 +186,10 @@ void Tunnel::accept_next() {
     } else {
       // EMFILE and friends: retrying at once would spin; pause, then accept again. Sessions
       // that end meanwhile free descriptors.
-      spdlog::warn("tunnel={} accept failed: {}; pausing accepts for 100 ms", name_, ec.message());
+      const std::string detail = ec.message() + "; pausing accepts for 100 ms";
+      const base::LogField who[] = {{"tunnel", name_}};
+      const base::LogField facts[] = {{"detail", detail, base::TextStyle::kColon}};
+      base::log_line(spdlog::level::warn, {who, "accept failed", facts});
       accept_backoff_.expires_after(std::chrono::milliseconds(100));
       accept_backoff_.async_wait([this](asio::error_code wec) {
         if (!wec) {
@@ -192,8 +208,11 @@ void Tunnel::start_session(asio::ip::tcp::socket socket) {
   m.accepted.inc();
   if (drain_.held() >= c->limits.max_connections) {
     m.reject("max_connections");
-    spdlog::warn("tunnel={} refusing connection: {} sessions open (max_connections)", name_,
-                 drain_.held());
+    const std::string detail = std::to_string(drain_.held()) + " sessions open";
+    const base::LogField who[] = {{"tunnel", name_}};
+    const base::LogField facts[] = {{"detail", detail, base::TextStyle::kColon},
+                                    {"reason", "max_connections", base::TextStyle::kParens}};
+    base::log_line(spdlog::level::warn, {who, "refusing connection", facts});
     asio::error_code ignored;
     socket.close(ignored);
     return;
@@ -243,7 +262,10 @@ std::size_t Tunnel::drain(std::chrono::steady_clock::time_point deadline) {
     return 0;
   }
   const std::size_t open = drain_.held();
-  spdlog::warn("tunnel={} drain timeout: closing {} open session(s)", name_, open);
+  const std::string detail = "closing " + std::to_string(open) + " open session(s)";
+  const base::LogField who[] = {{"tunnel", name_}};
+  const base::LogField facts[] = {{"detail", detail, base::TextStyle::kColon}};
+  base::log_line(spdlog::level::warn, {who, "drain timeout", facts});
   close_sessions();
   drain_.wait_released(std::chrono::steady_clock::now() + kCloseGrace);
   return open;

@@ -107,6 +107,9 @@ void FilesSource::run() {
       } else {
         spdlog::warn("identity: ignoring changed files, keeping the last good identity: {}",
                      ctx.error().message);
+        if (callbacks_.on_failure) {
+          callbacks_.on_failure({SourceFailure::Kind::kOther, ctx.error().message});
+        }
       }
     }
     std::unique_lock lock(mutex_);

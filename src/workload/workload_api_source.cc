@@ -98,6 +98,7 @@ class WorkloadApiSource::Streams {
   template <typename StreamLog>
   void deliver(std::optional<X509Context> ctx, StreamLog& log);
   void revoke(const std::string& reason);
+  void report_failure(const grpc::Status& status);
 
   const WorkloadApiOptions& options_;
   const std::string& target_;
@@ -217,6 +218,19 @@ void WorkloadApiSource::Streams::revoke(const std::string& reason) {
   }
 }
 
+void WorkloadApiSource::Streams::report_failure(const grpc::Status& status) {
+  std::lock_guard lock(mutex_);
+  if (!callbacks_.on_failure) {
+    return;
+  }
+  using Kind = SourceFailure::Kind;
+  const auto code = status.error_code();
+  callbacks_.on_failure({.kind = code == grpc::StatusCode::UNAVAILABLE         ? Kind::kUnreachable
+                                 : code == grpc::StatusCode::PERMISSION_DENIED ? Kind::kNoIdentity
+                                                                               : Kind::kOther,
+                         .detail = describe_status(status)});
+}
+
 void WorkloadApiSource::Streams::run_svid_stream() {
   Backoff backoff(options_.initial_backoff, options_.max_backoff);
   SvidStreamLog log(options_.address);
@@ -277,6 +291,7 @@ void WorkloadApiSource::Streams::run_svid_stream() {
                                    ? backoff.at_cap()
                                    : backoff.next();
     log.ended(status, streaming, revoked, delay);
+    report_failure(status);
     if (revoked) {
       // SPIFFE Workload API §5.2.1: the workload SHOULD stop using the identities.
       holding = false;

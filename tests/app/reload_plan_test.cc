@@ -115,19 +115,33 @@ TEST_CASE("tunnels are matched by name: a renamed tunnel is one removed and one 
   CHECK(plan.tunnels.back().name == "kafka-mirror");
 }
 
+TEST_CASE("log_sessions changes only what new sessions log") {
+  const auto running = parse(yaml());
+  auto next = parse(yaml("    log_sessions: false\n"));
+  const auto plan = plan_reload(running, next);
+  CHECK(change(plan, "kafka-in").kind == Kind::kUnchanged);
+  CHECK(change(plan, "kafka-in").log_sessions_changed);
+  CHECK_FALSE(change(plan, "kafka-out").log_sessions_changed);
+  CHECK_FALSE(plan.empty());
+  next.tunnels[0].peers.any = true;
+  CHECK(change(plan_reload(running, next), "kafka-in").kind == Kind::kPolicy);
+}
+
 TEST_CASE("settings that need a restart are named and keep their running values") {
   const auto running = parse(yaml());
   const auto next = parse(yaml("",
                                "threads: 3\nbusy_poll: 200us\nadmin: { listen: 127.0.0.1:9901 }\n"
-                               "log_level: debug\ndrain_timeout: 2s\n"));
+                               "log_level: debug\ndrain_timeout: 2s\nlog_format: json\n"));
   const auto plan = plan_reload(running, next);
-  CHECK(plan.need_restart == std::vector<std::string>{"threads", "busy_poll", "admin"});
+  CHECK(plan.need_restart ==
+        std::vector<std::string>{"threads", "busy_poll", "admin", "log_format"});
   CHECK(plan.log_level_changed);
   CHECK(plan.drain_timeout_changed);
   const auto effective = effective_config(running, next);
   CHECK(effective.threads == running.threads);
   CHECK(effective.busy_poll == running.busy_poll);
   CHECK(effective.admin == running.admin);
+  CHECK(effective.log_format == running.log_format);
   CHECK(effective.log_level == config::LogLevel::kDebug);
   CHECK(effective.drain_timeout == std::chrono::seconds(2));
 

@@ -177,7 +177,7 @@ tunnels:
     server = Daemon(["run", "-c", cfg], name="server")
     try:
         port = server.wait_tunnel_port("orders")
-        server.wait_for(r"tunnel=orders mode=server listening on .* \(PROXY protocol v2\)")
+        server.wait_for(r"tunnel=orders mode=server listening on .* proxy_protocol=v2")
         reply, facts = tls_exchange(pki, port, b"ping")
         assert reply == b"ping"
         r = backend.report()

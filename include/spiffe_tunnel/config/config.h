@@ -27,6 +27,7 @@ enum class TlsVersion { k1_2, k1_3 };
 enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kCritical, kOff };
 // Server tunnels: whether the target gets a PROXY protocol header first (docs/proxy-protocol.md).
 enum class ProxyProtocol { kOff, kV2 };
+enum class LogFormat { kText, kJson };
 
 struct HostPort {
   std::string host;
@@ -111,6 +112,9 @@ struct TunnelConfig {
   std::size_t buffer_size = 64 * 1024;
   // Server mode only: tell the target who connected (address, TLS facts, SPIFFE ID).
   ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
+  // The opened/closed line of each session (rejections are always logged). Unset in a draft:
+  // finalize() gives it the global Config::log_sessions.
+  std::optional<bool> log_sessions;
 
   friend bool operator==(const TunnelConfig&, const TunnelConfig&) = default;
 };
@@ -132,6 +136,8 @@ struct Config {
   std::vector<TunnelConfig> tunnels;
   std::optional<Endpoint> admin;  // none: no admin endpoint
   LogLevel log_level = LogLevel::kInfo;
+  LogFormat log_format = LogFormat::kText;
+  bool log_sessions = true;  // default of every tunnel's log_sessions
   std::size_t threads = 0;  // 0 = number of cores
   std::chrono::milliseconds drain_timeout{15000};
   // How long a data-path thread keeps polling its sockets after its last event before it sleeps
@@ -146,6 +152,7 @@ struct Config {
 // already parsed (config::read_global_flags); unset means "keep".
 struct Overrides {
   std::optional<LogLevel> log_level;
+  std::optional<LogFormat> log_format;
   std::optional<std::size_t> threads;
   std::optional<Endpoint> admin;
   std::optional<std::chrono::microseconds> busy_poll;

@@ -33,6 +33,7 @@ struct TunnelFlags {
 // The global flags, given before or after the command.
 struct GlobalFlags {
   std::string log_level;
+  std::string log_format;
   std::string threads;
   std::string admin;
   std::string busy_poll;
@@ -40,6 +41,10 @@ struct GlobalFlags {
 
 // Builds the Config of one `server` or `client` tunnel, not yet validated (see finalize()).
 base::Result<Config> read_tunnel_flags(const TunnelFlags& flags, Mode mode);
+
+// The identity flags of `flags` (--cert/--key/--bundle or --workload-api/--use-workload-api)
+// into `out`; leaves it alone when none was given.
+base::Status read_identity_flags(const TunnelFlags& flags, IdentityConfig& out);
 
 // Parses the global flags that were given.
 base::Result<Overrides> read_global_flags(const GlobalFlags& flags);

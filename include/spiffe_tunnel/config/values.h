@@ -52,6 +52,9 @@ std::string_view proxy_protocol_name(ProxyProtocol value);
 // trace, debug, info, warn (warning), error (err), critical, off.
 base::Result<LogLevel> parse_log_level(std::string_view text);
 std::string_view log_level_name(LogLevel level);
+// "text", "json".
+base::Result<LogFormat> parse_log_format(std::string_view text);
+std::string_view log_format_name(LogFormat format);
 
 // One written value and the words that say where it was written, as an error prefix:
 // "spiffe-tunnel.yaml:14:9: tunnel \"kafka-in\" allow.ids" or "flag --allow-id".

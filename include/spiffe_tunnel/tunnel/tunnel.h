@@ -51,6 +51,7 @@ struct TunnelOptions {
   std::shared_ptr<policy::OpaClient> opa;
   // Server mode only: announce the peer to the target with a PROXY protocol header.
   ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
+  bool log_sessions = true;  // the opened/closed line of each session; rejections are always logged
 };
 
 class Tunnel {
@@ -87,6 +88,9 @@ class Tunnel {
   // with reason policy_changed. Everything else of the context, and the listener, stay.
   void update_policy(std::unique_ptr<tls::ContextProvider> tls,
                      std::shared_ptr<policy::OpaClient> opa);
+
+  // Whether new sessions log their opened/closed lines; open sessions keep theirs.
+  void set_log_sessions(bool on);
 
   // The context new sessions start with. Any thread.
   std::shared_ptr<const TunnelContext> context() const;

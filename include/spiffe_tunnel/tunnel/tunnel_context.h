@@ -83,6 +83,7 @@ struct TunnelContext {
   std::shared_ptr<TunnelMetrics> metrics;           // never null
   // Server mode: a PROXY protocol header to the target before the peer's first byte.
   ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
+  bool log_sessions = true;  // log each session's opened/closed lines (rejections always)
 
   std::string_view mode_name() const { return mode == tls::Role::kServer ? "server" : "client"; }
 };

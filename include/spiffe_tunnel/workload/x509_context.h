@@ -18,11 +18,25 @@ struct X509Context {
   spiffe::BundleSet bundles;
 };
 
+// Why a source has delivered nothing (yet, or since it lost its identity), for callers that
+// report it, such as wait-ready.
+struct SourceFailure {
+  enum class Kind {
+    kUnreachable,  // no connection to the Workload API (gRPC Unavailable)
+    kNoIdentity,   // the agent answered but issued nothing to this workload (PermissionDenied)
+    kOther,        // anything else: another gRPC status, identity files that do not load
+  };
+  Kind kind = Kind::kOther;
+  std::string detail;  // "Unavailable: failed to connect to all addresses; ..."
+};
+
 // Callbacks run on a thread of the source, never two at once, and must not block or call stop().
 struct SourceCallbacks {
   std::function<void(X509Context)> on_update;
   // The source lost its identities for good (e.g. Workload API PermissionDenied mid-stream).
   std::function<void(const std::string& reason)> on_revoked;
+  // An attempt failed (a Workload API stream ended, identity files did not load); optional.
+  std::function<void(const SourceFailure& failure)> on_failure;
 };
 
 class IdentitySource {

@@ -11,6 +11,7 @@ build_pkgs=(
 )
 test_pkgs=(
   python3 python3-pytest iproute2 socat user-mode-linux kmod procps psmisc
+  systemd  # systemd-socket-activate (works without systemd running)
 )
 bench_pkgs=(stunnel4 haproxy nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
 

@@ -16,6 +16,7 @@
 #include "spiffe_tunnel/tunnel/tunnel.h"
 #include "spiffe_tunnel/workload/files_source.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
+#include "socket_activation.h"
 #include "systemd_notify.h"
 #include "wiring.h"
 
@@ -112,9 +113,8 @@ std::string status_json(const identity::IdentityStore& store,
     }
   }
   for (const auto& t : tunnels) {
-    const auto ep = t->local_endpoint();
     j["tunnels"].push_back({{"name", t->name()},
-                            {"listen", ep.address().to_string() + ":" + std::to_string(ep.port())},
+                            {"listen", t->listen_address()},
                             {"target", t->context()->target.str()},
                             {"ready", t->ready()},
                             {"detail", t->readiness_detail()},
@@ -199,6 +199,8 @@ class Daemon {
 
  private:
   bool build_source();
+  // Takes the sockets systemd passed (for systemd:NAME listeners) before anything else runs.
+  bool take_activated_sockets();
   bool build_tunnels();
   bool build_admin();
   void start_source();
@@ -212,6 +214,7 @@ class Daemon {
   identity::ExpiryWatch expiry_{store_, base::SystemClock::instance()};
   std::unique_ptr<workload::IdentitySource> source_;
   bool source_started_ = false;
+  ActivatedSockets activated_;  // kept open: tunnels listen on duplicates
   std::unique_ptr<tunnel::IoPool> pool_;
   std::vector<std::unique_ptr<tunnel::Tunnel>> tunnels_;
   std::unique_ptr<admin::AdminServer> admin_;
@@ -219,7 +222,7 @@ class Daemon {
 };
 
 bool Daemon::build() {
-  if (!build_source() || !probe_ktls_if_required(config_)) {
+  if (!take_activated_sockets() || !build_source() || !probe_ktls_if_required(config_)) {
     return false;
   }
   const std::size_t threads =
@@ -252,19 +255,38 @@ bool Daemon::build_source() {
   return true;
 }
 
+bool Daemon::take_activated_sockets() {
+  auto passed = ActivatedSockets::take_from_environment();
+  if (!passed) {
+    spdlog::error("{}", passed.error().message);
+    return false;
+  }
+  activated_ = std::move(*passed);
+  return true;
+}
+
 bool Daemon::build_tunnels() {
   for (const auto& t : config_.tunnels) {
     const TunnelPolicy policy = make_policy(t);
     auto provider = std::make_unique<tls::ContextProvider>(make_tls_options(t, policy), store_,
                                                            base::SystemClock::instance());
-    auto made = tunnel::Tunnel::create(make_tunnel_options(t, policy), std::move(provider),
-                                       *pool_, metrics_);
+    tunnel::TunnelOptions options = make_tunnel_options(t, policy);
+    if (auto* inherited = std::get_if<tunnel::InheritedSocket>(&options.listen)) {
+      auto fd = activated_.take(inherited->name);
+      if (!fd) {
+        spdlog::error("tunnel \"{}\": listen {}: {}", t.name, t.listen.str(), fd.error().message);
+        return false;
+      }
+      inherited->fd = *fd;
+    }
+    auto made = tunnel::Tunnel::create(std::move(options), std::move(provider), *pool_, metrics_);
     if (!made) {
       spdlog::error("{}", made.error().message);
       return false;
     }
     tunnels_.push_back(std::move(*made));
   }
+  activated_.close_unused();
   return true;
 }
 

@@ -18,7 +18,7 @@
 namespace spiffe_tunnel::pump {
 namespace {
 
-using Socket = asio::ip::tcp::socket;
+using Socket = base::StreamSocket;
 
 // Moves one chunk read by read_some() (userspace) to `to`. Returns false when the direction ends.
 asio::awaitable<bool> copy_chunk(base::ByteStream& from, base::ByteStream& to, char* buf,

@@ -9,27 +9,20 @@
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <asio/local/stream_protocol.hpp>
+
+#include <vector>
+
 #include "spiffe_tunnel/pump/pump.h"
+#include "tunnel/socket_names.h"
 
 namespace spiffe_tunnel::tunnel {
-namespace {
-
-std::string endpoint_string(const asio::ip::tcp::socket& s) {
-  asio::error_code ec;
-  auto ep = s.remote_endpoint(ec);
-  if (ec) {
-    return "?";
-  }
-  return ep.address().to_string() + ":" + std::to_string(ep.port());
-}
-
-}  // namespace
 
 Session::Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
-                 asio::ip::tcp::socket downstream)
+                 base::StreamSocket downstream)
     : context_(std::move(context)),
       id_(id),
-      peer_address_(endpoint_string(downstream)),
+      peer_address_(peer_name(downstream)),
       accepted_(std::move(downstream)),
       target_(accepted_.get_executor()),
       deadline_(accepted_.get_executor()),
@@ -110,7 +103,7 @@ void Session::reject(std::string_view reason_label, const std::string& detail) {
   spdlog::warn("{} rejected reason={}: {}", prefix(), reason_label, detail);
 }
 
-asio::awaitable<bool> Session::handshake(asio::ip::tcp::socket socket) {
+asio::awaitable<bool> Session::handshake(base::StreamSocket socket) {
   auto ctx = context_->tls->current();
   if (!ctx) {
     reject("not_ready", "refusing connection: " + ctx.error().message);
@@ -142,21 +135,12 @@ asio::awaitable<bool> Session::connect_target() {
   const Target& target = context_->target;
   arm_deadline(context_->limits.connect_timeout, "connect to target timed out");
   asio::error_code ec;
-  if (target.literal) {
-    // An IP target needs no lookup (asio resolves on a helper thread: a hop per connection).
-    co_await target_.async_connect(*target.literal, asio::redirect_error(asio::use_awaitable, ec));
-  } else {
-    resolver_.emplace(target_.get_executor());
-    auto endpoints = co_await resolver_->async_resolve(
-        target.host, target.port, asio::redirect_error(asio::use_awaitable, ec));
-    resolver_.reset();
-    if (!ec && !timed_out_.empty()) {
-      ec = asio::error::operation_aborted;  // the deadline fired while resolving
-    }
-    if (!ec) {
-      co_await asio::async_connect(target_, endpoints,
+  if (!target.unix_path.empty()) {
+    const asio::local::stream_protocol::endpoint path(target.unix_path);
+    co_await target_.async_connect(asio::generic::stream_protocol::endpoint(path),
                                    asio::redirect_error(asio::use_awaitable, ec));
-    }
+  } else {
+    co_await connect_tcp_target(ec);
   }
   disarm_deadline();
   if (ec) {
@@ -164,8 +148,35 @@ asio::awaitable<bool> Session::connect_target() {
                                      (timed_out_.empty() ? ec.message() : timed_out_));
     co_return false;
   }
-  target_.set_option(asio::ip::tcp::no_delay(true), ec);
+  if (target.unix_path.empty()) {
+    target_.set_option(asio::ip::tcp::no_delay(true), ec);
+  }
   co_return true;
+}
+
+asio::awaitable<void> Session::connect_tcp_target(asio::error_code& ec) {
+  const Target& target = context_->target;
+  if (target.literal) {
+    // An IP target needs no lookup (asio resolves on a helper thread: a hop per connection).
+    co_await target_.async_connect(asio::generic::stream_protocol::endpoint(*target.literal),
+                                   asio::redirect_error(asio::use_awaitable, ec));
+    co_return;
+  }
+  resolver_.emplace(target_.get_executor());
+  auto endpoints = co_await resolver_->async_resolve(target.host, target.port,
+                                                     asio::redirect_error(asio::use_awaitable, ec));
+  resolver_.reset();
+  if (!ec && !timed_out_.empty()) {
+    ec = asio::error::operation_aborted;  // the deadline fired while resolving
+  }
+  if (!ec) {
+    std::vector<asio::generic::stream_protocol::endpoint> candidates;
+    for (const auto& entry : endpoints) {
+      candidates.emplace_back(entry.endpoint());
+    }
+    co_await asio::async_connect(target_, candidates,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 asio::awaitable<bool> Session::ask_opa() {

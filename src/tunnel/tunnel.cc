@@ -5,7 +5,7 @@
 #include <asio/post.hpp>
 
 #include "session.h"
-#include "spiffe_tunnel/base/listener.h"
+#include "tunnel/listener.h"
 
 namespace spiffe_tunnel::tunnel {
 namespace {
@@ -21,7 +21,11 @@ std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
   c->name = o.name;
   c->mode = tls->options().role;
   c->limits = o.limits;
-  c->target = Target::of(std::move(o.target_host), std::move(o.target_port));
+  if (const auto* tcp = std::get_if<TcpAddress>(&o.target)) {
+    c->target = Target::of(tcp->host, std::to_string(tcp->port));
+  } else {
+    c->target = Target::unix_socket(std::get<UnixAddress>(o.target).path);
+  }
   c->opa = std::move(o.opa);
   c->tls = std::move(tls);
   c->metrics = std::make_shared<TunnelMetrics>(metrics, o.name);
@@ -33,7 +37,6 @@ std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
 Tunnel::Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool)
     : name_(context->name),
       pool_(pool),
-      acceptor_(pool.at(0)),
       accept_backoff_(pool.at(0)),
       context_(std::move(context)) {}
 
@@ -49,15 +52,19 @@ base::Result<std::unique_ptr<Tunnel>> Tunnel::create(TunnelOptions options,
     return base::make_error("tunnel \"" + options.name +
                             "\": session limits not set (timeouts, max_connections, buffer_size)");
   }
-  const std::string host = options.listen_host;
-  const uint16_t port = options.listen_port;
+  // ktls: on where the listener is the TLS side: an inherited socket must then be TCP (a
+  // unix: path was refused by the configuration already).
+  const bool require_tcp = tls->options().role == tls::Role::kServer &&
+                           tls->options().ktls == tls::KtlsMode::kOn;
+  const ListenAddress listen = options.listen;
   std::unique_ptr<Tunnel> t(
       new Tunnel(make_context(std::move(options), std::move(tls), metrics), pool));
-  auto bound = base::bind_listener(t->acceptor_, "tunnel \"" + t->name_ + "\": listen", host, port);
-  if (!bound) {
-    return bound.error();
+  auto listener =
+      Listener::open(pool.at(0), listen, "tunnel \"" + t->name_ + "\": listen", require_tcp);
+  if (!listener) {
+    return listener.error();
   }
-  t->local_ = *bound;
+  t->listener_ = std::move(*listener);
   return t;
 }
 
@@ -73,9 +80,9 @@ void Tunnel::swap_context(std::shared_ptr<const TunnelContext> next) {
 
 void Tunnel::start() {
   const auto c = context();
-  spdlog::info("tunnel={} mode={} listening on {}:{} target {}", name_, c->mode_name(),
-               local_.address().to_string(), local_.port(), c->target.str());
-  asio::post(acceptor_.get_executor(), [this] { accept_next(); });
+  spdlog::info("tunnel={} mode={} listening on {} target {}", name_, c->mode_name(),
+               listener_->description(), c->target.str());
+  asio::post(listener_->acceptor().get_executor(), [this] { accept_next(); });
 }
 
 void Tunnel::accept_next() {
@@ -83,7 +90,8 @@ void Tunnel::accept_next() {
     return;
   }
   // Accept straight onto the io_context that will run the session.
-  acceptor_.async_accept(pool_.next(), [this](asio::error_code ec, asio::ip::tcp::socket s) {
+  listener_->acceptor().async_accept(pool_.next(), [this](asio::error_code ec,
+                                                           base::StreamSocket s) {
     if (!ec) {
       start_session(std::move(s));
     } else if (ec == asio::error::operation_aborted || stopped_) {
@@ -104,7 +112,7 @@ void Tunnel::accept_next() {
   });
 }
 
-void Tunnel::start_session(asio::ip::tcp::socket socket) {
+void Tunnel::start_session(base::StreamSocket socket) {
   auto c = context();
   TunnelMetrics& m = *c->metrics;
   m.accepted.inc();
@@ -131,15 +139,23 @@ void Tunnel::start_session(asio::ip::tcp::socket socket) {
 
 void Tunnel::stop() {
   drain_.begin();
-  if (stopped_.exchange(true)) {
-    return;
+  if (stopped_.exchange(true) || !listener_) {
+    return;  // stopped already, or create() failed before a listener existed
   }
-  asio::post(acceptor_.get_executor(), [this] {
+  // New clients of a unix socket find no file rather than a socket nobody accepts on.
+  listener_->remove_socket_file();
+  asio::post(listener_->acceptor().get_executor(), [this] {
     asio::error_code ignored;
     accept_backoff_.cancel();
-    acceptor_.close(ignored);
+    listener_->acceptor().close(ignored);
   });
 }
+
+asio::ip::tcp::endpoint Tunnel::local_endpoint() const {
+  return listener_->tcp_endpoint().value_or(asio::ip::tcp::endpoint());
+}
+
+const std::string& Tunnel::listen_address() const { return listener_->description(); }
 
 void Tunnel::close_sessions() { drain_.abort_all(); }
 

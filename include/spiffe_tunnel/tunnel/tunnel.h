@@ -1,7 +1,9 @@
 #pragma once
 // Tunnel: one configured listener and the sessions it spawns.
-//   server mode: accept TCP → TLS handshake (verify + authorize peer) → connect target → pump
-//   client mode: accept TCP → connect target → TLS handshake (verify + authorize peer) → pump
+//   server mode: accept → TLS handshake (verify + authorize peer) → connect target → pump
+//   client mode: accept → connect target → TLS handshake (verify + authorize peer) → pump
+// The listener is a TCP port, a unix socket or a socket inherited from systemd; the target is
+// TCP or a unix socket (address.h). A TLS side on a unix socket keeps TLS in userspace.
 // The backend (server mode) is connected only after the peer is verified and authorized, so an
 // unauthenticated peer never reaches it. Sessions are spread over the IoPool; the listener lives
 // on the pool's first io_context.
@@ -21,24 +23,26 @@
 #include <mutex>
 #include <string>
 
+#include "spiffe_tunnel/base/byte_stream.h"
 #include "spiffe_tunnel/base/drain.h"
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/base/result.h"
 #include "spiffe_tunnel/policy/opa_client.h"
 #include "spiffe_tunnel/tls/tls_context.h"
+#include "spiffe_tunnel/tunnel/address.h"
 #include "spiffe_tunnel/tunnel/io_pool.h"
 #include "spiffe_tunnel/tunnel/tunnel_context.h"
 
 namespace spiffe_tunnel::tunnel {
 
+class Listener;
+
 // What app configures for one tunnel; Tunnel::create turns it into the listener and the first
 // TunnelContext.
 struct TunnelOptions {
   std::string name;
-  std::string listen_host = "127.0.0.1";
-  uint16_t listen_port = 0;          // 0: pick a free port (tests)
-  std::string target_host;
-  std::string target_port;
+  ListenAddress listen = TcpAddress{"127.0.0.1", 0};  // port 0: pick a free port (tests)
+  TargetAddress target;
   SessionLimits limits;  // every field set by the caller
   // Asked after the handshake verified and authorized the peer; null: no OPA step.
   std::shared_ptr<policy::OpaClient> opa;
@@ -74,7 +78,10 @@ class Tunnel {
   void swap_context(std::shared_ptr<const TunnelContext> next);
 
   const std::string& name() const { return name_; }
-  asio::ip::tcp::endpoint local_endpoint() const { return local_; }
+  // The bound TCP endpoint; a default endpoint (port 0) when the listener is a unix socket.
+  asio::ip::tcp::endpoint local_endpoint() const;
+  // Where the tunnel listens: "127.0.0.1:9000", "unix:/run/app.sock", "systemd:web (...)".
+  const std::string& listen_address() const;
   // True when a TLS context can be built now (identity present, SVID selected).
   bool ready() const;
   std::string readiness_detail() const;
@@ -83,13 +90,12 @@ class Tunnel {
  private:
   Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool);
   void accept_next();
-  void start_session(asio::ip::tcp::socket socket);
+  void start_session(base::StreamSocket socket);
 
   const std::string name_;
   IoPool& pool_;
-  asio::ip::tcp::acceptor acceptor_;
+  std::unique_ptr<Listener> listener_;  // set by create()
   asio::steady_timer accept_backoff_;
-  asio::ip::tcp::endpoint local_;
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_session_id_{1};
   base::Drain drain_;

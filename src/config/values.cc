@@ -54,6 +54,24 @@ base::Status parse_each(const std::vector<Sourced>& entries, std::vector<T>& out
   return {};
 }
 
+// A user or group: a number, or a name looked up now with getpwnam_r / getgrnam_r.
+template <typename Entry, typename Lookup, typename Id>
+Result<uint32_t> id_of(std::string_view text, const char* what, Lookup lookup, Id Entry::*id) {
+  if (auto n = digits_value(text); n && *n < UINT32_MAX) {
+    return static_cast<uint32_t>(*n);
+  }
+  const std::string name(text);
+  std::vector<char> buf(16384);
+  Entry entry{};
+  Entry* found = nullptr;
+  const int err = lookup(name.c_str(), &entry, buf.data(), buf.size(), &found);
+  if (err != 0 || found == nullptr) {
+    return make_error(std::string("no ") + what + " " + quoted(text) + " on this system" +
+                      (err != 0 ? std::string(": ") + std::strerror(err) : ""));
+  }
+  return static_cast<uint32_t>(found->*id);
+}
+
 }  // namespace
 
 std::string HostPort::str() const {
@@ -180,35 +198,11 @@ Result<uint32_t> parse_socket_mode(std::string_view text) {
 }
 
 Result<uint32_t> parse_user(std::string_view text) {
-  if (auto n = digits_value(text); n && *n < UINT32_MAX) {
-    return static_cast<uint32_t>(*n);
-  }
-  const std::string name(text);
-  std::vector<char> buf(16384);
-  passwd pw{};
-  passwd* found = nullptr;
-  const int err = ::getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found);
-  if (err != 0 || found == nullptr) {
-    return make_error("no user " + quoted(text) + " on this system" +
-                      (err != 0 ? std::string(": ") + std::strerror(err) : ""));
-  }
-  return static_cast<uint32_t>(found->pw_uid);
+  return id_of<passwd>(text, "user", ::getpwnam_r, &passwd::pw_uid);
 }
 
 Result<uint32_t> parse_group(std::string_view text) {
-  if (auto n = digits_value(text); n && *n < UINT32_MAX) {
-    return static_cast<uint32_t>(*n);
-  }
-  const std::string name(text);
-  std::vector<char> buf(16384);
-  group gr{};
-  group* found = nullptr;
-  const int err = ::getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found);
-  if (err != 0 || found == nullptr) {
-    return make_error("no group " + quoted(text) + " on this system" +
-                      (err != 0 ? std::string(": ") + std::strerror(err) : ""));
-  }
-  return static_cast<uint32_t>(found->gr_gid);
+  return id_of<group>(text, "group", ::getgrnam_r, &group::gr_gid);
 }
 
 Result<OpaEndpoint> parse_opa_url(std::string_view url) {

@@ -40,8 +40,4 @@ struct InheritedSocket {
 using ListenAddress = std::variant<TcpAddress, UnixListenAddress, InheritedSocket>;
 using TargetAddress = std::variant<TcpAddress, UnixAddress>;
 
-// "127.0.0.1:9000", "[::1]:9000", "unix:/run/app.sock", "systemd:NAME".
-std::string describe(const ListenAddress& address);
-std::string describe(const TargetAddress& address);
-
 }  // namespace spiffe_tunnel::tunnel

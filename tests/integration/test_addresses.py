@@ -227,3 +227,33 @@ def test_systemd_listener_without_activation_fails_startup(pki):
                   *identity(pki, "server"), "--allow-id", CLIENT_ID])
     assert r.returncode == 1
     assert "listen systemd:web-tls: no sockets were passed to this process" in r.stdout + r.stderr
+
+
+@pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate (Debian: systemd) missing")
+def test_a_passed_socket_no_tunnel_uses_is_closed_and_a_name_given_twice_fails(pki, started):
+    used, unused = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+    backend = Backend("echo")
+    wrapper = [ACTIVATE, "-l", f"{used[0]}:{used[1]}", "-l", f"{unused[0]}:{unused[1]}",
+               "--fdname=web-tls:spare", "--"]
+    s = server(pki, "systemd:web-tls", f"127.0.0.1:{backend.port}", wrapper=wrapper)
+    started += [backend, s]
+    s.wait_for(r"Listening on ")
+    trigger = connect_soon(used)
+    s.wait_for(r'socket activation: descriptor 4 \("spare"\) is used by no tunnel; closing it')
+    s.wait_for(r"listening on systemd:web-tls \(")
+    trigger.close()
+    # The daemon held the only copy of the spare socket (systemd-socket-activate exec'd it).
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(unused, timeout=5).close()
+    s.stop()
+
+    twice = [ACTIVATE, "-l", f"127.0.0.1:{free_port()}", "-l", f"127.0.0.1:{free_port()}",
+             "--fdname=web-tls:web-tls", "--"]
+    again = server(pki, "systemd:web-tls", "127.0.0.1:9", wrapper=twice)
+    started.append(again)
+    first = again.wait_for(r"Listening on 127\.0\.0\.1:(\d+)")
+    trigger = connect_soon(("127.0.0.1", int(first.group(1))))
+    assert again.wait_exit(timeout=15) == 1
+    trigger.close()
+    assert ("listen systemd:web-tls: several passed sockets are named \"web-tls\"; a tunnel "
+            "listens on exactly one") in again.log, again.log

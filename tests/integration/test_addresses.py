@@ -5,8 +5,10 @@ Runs as any user, on loopback and in a private directory under /tmp."""
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -257,3 +259,43 @@ def test_a_passed_socket_no_tunnel_uses_is_closed_and_a_name_given_twice_fails(p
     trigger.close()
     assert ("listen systemd:web-tls: several passed sockets are named \"web-tls\"; a tunnel "
             "listens on exactly one") in again.log, again.log
+
+
+def test_a_yaml_configured_unix_listener_gets_its_mode_owner_and_group(pki, sockdir, started):
+    """listen_mode/listen_owner/listen_group from a `run -c` file. Changing the owner needs
+    privilege: as root the socket goes to nobody:nogroup, otherwise to the user's own ids."""
+    path = check_socket_path(sockdir / "owned.sock")
+    root = os.geteuid() == 0
+    owner, group = ("nobody", "nogroup") if root else (str(os.getuid()), str(os.getgid()))
+    cert, key = pki["client"]
+    config = sockdir / "config.yaml"
+    config.write_text(f"""identity:
+  files:
+    cert: {cert}
+    key: {key}
+    bundles:
+      {A}: {pki[A]}
+      {B}: {pki[B]}
+tunnels:
+  - name: app-out
+    mode: client
+    listen: unix://{path}
+    listen_mode: "0640"
+    listen_owner: {owner}
+    listen_group: {group}
+    target: 127.0.0.1:9
+    expect:
+      ids: [{SERVER_ID}]
+""")
+    d = Daemon(["run", "-c", config], name="run")
+    started.append(d)
+    d.wait_for(rf"tunnel=app-out mode=client listening on unix:{path} target 127\.0\.0\.1:9")
+    st = os.lstat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    if root:
+        assert (st.st_uid, st.st_gid) == (pwd.getpwnam("nobody").pw_uid,
+                                          grp.getgrnam("nogroup").gr_gid)
+    else:
+        assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert d.stop() == 0
+    assert not os.path.exists(path)

@@ -180,11 +180,7 @@ Status Listener::adopt(const InheritedSocket& s, const std::string& what, bool r
     return make_error(where + ": " + ec.message());
   }
   description_ = "systemd:" + s.name + " (" + endpoint_name(local) + ")";
-  if (family != AF_UNIX) {
-    tcp_.emplace();
-    std::memcpy(tcp_->data(), &addr, size);
-    tcp_->resize(size);
-  }
+  tcp_ = ip_endpoint(local);
   return {};
 }
 

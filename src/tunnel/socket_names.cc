@@ -4,25 +4,29 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
-#include <asio/ip/tcp.hpp>
-
 #include <cstring>
 
 namespace spiffe_tunnel::tunnel {
 
-std::string endpoint_name(const asio::generic::stream_protocol::endpoint& endpoint) {
-  const sockaddr* sa = endpoint.data();
-  if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
-    asio::ip::tcp::endpoint ip;
-    if (endpoint.size() > ip.capacity()) {
-      return "?";
-    }
-    std::memcpy(ip.data(), sa, endpoint.size());
-    ip.resize(endpoint.size());
-    const auto address = ip.address();
-    const std::string host = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-    return host + ":" + std::to_string(ip.port());
+std::optional<asio::ip::tcp::endpoint> ip_endpoint(
+    const asio::generic::stream_protocol::endpoint& endpoint) {
+  const int family = endpoint.data()->sa_family;
+  asio::ip::tcp::endpoint ip;
+  if ((family != AF_INET && family != AF_INET6) || endpoint.size() > ip.capacity()) {
+    return std::nullopt;
   }
+  std::memcpy(ip.data(), endpoint.data(), endpoint.size());
+  ip.resize(endpoint.size());
+  return ip;
+}
+
+std::string endpoint_name(const asio::generic::stream_protocol::endpoint& endpoint) {
+  if (const auto ip = ip_endpoint(endpoint)) {
+    const auto address = ip->address();
+    const std::string host = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+    return host + ":" + std::to_string(ip->port());
+  }
+  const sockaddr* sa = endpoint.data();
   if (sa->sa_family == AF_UNIX) {
     const auto* un = reinterpret_cast<const sockaddr_un*>(sa);
     const std::size_t offset = offsetof(sockaddr_un, sun_path);

@@ -3,12 +3,18 @@
 // "unix:/run/app.sock". Any thread; each call is one or two syscalls on the given socket.
 
 #include <asio/generic/stream_protocol.hpp>
+#include <asio/ip/tcp.hpp>
 
+#include <optional>
 #include <string>
 
 #include "spiffe_tunnel/base/byte_stream.h"
 
 namespace spiffe_tunnel::tunnel {
+
+// The IPv4/IPv6 endpoint inside a generic one; nullopt for a unix (or other) endpoint.
+std::optional<asio::ip::tcp::endpoint> ip_endpoint(
+    const asio::generic::stream_protocol::endpoint& endpoint);
 
 // An endpoint of any family as text; "?" for one it does not know.
 std::string endpoint_name(const asio::generic::stream_protocol::endpoint& endpoint);

@@ -12,6 +12,7 @@ build_pkgs=(
 test_pkgs=(
   python3 python3-pytest python3-prometheus-client iproute2 socat user-mode-linux kmod procps psmisc
   haproxy  # an independent PROXY protocol receiver (tests/integration/test_proxy_protocol.py)
+  systemd  # systemd-socket-activate (works without systemd running)
 )
 bench_pkgs=(stunnel4 nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
 

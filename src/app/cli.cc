@@ -90,11 +90,21 @@ void add_tunnel_flags(CLI::App* cmd, config::TunnelFlags& f, bool server) {
   cmd->add_option("--name", f.name, "Tunnel name used in logs and metrics")
       ->default_str(server ? "server" : "client");
   cmd->add_option("--listen", f.listen,
-                  server ? "Address for incoming mTLS, host:port" : "Address for plain TCP, host:port")
+                  std::string(server ? "Address for incoming mTLS" : "Address for plain TCP") +
+                      ": host:port, [v6]:port, :port (binds 127.0.0.1 only, unlike ghostunnel; "
+                      "write 0.0.0.0:port for every interface), unix:/path, or systemd:NAME "
+                      "(a socket passed by systemd socket activation)")
       ->required();
   cmd->add_option("--target", f.target,
-                  server ? "Plain TCP target, host:port" : "Remote spiffe-tunnel (mTLS), host:port")
+                  server ? "Plain target: host:port or unix:/path"
+                         : "Remote spiffe-tunnel (mTLS): host:port or unix:/path")
       ->required();
+  cmd->add_option("--listen-mode", f.listen_mode,
+                  "Permission bits of a unix:/path listen socket, octal (e.g. 0660)");
+  cmd->add_option("--listen-owner", f.listen_owner,
+                  "Owner (user name or uid) of a unix:/path listen socket");
+  cmd->add_option("--listen-group", f.listen_group,
+                  "Group (name or gid) of a unix:/path listen socket");
   cmd->add_option("--cert", f.cert, "PEM certificate chain of our SVID (leaf first)");
   cmd->add_option("--key", f.key, "PEM private key of our SVID");
   cmd->add_option("--bundle", f.bundles,
@@ -122,7 +132,9 @@ void add_global_flags(CLI::App& app, config::GlobalFlags& g) {
                  "the journal with fields")
       ->default_str(std::string(config::log_format_name(defaults.log_format)));
   app.add_option("--threads", g.threads, "Data-path threads (default: one per core)");
-  app.add_option("--admin", g.admin, "Admin HTTP endpoint host:port (/metrics, /healthz, /readyz)");
+  app.add_option("--admin", g.admin,
+                 "Admin HTTP endpoint host:port, TCP only; :port binds 127.0.0.1 (/metrics, "
+                 "/healthz, /readyz)");
   app.add_option("--busy-poll", g.busy_poll,
                  "Keep polling this long after the last event before sleeping (e.g. 200us; "
                  "default 0): lower latency on VMs for more CPU");

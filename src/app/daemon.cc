@@ -19,6 +19,7 @@
 #include "app_metrics.h"
 #include "logging.h"
 #include "reload_plan.h"
+#include "socket_activation.h"
 #include "systemd_notify.h"
 #include "tunnel_set.h"
 #include "wiring.h"
@@ -102,9 +103,8 @@ std::string status_json(const identity::IdentityStore& store, const TunnelSet& t
     }
   }
   tunnels.for_each([&](const tunnel::Tunnel& t) {
-    const auto ep = t.local_endpoint();
     j["tunnels"].push_back({{"name", t.name()},
-                            {"listen", ep.address().to_string() + ":" + std::to_string(ep.port())},
+                            {"listen", t.listen_address()},
                             {"target", t.context()->target.str()},
                             {"ready", t.ready()},
                             {"detail", t.readiness_detail()},
@@ -216,6 +216,8 @@ class Daemon {
 
  private:
   bool build_source();
+  // Takes the sockets systemd passed (for systemd:NAME listeners) before anything else runs.
+  bool take_activated_sockets();
   bool build_admin();
   void start_source();
   // Re-reads the configuration and applies what changed; on any error the running one stays.
@@ -234,6 +236,7 @@ class Daemon {
   identity::ExpiryWatch expiry_{store_, base::SystemClock::instance()};
   std::unique_ptr<workload::IdentitySource> source_;
   bool source_started_ = false;
+  ActivatedSockets activated_;  // kept open: tunnels listen on duplicates
   std::unique_ptr<tunnel::IoPool> pool_;
   std::unique_ptr<TunnelSet> tunnels_;
   std::unique_ptr<admin::AdminServer> admin_;
@@ -241,7 +244,7 @@ class Daemon {
 };
 
 bool Daemon::build() {
-  if (!build_source()) {
+  if (!take_activated_sockets() || !build_source()) {
     return false;
   }
   if (auto st = probe_ktls_if_required(config_); !st) {
@@ -257,11 +260,12 @@ bool Daemon::build() {
   } else {
     spdlog::info("data path: {} thread(s)", threads);
   }
-  tunnels_ = std::make_unique<TunnelSet>(*pool_, metrics_, store_);
+  tunnels_ = std::make_unique<TunnelSet>(*pool_, metrics_, store_, activated_);
   if (auto st = tunnels_->build(config_.tunnels); !st) {
     spdlog::error("{}", st.error().message);
     return false;
   }
+  activated_.close_unused();
   return build_admin();
 }
 
@@ -282,6 +286,16 @@ bool Daemon::build_source() {
       return false;
     }
   }
+  return true;
+}
+
+bool Daemon::take_activated_sockets() {
+  auto passed = ActivatedSockets::take_from_environment();
+  if (!passed) {
+    spdlog::error("{}", passed.error().message);
+    return false;
+  }
+  activated_ = std::move(*passed);
   return true;
 }
 

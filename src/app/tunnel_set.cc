@@ -27,16 +27,25 @@ const TunnelChange* change_for(const ReloadPlan& plan, const std::string& name) 
 }  // namespace
 
 TunnelSet::TunnelSet(tunnel::IoPool& pool, base::MetricsRegistry& metrics,
-                     const identity::IdentityStore& store)
-    : pool_(pool), metrics_(metrics), store_(store) {}
+                     const identity::IdentityStore& store, ActivatedSockets& activated)
+    : pool_(pool), metrics_(metrics), store_(store), activated_(activated) {}
 
-base::Result<std::unique_ptr<tunnel::Tunnel>> TunnelSet::make(const config::TunnelConfig& t,
-                                                              int listen_fd) const {
+base::Result<std::unique_ptr<tunnel::Tunnel>> TunnelSet::make(
+    const config::TunnelConfig& t, std::shared_ptr<tunnel::Listener> listener) const {
   const TunnelPolicy policy = make_policy(t, &metrics_);
   auto provider = std::make_unique<tls::ContextProvider>(make_tls_options(t, policy), store_,
                                                          base::SystemClock::instance());
   tunnel::TunnelOptions options = make_tunnel_options(t, policy);
-  options.listen_fd = listen_fd;
+  options.listener = std::move(listener);
+  if (auto* inherited = std::get_if<tunnel::InheritedSocket>(&options.listen);
+      inherited && !options.listener) {
+    auto fd = activated_.take(inherited->name);
+    if (!fd) {
+      return base::make_error("tunnel \"" + t.name + "\": listen " + t.listen.str() + ": " +
+                              fd.error().message);
+    }
+    inherited->fd = *fd;
+  }
   return tunnel::Tunnel::create(std::move(options), std::move(provider), pool_, metrics_);
 }
 

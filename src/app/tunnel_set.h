@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "reload_plan.h"
+#include "socket_activation.h"
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/base/result.h"
 #include "spiffe_tunnel/config/config.h"
@@ -24,9 +25,10 @@ namespace spiffe_tunnel::app {
 
 class TunnelSet {
  public:
-  // `pool`, `metrics` and `store` must outlive the set.
+  // `pool`, `metrics`, `store` and `activated` (the sockets systemd passed, for systemd:NAME
+  // listeners) must outlive the set.
   TunnelSet(tunnel::IoPool& pool, base::MetricsRegistry& metrics,
-            const identity::IdentityStore& store);
+            const identity::IdentityStore& store, ActivatedSockets& activated);
 
   // Builds every tunnel and binds its listener; the first failure is returned (and nothing of
   // this call is kept).
@@ -68,9 +70,11 @@ class TunnelSet {
     bool closed = false;  // its sessions were told to close at the deadline
   };
 
-  // A tunnel for `config`; `listen_fd` >= 0 adopts that listening socket instead of binding.
-  base::Result<std::unique_ptr<tunnel::Tunnel>> make(const config::TunnelConfig& config,
-                                                     int listen_fd = -1) const;
+  // A tunnel for `config`; with `listener` (released by its previous version) it takes that over
+  // instead of opening its listen address.
+  base::Result<std::unique_ptr<tunnel::Tunnel>> make(
+      const config::TunnelConfig& config,
+      std::shared_ptr<tunnel::Listener> listener = nullptr) const;
   // The new version of a running tunnel (or the tunnel itself, for unchanged and policy changes).
   std::unique_ptr<tunnel::Tunnel> carry_over(const TunnelChange& change, Running& old,
                                              const config::TunnelConfig& next,
@@ -82,6 +86,7 @@ class TunnelSet {
   tunnel::IoPool& pool_;
   base::MetricsRegistry& metrics_;
   const identity::IdentityStore& store_;
+  ActivatedSockets& activated_;
 
   mutable std::mutex mutex_;
   std::vector<Running> running_;  // guarded by mutex_ (written by the main thread only)

@@ -24,6 +24,26 @@ tls::KtlsMode ktls_mode(config::KtlsMode m) {
   return tls::KtlsMode::kAuto;
 }
 
+tunnel::ListenAddress listen_address(const config::TunnelConfig& t) {
+  if (const config::HostPort* hp = t.listen.tcp()) {
+    return tunnel::TcpAddress{hp->host, hp->port};
+  }
+  if (const config::UnixPath* path = t.listen.unix_path()) {
+    const config::UnixSocketOptions& o = t.listen_socket;
+    return tunnel::UnixListenAddress{path->path, o.mode, o.owner, o.group};
+  }
+  // The descriptor is handed over by the daemon (socket_activation.h).
+  return tunnel::InheritedSocket{t.listen.systemd()->name, -1};
+}
+
+tunnel::TargetAddress target_address(const config::Endpoint& target) {
+  if (const config::UnixPath* path = target.unix_path()) {
+    return tunnel::UnixAddress{path->path};
+  }
+  const config::HostPort& hp = tcp_address(target);  // validate() refuses systemd: targets
+  return tunnel::TcpAddress{hp.host, hp.port};
+}
+
 }  // namespace
 
 base::Result<std::unique_ptr<workload::IdentitySource>> make_source(
@@ -93,12 +113,8 @@ tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
                                           const TunnelPolicy& policy) {
   tunnel::TunnelOptions o;
   o.name = t.name;
-  const config::HostPort& listen = tcp_address(t.listen);
-  o.listen_host = listen.host;
-  o.listen_port = listen.port;
-  const config::HostPort& target = tcp_address(t.target);
-  o.target_host = target.host;
-  o.target_port = std::to_string(target.port);
+  o.listen = listen_address(t);
+  o.target = target_address(t.target);
   o.limits = {.handshake_timeout = t.handshake_timeout,
               .connect_timeout = t.connect_timeout,
               .idle_timeout = t.idle_timeout,
@@ -113,7 +129,7 @@ tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
 
 const config::HostPort& tcp_address(const config::Endpoint& endpoint) {
   const config::HostPort* hp = endpoint.tcp();
-  assert(hp != nullptr);  // config yields no other kind yet
+  assert(hp != nullptr);  // validate() allows no other kind where this is asked
   return *hp;
 }
 

@@ -33,10 +33,12 @@ base::Result<std::unique_ptr<workload::IdentitySource>> make_source(
 TunnelPolicy make_policy(const config::TunnelConfig& tunnel,
                          base::MetricsRegistry* metrics = nullptr);
 tls::TlsOptions make_tls_options(const config::TunnelConfig& tunnel, const TunnelPolicy& policy);
+// A systemd:NAME listener comes out as an InheritedSocket without a descriptor (fd -1); the
+// daemon fills it from the sockets it was passed (socket_activation.h).
 tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& tunnel,
                                           const TunnelPolicy& policy);
 
-// The TCP address of an endpoint; TCP is the only kind config yields today.
+// The TCP address of an endpoint that validate() allows to be TCP only (admin).
 const config::HostPort& tcp_address(const config::Endpoint& endpoint);
 
 }  // namespace spiffe_tunnel::app

@@ -7,7 +7,7 @@
 
 namespace spiffe_tunnel::base {
 
-TcpStream::TcpStream(asio::ip::tcp::socket socket) : socket_(std::move(socket)) {
+TcpStream::TcpStream(StreamSocket socket) : socket_(std::move(socket)) {
   asio::error_code ignored;
   socket_.non_blocking(true, ignored);
 }
@@ -35,7 +35,7 @@ std::size_t TcpStream::try_read(std::span<char> buf, asio::error_code& ec) {
 
 asio::awaitable<void> TcpStream::wait_readable(asio::error_code& ec) {
   ec.clear();
-  co_await socket_.async_wait(asio::ip::tcp::socket::wait_read,
+  co_await socket_.async_wait(StreamSocket::wait_read,
                               asio::redirect_error(asio::use_awaitable, ec));
 }
 
@@ -47,7 +47,7 @@ asio::awaitable<void> TcpStream::write_all(std::span<const char> buf, asio::erro
 
 asio::awaitable<void> TcpStream::shutdown_write(asio::error_code& ec) {
   ec.clear();
-  socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+  socket_.shutdown(StreamSocket::shutdown_send, ec);
   co_return;
 }
 

@@ -111,6 +111,9 @@ Status read_tunnel_settings(const TunnelFlags& f, TunnelConfig& t) {
   ST_TRY(flag_value(f.buffer_size, "--buffer-size", parse_buffer_size, t.buffer_size));
   ST_TRY(flag_value(f.proxy_protocol, "--proxy-protocol", parse_proxy_protocol,
                     t.proxy_protocol));
+  ST_TRY(flag_value(f.listen_mode, "--listen-mode", parse_socket_mode, t.listen_socket.mode));
+  ST_TRY(flag_value(f.listen_owner, "--listen-owner", parse_user, t.listen_socket.owner));
+  ST_TRY(flag_value(f.listen_group, "--listen-group", parse_group, t.listen_socket.group));
   return {};
 }
 

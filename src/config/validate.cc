@@ -50,6 +50,27 @@ Status validate_identity(const IdentityConfig& id) {
   return {};
 }
 
+// Which kinds of address go where, and the settings that depend on the kind.
+Status validate_addresses(const TunnelConfig& t, const std::string& ctx) {
+  if (t.target.systemd()) {
+    return make_error(ctx + ": target " + t.target.str() +
+                      ": systemd: names a listening socket handed over by socket activation; a "
+                      "target is host:port or unix:/path");
+  }
+  if (!t.listen_socket.empty() && !t.listen.unix_path()) {
+    return make_error(ctx + ": listen_mode, listen_owner and listen_group apply to a unix:/path "
+                            "listen address only (" + t.listen.str() + " is not one)");
+  }
+  // kTLS is a TCP upper-layer protocol; a unix socket always keeps TLS in userspace.
+  const Endpoint& tls_side = t.mode == Mode::kServer ? t.listen : t.target;
+  if (t.tls.ktls == KtlsMode::kOn && tls_side.unix_path()) {
+    return make_error(ctx + ": ktls is \"on\" but the TLS side (" + tls_side.str() +
+                      ") is a unix socket, which kernel TLS does not support; use ktls: auto "
+                      "or off");
+  }
+  return {};
+}
+
 // The rules of one tunnel on its own; `ctx` names it.
 Status validate_tunnel(const TunnelConfig& t, const std::string& ctx) {
   if (t.opa && t.opa->timeout.count() <= 0) {
@@ -79,6 +100,9 @@ Status validate_tunnel(const TunnelConfig& t, const std::string& ctx) {
                             "backend; a client tunnel's target is the remote spiffe-tunnel "
                             "(set it on that side's server tunnel)");
   }
+  if (auto st = validate_addresses(t, ctx); !st) {
+    return st;
+  }
   if (t.handshake_timeout.count() <= 0 || t.connect_timeout.count() <= 0) {
     return make_error(ctx + ": handshake and connect timeouts must be positive");
   }
@@ -96,7 +120,8 @@ Status validate_tunnels(const std::vector<TunnelConfig>& tunnels) {
     if (!names.insert(t.name).second) {
       return make_error(ctx + ": the name is used by another tunnel");
     }
-    // Port 0 picks a free port, so two of them never collide.
+    // Port 0 picks a free port, so two of them never collide. unix: paths and systemd: names
+    // compare as written (unix:///x and unix:/x are the same path once parsed).
     const HostPort* listen = t.listen.tcp();
     if ((!listen || listen->port != 0) && !listens.insert(t.listen.str()).second) {
       return make_error(ctx + ": listen address " + t.listen.str() + " is used by another tunnel");
@@ -114,6 +139,10 @@ Status validate(const Config& c) {
   Status st = validate_identity(c.identity);
   if (st) {
     st = validate_tunnels(c.tunnels);
+  }
+  if (st && c.admin && !c.admin->tcp()) {
+    st = make_error("admin endpoint " + c.admin->str() + ": the admin endpoint listens on TCP "
+                    "host:port only");
   }
   if (st || c.file.empty()) {
     return st;

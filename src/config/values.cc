@@ -1,7 +1,13 @@
 #include "spiffe_tunnel/config/values.h"
 
+#include <grp.h>
+#include <pwd.h>
+
+#include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <optional>
+#include <vector>
 
 namespace spiffe_tunnel::config {
 namespace {
@@ -12,6 +18,9 @@ using base::Result;
 // Durations above this are typos; it also keeps every timeout far from overflowing the
 // nanosecond clocks that timers use.
 constexpr std::chrono::hours kMaxDuration{24 * 366};
+
+constexpr std::string_view kUnixScheme = "unix:";
+constexpr std::string_view kSystemdScheme = "systemd:";
 
 std::string quoted(std::string_view text) { return "\"" + std::string(text) + "\""; }
 
@@ -43,6 +52,24 @@ base::Status parse_each(const std::vector<Sourced>& entries, std::vector<T>& out
     out.push_back(std::move(*v));
   }
   return {};
+}
+
+// A user or group: a number, or a name looked up now with getpwnam_r / getgrnam_r.
+template <typename Entry, typename Lookup, typename Id>
+Result<uint32_t> id_of(std::string_view text, const char* what, Lookup lookup, Id Entry::*id) {
+  if (auto n = digits_value(text); n && *n < UINT32_MAX) {
+    return static_cast<uint32_t>(*n);
+  }
+  const std::string name(text);
+  std::vector<char> buf(16384);
+  Entry entry{};
+  Entry* found = nullptr;
+  const int err = lookup(name.c_str(), &entry, buf.data(), buf.size(), &found);
+  if (err != 0 || found == nullptr) {
+    return make_error(std::string("no ") + what + " " + quoted(text) + " on this system" +
+                      (err != 0 ? std::string(": ") + std::strerror(err) : ""));
+  }
+  return static_cast<uint32_t>(found->*id);
 }
 
 }  // namespace
@@ -92,12 +119,90 @@ Result<HostPort> parse_host_port(std::string_view text) {
   return hp;
 }
 
+Result<UnixPath> parse_unix_path(std::string_view text) {
+  const std::string q = quoted(text);
+  std::string_view path = text.substr(kUnixScheme.size());
+  if (path.substr(0, 2) == "//") {
+    // go-spiffe's form: an empty authority, then the absolute path.
+    path.remove_prefix(2);
+    if (!path.empty() && path.front() != '/') {
+      return make_error(q + " names a host; a unix socket is a local path: write unix:/path or "
+                            "unix:///path");
+    }
+  }
+  if (path.empty()) {
+    return make_error(q + " has no path (expected unix:/path)");
+  }
+  if (path.front() != '/') {
+    return make_error(q + ": the socket path must be absolute (unix:/path)");
+  }
+  if (path.find('\0') != std::string_view::npos) {
+    return make_error(q + ": the socket path contains a NUL byte");
+  }
+  if (path.size() > kMaxUnixPath) {
+    return make_error(q + ": the socket path is longer than " + std::to_string(kMaxUnixPath) +
+                      " bytes, the kernel's limit for unix sockets");
+  }
+  return UnixPath{std::string(path)};
+}
+
+Result<SystemdSocket> parse_systemd_socket(std::string_view text) {
+  const std::string_view name = text.substr(kSystemdScheme.size());
+  // systemd's own rules for FileDescriptorName=: 1-255 printable ASCII characters, no ':'.
+  const bool printable = std::all_of(name.begin(), name.end(),
+                                     [](char c) { return c > ' ' && c < 127 && c != ':'; });
+  if (name.empty() || name.size() > 255 || !printable) {
+    return make_error(quoted(text) + ": expected systemd:NAME, NAME being the socket unit's "
+                                     "FileDescriptorName= (1-255 printable characters, no ':')");
+  }
+  return SystemdSocket{std::string(name)};
+}
+
 Result<Endpoint> parse_endpoint(std::string_view text) {
+  if (text.substr(0, kUnixScheme.size()) == kUnixScheme) {
+    auto u = parse_unix_path(text);
+    if (!u) {
+      return u.error();
+    }
+    return Endpoint{std::move(*u)};
+  }
+  if (text.substr(0, kSystemdScheme.size()) == kSystemdScheme) {
+    auto s = parse_systemd_socket(text);
+    if (!s) {
+      return s.error();
+    }
+    return Endpoint{std::move(*s)};
+  }
   auto hp = parse_host_port(text);
   if (!hp) {
     return hp.error();
   }
   return Endpoint{std::move(*hp)};
+}
+
+Result<uint32_t> parse_socket_mode(std::string_view text) {
+  std::string_view digits = text;
+  if (digits.substr(0, 2) == "0o") {
+    digits.remove_prefix(2);
+  }
+  uint32_t mode = 0;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), mode, 8);
+  if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() ||
+      digits.front() == '+' || digits.front() == '-') {
+    return make_error(quoted(text) + " is not an octal file mode (examples: \"0660\", \"0600\")");
+  }
+  if (mode > 0777) {
+    return make_error(quoted(text) + ": only permission bits (at most 0777) apply to a socket");
+  }
+  return mode;
+}
+
+Result<uint32_t> parse_user(std::string_view text) {
+  return id_of<passwd>(text, "user", ::getpwnam_r, &passwd::pw_uid);
+}
+
+Result<uint32_t> parse_group(std::string_view text) {
+  return id_of<group>(text, "group", ::getgrnam_r, &group::gr_gid);
 }
 
 Result<OpaEndpoint> parse_opa_url(std::string_view url) {

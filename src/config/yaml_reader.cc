@@ -217,9 +217,30 @@ Result<OpaConfig> read_opa(const Reader& r, const YAML::Node& o, const std::stri
   return opa;
 }
 
+// listen_mode, listen_owner, listen_group: how a unix socket the tunnel creates is set up.
+Status read_listen_socket(const Reader& r, const YAML::Node& n, const std::string& ctx,
+                          TunnelConfig& t) {
+  const std::string prefix = ctx + ": ";
+  UnixSocketOptions& o = t.listen_socket;
+  ST_TRY(r.value(n["listen_mode"], "listen_mode", prefix + "listen_mode: ", parse_socket_mode,
+                 o.mode));
+  ST_TRY(r.value(n["listen_owner"], "listen_owner", prefix + "listen_owner: ", parse_user,
+                 o.owner));
+  ST_TRY(r.value(n["listen_group"], "listen_group", prefix + "listen_group: ", parse_group,
+                 o.group));
+  for (const char* key : {"listen_mode", "listen_owner", "listen_group"}) {
+    if (n[key] && !t.listen.unix_path()) {
+      return r.fail(n[key], prefix + key + " applies to a unix:/path listen address only (" +
+                                t.listen.str() + " is not one)");
+    }
+  }
+  return {};
+}
+
 // The sections after the addresses and peers: tls, opa, timeouts and limits.
 Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::string& ctx,
                             TunnelConfig& t) {
+  ST_TRY(read_listen_socket(r, n, ctx, t));
   if (const auto tl = n["tls"]) {
     ST_TRY(read_tls(r, tl, ctx, t.tls));
   }
@@ -256,7 +277,7 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
   ST_TRY(r.only_keys(n,
                      {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
                       "timeouts", "max_connections", "buffer_size", "proxy_protocol",
-                      "log_sessions"},
+                      "log_sessions", "listen_mode", "listen_owner", "listen_group"},
                      "tunnel #" + std::to_string(index + 1)));
   t.name = "tunnel-" + std::to_string(index + 1);
   ST_TRY(r.optional_scalar(n["name"], "name", t.name));

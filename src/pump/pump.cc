@@ -18,7 +18,7 @@
 namespace spiffe_tunnel::pump {
 namespace {
 
-using Socket = asio::ip::tcp::socket;
+using Socket = base::StreamSocket;
 
 // Ends a direction with `what`; `reading` says whether the source (not the destination) failed.
 void fail(DirectionResult& out, bool reading, std::string what) {

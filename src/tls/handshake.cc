@@ -1,6 +1,7 @@
 #include "spiffe_tunnel/tls/handshake.h"
 
 #include <openssl/err.h>
+#include <sys/socket.h>
 
 #include <cassert>
 #include <utility>
@@ -15,7 +16,7 @@
 namespace spiffe_tunnel::tls {
 
 base::Result<std::unique_ptr<Handshake>> Handshake::create(
-    asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context) {
+    base::StreamSocket socket, std::shared_ptr<const TlsContext> context) {
   std::unique_ptr<Handshake> h(new Handshake(std::move(socket), std::move(context)));
   if (!h->ssl_) {
     return base::make_error("SSL_new failed: " + base::drain_openssl_errors());
@@ -38,7 +39,7 @@ base::Result<std::unique_ptr<Handshake>> Handshake::create(
   return h;
 }
 
-Handshake::Handshake(asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context)
+Handshake::Handshake(base::StreamSocket socket, std::shared_ptr<const TlsContext> context)
     : socket_(std::move(socket)),
       context_(std::move(context)),
       state_(std::make_unique<ConnectionState>()),
@@ -124,8 +125,11 @@ void Handshake::enable_kernel_offload() {
     return;
   }
   if (!kernel_tx_) {
-    ktls_detail_ = "OpenSSL did not offload transmit (kernel without tls module, or cipher " +
-                   std::string(cipher_) + " not offloadable)";
+    asio::error_code ec;
+    const bool unix_socket = socket_.local_endpoint(ec).protocol().family() == AF_UNIX;
+    ktls_detail_ = unix_socket ? "kernel TLS needs TCP; this is a unix socket"
+                               : "OpenSSL did not offload transmit (kernel without tls module, "
+                                 "or cipher " + std::string(cipher_) + " not offloadable)";
   }
   // OpenSSL 3.0 never offloads TLS 1.3 receive: do it here, from the captured traffic secret.
   if (!kernel_rx_ && SSL_version(ssl_.get()) == TLS1_3_VERSION && kernel_tx_) {

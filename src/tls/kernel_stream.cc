@@ -10,7 +10,7 @@
 
 namespace spiffe_tunnel::tls {
 
-KernelStream::KernelStream(asio::ip::tcp::socket socket, ConnectionInfo info)
+KernelStream::KernelStream(base::StreamSocket socket, ConnectionInfo info)
     : TlsStream(std::move(socket), std::move(info)) {}
 
 KernelStream::~KernelStream() = default;

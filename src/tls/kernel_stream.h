@@ -17,7 +17,7 @@ class KernelStream final : public TlsStream {
  public:
   // Takes a connection whose socket has kernel TLS installed in both directions and nothing
   // read past the handshake.
-  KernelStream(asio::ip::tcp::socket socket, ConnectionInfo info);
+  KernelStream(base::StreamSocket socket, ConnectionInfo info);
   ~KernelStream() override;
 
   // base::ByteStream

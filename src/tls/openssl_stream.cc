@@ -12,7 +12,7 @@ namespace {
 constexpr std::size_t kReadAheadBuffer = 64 * 1024;
 }  // namespace
 
-OpenSslStream::OpenSslStream(asio::ip::tcp::socket socket, ConnectionInfo info, base::SslPtr ssl,
+OpenSslStream::OpenSslStream(base::StreamSocket socket, ConnectionInfo info, base::SslPtr ssl,
                              std::unique_ptr<ConnectionState> state, bool kernel_writes,
                              bool kernel_reads)
     : TlsStream(std::move(socket), std::move(info)),

@@ -18,7 +18,7 @@ class OpenSslStream final : public TlsStream {
   // callbacks keep writing to it); `kernel_writes`/`kernel_reads` say which directions OpenSSL
   // offloaded. Turns on read-ahead when receive stays in userspace and frees the buffers the
   // handshake left.
-  OpenSslStream(asio::ip::tcp::socket socket, ConnectionInfo info, base::SslPtr ssl,
+  OpenSslStream(base::StreamSocket socket, ConnectionInfo info, base::SslPtr ssl,
                 std::unique_ptr<ConnectionState> state, bool kernel_writes, bool kernel_reads);
   ~OpenSslStream() override;
 

@@ -24,7 +24,7 @@ constexpr std::size_t kRecordsPerSend = 2;
 constexpr std::size_t kOutputBuffer = kRecordsPerSend * (kMaxPlaintext + kRecordOverhead);
 }  // namespace
 
-RecordStream::RecordStream(asio::ip::tcp::socket socket, ConnectionInfo info,
+RecordStream::RecordStream(base::StreamSocket socket, ConnectionInfo info,
                            std::unique_ptr<RecordCipher> rx, std::unique_ptr<RecordCipher> tx)
     : TlsStream(std::move(socket), std::move(info)), rx_(std::move(rx)), tx_(std::move(tx)) {}
 

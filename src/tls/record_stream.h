@@ -15,7 +15,7 @@ class RecordStream final : public TlsStream {
  public:
   // Takes a TLS 1.3 connection at record sequence 0 in both directions: `rx` opens the peer's
   // records, `tx` seals ours.
-  RecordStream(asio::ip::tcp::socket socket, ConnectionInfo info,
+  RecordStream(base::StreamSocket socket, ConnectionInfo info,
                std::unique_ptr<RecordCipher> rx, std::unique_ptr<RecordCipher> tx);
   ~RecordStream() override;
 

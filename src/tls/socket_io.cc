@@ -48,15 +48,15 @@ SocketWait classify_ssl_result(SSL* ssl, int ret, asio::error_code& ec, std::str
   }
 }
 
-asio::awaitable<void> wait_ready(asio::ip::tcp::socket& socket, SocketWait wait,
+asio::awaitable<void> wait_ready(base::StreamSocket& socket, SocketWait wait,
                                  asio::error_code& ec) {
   co_await socket.async_wait(
-      wait == SocketWait::kWrite ? asio::ip::tcp::socket::wait_write
-                              : asio::ip::tcp::socket::wait_read,
+      wait == SocketWait::kWrite ? base::StreamSocket::wait_write
+                              : base::StreamSocket::wait_read,
       asio::redirect_error(asio::use_awaitable, ec));
 }
 
-asio::awaitable<void> send_all(asio::ip::tcp::socket& socket, std::span<const char> data,
+asio::awaitable<void> send_all(base::StreamSocket& socket, std::span<const char> data,
                                asio::error_code& ec, std::string& detail,
                                std::optional<uint8_t> kernel_record_type) {
   const int fd = socket.native_handle();
@@ -79,7 +79,7 @@ asio::awaitable<void> send_all(asio::ip::tcp::socket& socket, std::span<const ch
       ec = asio::error_code(e, asio::system_category());
       co_return;
     }
-    co_await socket.async_wait(asio::ip::tcp::socket::wait_write,
+    co_await socket.async_wait(base::StreamSocket::wait_write,
                                asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       co_return;
@@ -87,7 +87,7 @@ asio::awaitable<void> send_all(asio::ip::tcp::socket& socket, std::span<const ch
   }
 }
 
-asio::awaitable<void> send_close_notify(asio::ip::tcp::socket& socket,
+asio::awaitable<void> send_close_notify(base::StreamSocket& socket,
                                         std::span<const char> close_notify, asio::error_code& ec,
                                         std::string& detail,
                                         std::optional<uint8_t> kernel_record_type) {

@@ -16,7 +16,7 @@ std::string_view record_layer_name(RecordLayer layer) {
   return "?";
 }
 
-TlsStream::TlsStream(asio::ip::tcp::socket socket, ConnectionInfo info)
+TlsStream::TlsStream(base::StreamSocket socket, ConnectionInfo info)
     : socket_(std::move(socket)), info_(std::move(info)) {}
 
 TlsStream::~TlsStream() = default;

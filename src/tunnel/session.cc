@@ -5,35 +5,35 @@
 #include <asio/co_spawn.hpp>
 #include <asio/connect.hpp>
 #include <asio/detached.hpp>
+#include <asio/local/stream_protocol.hpp>
 #include <asio/post.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <vector>
+
 #include "spiffe_tunnel/base/log.h"
 #include "spiffe_tunnel/pump/pump.h"
+#include "tunnel/socket_names.h"
 
 namespace spiffe_tunnel::tunnel {
 namespace {
 
-// One end of `s` (the peer's or ours), nullopt when the socket cannot say.
-std::optional<asio::ip::tcp::endpoint> end_of(const asio::ip::tcp::socket& s, bool remote) {
+// One end of `s` (the peer's or ours) when it is an IP endpoint; nullopt for a unix socket or when
+// the socket cannot say.
+std::optional<asio::ip::tcp::endpoint> end_of(const base::StreamSocket& s, bool remote) {
   asio::error_code ec;
   auto ep = remote ? s.remote_endpoint(ec) : s.local_endpoint(ec);
-  return ec ? std::nullopt : std::optional(ep);
-}
-
-std::string endpoint_string(const asio::ip::tcp::socket& s) {
-  const auto ep = end_of(s, true);
-  return ep ? ep->address().to_string() + ":" + std::to_string(ep->port()) : "?";
+  return ec ? std::nullopt : ip_endpoint(ep);
 }
 
 }  // namespace
 
 Session::Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
-                 asio::ip::tcp::socket downstream)
+                 base::StreamSocket downstream)
     : context_(std::move(context)),
       id_(id),
-      peer_address_(endpoint_string(downstream)),
+      peer_address_(peer_name(downstream)),
       peer_endpoint_(end_of(downstream, true)),
       local_endpoint_(end_of(downstream, false)),
       accepted_(std::move(downstream)),
@@ -182,7 +182,7 @@ void Session::reject(std::string_view reason_label, const std::string& detail,
   base::log_line(spdlog::level::warn, {who, "rejected", facts});
 }
 
-asio::awaitable<bool> Session::handshake(asio::ip::tcp::socket socket) {
+asio::awaitable<bool> Session::handshake(base::StreamSocket socket) {
   auto ctx = context_->tls->current();
   if (!ctx) {
     reject("not_ready", "refusing connection: " + ctx.error().message);
@@ -216,21 +216,12 @@ asio::awaitable<bool> Session::connect_target() {
   const Target& target = context_->target;
   arm_deadline(context_->limits.connect_timeout, "connect to target timed out");
   asio::error_code ec;
-  if (target.literal) {
-    // An IP target needs no lookup (asio resolves on a helper thread: a hop per connection).
-    co_await target_.async_connect(*target.literal, asio::redirect_error(asio::use_awaitable, ec));
-  } else {
-    resolver_.emplace(target_.get_executor());
-    auto endpoints = co_await resolver_->async_resolve(
-        target.host, target.port, asio::redirect_error(asio::use_awaitable, ec));
-    resolver_.reset();
-    if (!ec && !timed_out_.empty()) {
-      ec = asio::error::operation_aborted;  // the deadline fired while resolving
-    }
-    if (!ec) {
-      co_await asio::async_connect(target_, endpoints,
+  if (!target.unix_path.empty()) {
+    const asio::local::stream_protocol::endpoint path(target.unix_path);
+    co_await target_.async_connect(asio::generic::stream_protocol::endpoint(path),
                                    asio::redirect_error(asio::use_awaitable, ec));
-    }
+  } else {
+    co_await connect_tcp_target(ec);
   }
   disarm_deadline();
   if (ec) {
@@ -238,8 +229,35 @@ asio::awaitable<bool> Session::connect_target() {
                                      (timed_out_.empty() ? ec.message() : timed_out_));
     co_return false;
   }
-  target_.set_option(asio::ip::tcp::no_delay(true), ec);
+  if (target.unix_path.empty()) {
+    target_.set_option(asio::ip::tcp::no_delay(true), ec);
+  }
   co_return true;
+}
+
+asio::awaitable<void> Session::connect_tcp_target(asio::error_code& ec) {
+  const Target& target = context_->target;
+  if (target.literal) {
+    // An IP target needs no lookup (asio resolves on a helper thread: a hop per connection).
+    co_await target_.async_connect(asio::generic::stream_protocol::endpoint(*target.literal),
+                                   asio::redirect_error(asio::use_awaitable, ec));
+    co_return;
+  }
+  resolver_.emplace(target_.get_executor());
+  auto endpoints = co_await resolver_->async_resolve(target.host, target.port,
+                                                     asio::redirect_error(asio::use_awaitable, ec));
+  resolver_.reset();
+  if (!ec && !timed_out_.empty()) {
+    ec = asio::error::operation_aborted;  // the deadline fired while resolving
+  }
+  if (!ec) {
+    std::vector<asio::generic::stream_protocol::endpoint> candidates;
+    for (const auto& entry : endpoints) {
+      candidates.emplace_back(entry.endpoint());
+    }
+    co_await asio::async_connect(target_, candidates,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 asio::awaitable<bool> Session::ask_opa() {

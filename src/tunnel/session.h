@@ -27,7 +27,7 @@ namespace spiffe_tunnel::tunnel {
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
-          asio::ip::tcp::socket downstream);
+          base::StreamSocket downstream);
 
   // Runs the session on its socket's io_context; `token` is released when the session ends.
   void start(base::DrainToken token);
@@ -50,9 +50,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // Server mode with proxy_protocol: the PROXY header to the target, before any peer byte.
   asio::awaitable<bool> send_proxy_header();
   // The TLS handshake on `socket`; on success tls_ holds the verified, authorized stream.
-  asio::awaitable<bool> handshake(asio::ip::tcp::socket socket);
+  asio::awaitable<bool> handshake(base::StreamSocket socket);
   // Connects target_ to the context's target.
   asio::awaitable<bool> connect_target();
+  // The TCP part of connect_target(): the literal address, or each address the name resolves to.
+  asio::awaitable<void> connect_tcp_target(asio::error_code& ec);
   // The tunnel's OPA decision for the verified peer; true when there is none to ask.
   asio::awaitable<bool> ask_opa();
   void count_and_log(const pump::PumpResult& r) const;
@@ -84,10 +86,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // The accepted connection's two ends, for the PROXY header; nullopt when not known.
   std::optional<asio::ip::tcp::endpoint> peer_endpoint_;
   std::optional<asio::ip::tcp::endpoint> local_endpoint_;
-  asio::ip::tcp::socket accepted_;
+  base::StreamSocket accepted_;
   // The target while connect_target() runs (then moved into plain_ or the TLS stream), and the
   // resolver when the target is a name: both are closed or cancelled by a deadline or abort.
-  asio::ip::tcp::socket target_;
+  base::StreamSocket target_;
   std::optional<asio::ip::tcp::resolver> resolver_;
   // The handshake while it runs (a deadline or abort closes it), then the stream it hands over.
   std::unique_ptr<tls::Handshake> handshake_;

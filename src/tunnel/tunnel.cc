@@ -4,14 +4,11 @@
 
 #include <asio/post.hpp>
 
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <future>
 
 #include "session.h"
 #include "spiffe_tunnel/base/log.h"
-#include "spiffe_tunnel/base/listener.h"
+#include "tunnel/listener.h"
 
 namespace spiffe_tunnel::tunnel {
 namespace {
@@ -27,7 +24,11 @@ std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
   c->name = o.name;
   c->mode = tls->options().role;
   c->limits = o.limits;
-  c->target = Target::of(std::move(o.target_host), std::move(o.target_port));
+  if (const auto* tcp = std::get_if<TcpAddress>(&o.target)) {
+    c->target = Target::of(tcp->host, std::to_string(tcp->port));
+  } else {
+    c->target = Target::unix_socket(std::get<UnixAddress>(o.target).path);
+  }
   c->opa = std::move(o.opa);
   c->proxy_protocol = o.proxy_protocol;
   c->tls = std::move(tls);
@@ -41,7 +42,6 @@ std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
 Tunnel::Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool)
     : name_(context->name),
       pool_(pool),
-      acceptor_(pool.at(0)),
       accept_backoff_(pool.at(0)),
       context_(std::move(context)) {}
 
@@ -61,59 +61,62 @@ base::Result<std::unique_ptr<Tunnel>> Tunnel::create(TunnelOptions options,
     return base::make_error("tunnel \"" + options.name +
                             "\": a PROXY protocol header is sent by server tunnels only");
   }
-  const std::string host = options.listen_host;
-  const uint16_t port = options.listen_port;
-  const int fd = options.listen_fd;
+  // ktls: on where the listener is the TLS side: an inherited socket must then be TCP (a
+  // unix: path was refused by the configuration already).
+  const bool require_tcp = tls->options().role == tls::Role::kServer &&
+                           tls->options().ktls == tls::KtlsMode::kOn;
+  const ListenAddress listen = options.listen;
+  std::shared_ptr<Listener> handed_over = std::move(options.listener);
   std::unique_ptr<Tunnel> t(
       new Tunnel(make_context(std::move(options), std::move(tls), metrics), pool));
-  if (fd >= 0) {
-    auto adopted = t->adopt_listener(fd);
-    if (!adopted) {
-      return adopted.error();
-    }
+  if (handed_over) {
+    t->listener_ = std::move(handed_over);
     return t;
   }
-  auto bound = base::bind_listener(t->acceptor_, "tunnel \"" + t->name_ + "\": listen", host, port);
-  if (!bound) {
-    return bound.error();
+  auto listener =
+      Listener::open(pool.at(0), listen, "tunnel \"" + t->name_ + "\": listen", require_tcp);
+  if (!listener) {
+    return listener.error();
   }
-  t->local_ = *bound;
+  t->listener_ = std::move(*listener);
   return t;
 }
 
-base::Status Tunnel::adopt_listener(int fd) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  asio::error_code ec;
-  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
-    ec = asio::error_code(errno, asio::system_category());
-  } else {
-    acceptor_.assign(ss.ss_family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
-  }
-  if (ec) {
-    ::close(fd);
-    return base::make_error("tunnel \"" + name_ + "\": cannot take over listening socket: " +
-                            ec.message());
-  }
-  local_ = acceptor_.local_endpoint(ec);
-  return {};
+std::shared_ptr<const TunnelContext> Tunnel::context() const {
+  std::lock_guard lock(context_mutex_);
+  return context_;
 }
 
-int Tunnel::release_listener() {
-  std::promise<int> released;
-  asio::post(acceptor_.get_executor(), [this, &released] {
+void Tunnel::swap_context(std::shared_ptr<const TunnelContext> next) {
+  std::lock_guard lock(context_mutex_);
+  context_ = std::move(next);
+}
+
+void Tunnel::start() {
+  const auto c = context();
+  const std::string target = c->target.str();
+  const std::string_view proxy = c->proxy_protocol == ProxyProtocol::kV2 ? "v2" : "";
+  const base::LogField who[] = {{"tunnel", name_}, {"mode", c->mode_name()}};
+  const base::LogField facts[] = {{"listen", listener_->description(), base::TextStyle::kBare},
+                                  {"target", target, base::TextStyle::kLabelled},
+                                  {"proxy_protocol", proxy, base::TextStyle::kKeyValue}};
+  base::log_line(spdlog::level::info, {who, "listening on", facts});
+  asio::post(listener_->acceptor().get_executor(), [this] { accept_next(); });
+}
+
+std::shared_ptr<Listener> Tunnel::release_listener() {
+  std::promise<std::shared_ptr<Listener>> released;
+  asio::post(listener_->acceptor().get_executor(), [this, &released] {
     // On the acceptor's thread: an accept that completed before this runs still starts its
-    // session here; the pending one is cancelled by release().
-    int fd = -1;
+    // session in this version; the pending one is cancelled.
+    std::shared_ptr<Listener> handed;
     if (!stopped_.exchange(true)) {
       accept_backoff_.cancel();
-      asio::error_code ec;
-      fd = acceptor_.release(ec);
-      if (ec) {
-        fd = -1;
-      }
+      asio::error_code ignored;
+      listener_->acceptor().cancel(ignored);
+      handed = listener_;
     }
-    released.set_value(fd);
+    released.set_value(std::move(handed));
   });
   return released.get_future().get();
 }
@@ -150,35 +153,13 @@ std::vector<std::shared_ptr<Session>> Tunnel::live_sessions() {
   return live;
 }
 
-std::shared_ptr<const TunnelContext> Tunnel::context() const {
-  std::lock_guard lock(context_mutex_);
-  return context_;
-}
-
-void Tunnel::swap_context(std::shared_ptr<const TunnelContext> next) {
-  std::lock_guard lock(context_mutex_);
-  context_ = std::move(next);
-}
-
-void Tunnel::start() {
-  const auto c = context();
-  const std::string listen = local_.address().to_string() + ":" + std::to_string(local_.port());
-  const std::string target = c->target.str();
-  const std::string_view proxy = c->proxy_protocol == ProxyProtocol::kV2 ? "v2" : "";
-  const base::LogField who[] = {{"tunnel", name_}, {"mode", c->mode_name()}};
-  const base::LogField facts[] = {{"listen", listen, base::TextStyle::kBare},
-                                  {"target", target, base::TextStyle::kLabelled},
-                                  {"proxy_protocol", proxy, base::TextStyle::kKeyValue}};
-  base::log_line(spdlog::level::info, {who, "listening on", facts});
-  asio::post(acceptor_.get_executor(), [this] { accept_next(); });
-}
-
 void Tunnel::accept_next() {
   if (stopped_) {
     return;
   }
   // Accept straight onto the io_context that will run the session.
-  acceptor_.async_accept(pool_.next(), [this](asio::error_code ec, asio::ip::tcp::socket s) {
+  listener_->acceptor().async_accept(pool_.next(), [this](asio::error_code ec,
+                                                           base::StreamSocket s) {
     if (!ec) {
       start_session(std::move(s));
     } else if (ec == asio::error::operation_aborted || stopped_) {
@@ -202,7 +183,7 @@ void Tunnel::accept_next() {
   });
 }
 
-void Tunnel::start_session(asio::ip::tcp::socket socket) {
+void Tunnel::start_session(base::StreamSocket socket) {
   auto c = context();
   TunnelMetrics& m = *c->metrics;
   m.accepted.inc();
@@ -220,7 +201,7 @@ void Tunnel::start_session(asio::ip::tcp::socket socket) {
   auto session = std::make_shared<Session>(std::move(c), next_session_id_++, std::move(socket));
   auto token = drain_.acquire([weak = std::weak_ptr<Session>(session)] {
     if (auto s = weak.lock()) {
-      s->abort("tunnel draining", "draining");
+      s->abort("tunnel draining");
     }
   });
   if (!token) {
@@ -240,15 +221,23 @@ void Tunnel::start_session(asio::ip::tcp::socket socket) {
 
 void Tunnel::stop() {
   drain_.begin();
-  if (stopped_.exchange(true)) {
-    return;
+  if (stopped_.exchange(true) || !listener_) {
+    return;  // stopped already, or create() failed before a listener existed
   }
-  asio::post(acceptor_.get_executor(), [this] {
+  // New clients of a unix socket find no file rather than a socket nobody accepts on.
+  listener_->remove_socket_file();
+  asio::post(listener_->acceptor().get_executor(), [this] {
     asio::error_code ignored;
     accept_backoff_.cancel();
-    acceptor_.close(ignored);
+    listener_->acceptor().close(ignored);
   });
 }
+
+asio::ip::tcp::endpoint Tunnel::local_endpoint() const {
+  return listener_->tcp_endpoint().value_or(asio::ip::tcp::endpoint());
+}
+
+const std::string& Tunnel::listen_address() const { return listener_->description(); }
 
 void Tunnel::close_sessions() { drain_.abort_all(); }
 

@@ -59,8 +59,14 @@ void TunnelMetrics::reject(std::string_view reason) {
       .inc();
 }
 
+Target Target::unix_socket(std::string path) {
+  Target t;
+  t.unix_path = std::move(path);
+  return t;
+}
+
 Target Target::of(std::string host, std::string port) {
-  Target t{std::move(host), std::move(port), std::nullopt};
+  Target t{std::move(host), std::move(port), std::nullopt, {}};
   asio::error_code not_ip;
   const auto address = asio::ip::make_address(t.host, not_ip);
   uint16_t number = 0;

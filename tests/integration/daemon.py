@@ -44,8 +44,10 @@ def has_ubsan_vptr_check() -> bool:
 
 
 class Daemon:
-    def __init__(self, args: Sequence[str], env: Optional[dict] = None, name: str = "daemon"):
-        self.args = [str(binary())] + [str(a) for a in args]
+    def __init__(self, args: Sequence[str], env: Optional[dict] = None, name: str = "daemon",
+                 wrapper: Sequence[str] = ()):
+        # `wrapper`: a command that execs the daemon (e.g. systemd-socket-activate ... --).
+        self.args = [str(w) for w in wrapper] + [str(binary())] + [str(a) for a in args]
         self.name = name
         self.lines: list[str] = []
         self._cv = threading.Condition()
@@ -144,13 +146,19 @@ class Backend:
     Counts connections and bytes so a test can assert a refused peer never reached it.
     """
 
-    def __init__(self, mode: str = "echo"):
+    def __init__(self, mode: str = "echo", unix_path: Optional[str] = None):
+        # unix_path: listen on a unix stream socket there instead of a TCP port (port is None).
         self.mode = mode
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        if unix_path:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(unix_path)
+            self.port = None
+        else:
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(("127.0.0.1", 0))
+            self.port = self.sock.getsockname()[1]
         self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
         self.connections = 0
         self.bytes_received = 0
         self._lock = threading.Lock()
@@ -197,9 +205,16 @@ class Backend:
         self.sock.close()
 
 
-def exchange(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
-    """Connects, sends payload, half-closes, returns everything received until EOF."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+def exchange(port, payload: bytes, timeout: float = 30.0) -> bytes:
+    """Connects, sends payload, half-closes, returns everything received until EOF. `port` is a
+    TCP port on 127.0.0.1, or a unix socket path (str)."""
+    if isinstance(port, str):
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(timeout)
+        conn.connect(port)
+    else:
+        conn = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    with conn as s:
         s.sendall(payload)
         s.shutdown(socket.SHUT_WR)
         chunks = []

@@ -185,33 +185,32 @@ def site(pki, tmp_path):
 
 
 class Transfer:
-    """64 MiB through an echo path, sent in two halves so that a test can act in between."""
+    """64 MiB through an echo path in two halves, so that a test can act in between. Lock-step
+    (send a block, read it back): one SSLSocket must not be read and written by two threads."""
 
     SIZE = 64 << 20
+    BLOCK = 1 << 20
 
     def __init__(self, s: ssl.SSLSocket):
         self.s = s
-        self.block = os.urandom(1 << 20)
+        self.block = os.urandom(self.BLOCK)
         self.received = hashlib.sha256()
         self.count = 0
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        while self.count < self.SIZE:
-            data = self.s.recv(1 << 20)
-            if not data:
-                return
-            self.received.update(data)
-            self.count += len(data)
 
     def send_half(self) -> None:
-        for _ in range(self.SIZE // (2 << 20)):
+        for _ in range(self.SIZE // 2 // self.BLOCK):
             self.s.sendall(self.block)
+            got = 0
+            while got < self.BLOCK:
+                data = self.s.recv(self.BLOCK - got)
+                if not data:
+                    return
+                self.received.update(data)
+                got += len(data)
+            self.count += got
 
     def finish(self) -> tuple[int, bool]:
-        self.reader.join(timeout=60)
-        expected = hashlib.sha256(self.block * (self.SIZE >> 20)).hexdigest()
+        expected = hashlib.sha256(self.block * (self.SIZE // self.BLOCK)).hexdigest()
         return self.count, self.received.hexdigest() == expected
 
 
@@ -366,3 +365,41 @@ def test_sighup_with_flag_tunnels_keeps_serving(pki):
     finally:
         d.stop()
         backend.close()
+
+
+def test_reload_of_a_unix_socket_tunnel_keeps_its_socket_file(site, pki):
+    """A replaced unix: listener hands over its socket file (the old version must not remove it);
+    a removed one takes the file away."""
+    path = site.notify.dir / "orders.sock"
+    e = site.echo.port
+    unix_tunnel = (f"  - name: orders\n    mode: server\n    listen: unix:{path}\n"
+                   f"    listen_mode: \"0600\"\n    target: 127.0.0.1:{{target}}\n"
+                   f"    allow: {{{{ ids: [{ALICE}] }}}}\n")
+
+    def connect() -> ssl.SSLSocket:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(str(pki["bundle:b"]))
+        ctx.load_cert_chain(*(str(x) for x in pki["alice"]))
+        raw = socket.socket(socket.AF_UNIX)
+        raw.settimeout(10)
+        raw.connect(str(path))
+        return ctx.wrap_socket(raw)
+
+    site.write(site.initial + [unix_tunnel.format(target=e)])
+    site.reload()
+    old = connect()
+    assert echo_ok(old)
+    assert site.other.connections == 0
+
+    site.write(site.initial + [unix_tunnel.format(target=site.other.port)])  # replaced
+    site.reload(expect=r"reload: done: 4 unchanged, 0 policy changed, 1 replaced")
+    old.close()
+    site.daemon.wait_for(r"tunnel=orders previous version drained")
+    assert path.is_socket() and (path.stat().st_mode & 0o777) == 0o600
+    assert echo_ok(connect())
+    assert site.other.connections == 1
+
+    site.write(site.initial)  # removed
+    site.reload(expect=r"reload: done: 4 unchanged, 0 policy changed, 0 replaced, 1 removed")
+    assert not path.exists()

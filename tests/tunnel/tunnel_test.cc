@@ -174,8 +174,7 @@ struct Tunnels {
     tunnel::TunnelOptions in;
     in.name = "in";
     in.limits = kLimits;
-    in.target_host = "127.0.0.1";
-    in.target_port = std::to_string(backend.port());
+    in.target = tunnel::TcpAddress{"127.0.0.1", backend.port()};
     if (tweak_server) {
       tweak_server(in);
     }
@@ -187,8 +186,7 @@ struct Tunnels {
     tunnel::TunnelOptions out;
     out.name = "out";
     out.limits = kLimits;
-    out.target_host = "127.0.0.1";
-    out.target_port = std::to_string(server->local_endpoint().port());
+    out.target = tunnel::TcpAddress{"127.0.0.1", server->local_endpoint().port()};
     if (tweak_client) {
       tweak_client(out);
     }
@@ -333,7 +331,7 @@ TEST_CASE("a session with traffic outlives the idle timeout") {
 
 TEST_CASE("an unreachable target refuses the session and counts target_unreachable") {
   const uint16_t nowhere = closed_port();
-  Tunnels t([&](tunnel::TunnelOptions& o) { o.target_port = std::to_string(nowhere); });
+  Tunnels t([&](tunnel::TunnelOptions& o) { o.target = tunnel::TcpAddress{"127.0.0.1", nowhere}; });
   App app(t.entry_port());
   CHECK(app.closed_by_peer());
   CHECK(wait_until([&] { return t.has_metric(t.rejected("in", "target_unreachable"), 1); }));
@@ -362,7 +360,7 @@ TEST_CASE("a target that does not answer a connect is given up at the connect ti
   pollfd first{fillers.front().native_handle(), POLLOUT, 0};
   REQUIRE(::poll(&first, 1, 5000) == 1);
   Tunnels t([&](tunnel::TunnelOptions& o) {
-    o.target_port = std::to_string(full.local_endpoint().port());
+    o.target = tunnel::TcpAddress{"127.0.0.1", full.local_endpoint().port()};
     o.limits.connect_timeout = 200ms;
   });
   const auto start = std::chrono::steady_clock::now();
@@ -424,8 +422,7 @@ TEST_CASE("a tunnel reports a listen address it cannot bind") {
     tunnel::TunnelOptions o;
     o.name = "busy";
     o.limits = kLimits;
-    o.listen_host = std::move(host);
-    o.listen_port = port;
+    o.listen = tunnel::TcpAddress{std::move(host), port};
     tls::TlsOptions tls_options;
     tls_options.authorizer = allow_any_verified();
     return tunnel::Tunnel::create(
@@ -446,8 +443,7 @@ TEST_CASE("a tunnel drained alone closes its own sessions while another tunnel k
   tunnel::TunnelOptions other;
   other.name = "out2";
   other.limits = kLimits;
-  other.target_host = "127.0.0.1";
-  other.target_port = std::to_string(t.server_port());
+  other.target = tunnel::TcpAddress{"127.0.0.1", t.server_port()};
   tunnel::Tunnel* second = t.others.emplace_back(t.make_client(std::move(other))).get();
   second->start();
 
@@ -531,8 +527,7 @@ TEST_CASE("update_policy ends the open sessions of peers it no longer allows, an
   tunnel::TunnelOptions o;
   o.name = "other";
   o.limits = kLimits;
-  o.target_host = "127.0.0.1";
-  o.target_port = std::to_string(t.server_port());
+  o.target = tunnel::TcpAddress{"127.0.0.1", t.server_port()};
   tls::TlsOptions out_tls;
   out_tls.role = tls::Role::kClient;
   out_tls.authorizer = allow_ids({"spiffe://example.org/backend"});
@@ -574,18 +569,17 @@ TEST_CASE("a listener released by one version of a tunnel is adopted by the next
   REQUIRE(old_session.receive(3) == "old");
 
   const uint16_t port = t.entry_port();
-  const int fd = t.client->release_listener();
-  REQUIRE(fd >= 0);
-  CHECK(t.client->release_listener() == -1);  // once
+  auto listener = t.client->release_listener();
+  REQUIRE(listener != nullptr);
+  CHECK(t.client->release_listener() == nullptr);  // once
   // Between the versions the address does not refuse: the connection waits in the backlog.
   App queued(port);
 
   tunnel::TunnelOptions next;
   next.name = "out";
   next.limits = kLimits;
-  next.listen_fd = fd;
-  next.target_host = "127.0.0.1";
-  next.target_port = std::to_string(t.server_port());
+  next.listener = std::move(listener);
+  next.target = tunnel::TcpAddress{"127.0.0.1", t.server_port()};
   tunnel::Tunnel* v2 = t.others.emplace_back(t.make_client(std::move(next))).get();
   CHECK(v2->local_endpoint().port() == port);
   v2->start();

@@ -1,11 +1,12 @@
 #pragma once
-// ByteStream: one end of a proxied connection as the pump sees it -- a plain TCP socket or a TLS
-// stream over one. Operations are asio coroutines run on the session's io_context; a ByteStream
+// ByteStream: one end of a proxied connection as the pump sees it -- a plain socket (TCP or unix
+// stream) or a TLS stream over one. Operations are asio coroutines run on the session's io_context; a ByteStream
 // is owned by exactly one session and used from its thread only. Errors are returned as
 // error_codes, never thrown.
 
 #include <asio/awaitable.hpp>
 #include <asio/error_code.hpp>
+#include <asio/generic/stream_protocol.hpp>
 #include <asio/ip/tcp.hpp>
 
 #include <cstddef>
@@ -13,6 +14,10 @@
 #include <string>
 
 namespace spiffe_tunnel::base {
+
+// A connected stream socket of any family: TCP (v4, v6) or unix. Operations are the same syscalls
+// as on asio::ip::tcp::socket, which converts to it implicitly (a move, no copy of state).
+using StreamSocket = asio::generic::stream_protocol::socket;
 
 class ByteStream {
  public:
@@ -39,7 +44,7 @@ class ByteStream {
   virtual void close() = 0;
 
   // The socket underneath, for splice() and diagnostics.
-  virtual asio::ip::tcp::socket& socket() = 0;
+  virtual StreamSocket& socket() = 0;
 
   // True when the kernel handles this stream's record layer in that direction (plain TCP, or TLS
   // offloaded to kTLS), so bytes may be spliced straight into / out of the socket.
@@ -52,12 +57,12 @@ class ByteStream {
   virtual std::string last_error() const { return {}; }
 };
 
-// Plain TCP.
+// A plain socket, TCP or unix stream (the name predates unix sockets).
 class TcpStream final : public ByteStream {
  public:
   // Puts the socket in non-blocking mode: splice() honours the descriptor's O_NONBLOCK, not only
   // SPLICE_F_NONBLOCK, and a blocking splice would stall the whole io_context.
-  explicit TcpStream(asio::ip::tcp::socket socket);
+  explicit TcpStream(StreamSocket socket);
 
   asio::awaitable<std::size_t> read_some(std::span<char> buf, asio::error_code& ec) override;
   std::size_t try_read(std::span<char> buf, asio::error_code& ec) override;
@@ -65,12 +70,12 @@ class TcpStream final : public ByteStream {
   asio::awaitable<void> write_all(std::span<const char> buf, asio::error_code& ec) override;
   asio::awaitable<void> shutdown_write(asio::error_code& ec) override;
   void close() override;
-  asio::ip::tcp::socket& socket() override { return socket_; }
+  StreamSocket& socket() override { return socket_; }
   bool kernel_writes() const override { return true; }
   bool kernel_reads() const override { return true; }
 
  private:
-  asio::ip::tcp::socket socket_;
+  StreamSocket socket_;
 };
 
 }  // namespace spiffe_tunnel::base

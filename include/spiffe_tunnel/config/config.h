@@ -37,16 +37,42 @@ struct HostPort {
   friend bool operator==(const HostPort&, const HostPort&) = default;
 };
 
-// Where a listener binds or a connector connects. TCP host:port is the only kind today; `unix:`
-// paths and named systemd sockets become further alternatives of `address`, so code that asks
-// tcp() (or visits `address`) keeps compiling and decides what it supports.
+// A unix stream socket: "unix:/run/app.sock" or "unix:///run/app.sock". Always absolute.
+struct UnixPath {
+  std::string path;
+  std::string str() const { return "unix:" + path; }
+  friend bool operator==(const UnixPath&, const UnixPath&) = default;
+};
+
+// A listening socket handed over by systemd socket activation, by its FileDescriptorName=
+// ("systemd:NAME"). Only a listener can be one.
+struct SystemdSocket {
+  std::string name;
+  std::string str() const { return "systemd:" + name; }
+  friend bool operator==(const SystemdSocket&, const SystemdSocket&) = default;
+};
+
+// Where a listener binds or a connector connects: TCP host:port, a unix socket path, or a named
+// socket from systemd. Code that asks tcp() (or visits `address`) decides what it supports.
 struct Endpoint {
-  std::variant<HostPort> address;
+  std::variant<HostPort, UnixPath, SystemdSocket> address;
 
   // The TCP address, or null for another kind.
   const HostPort* tcp() const { return std::get_if<HostPort>(&address); }
+  const UnixPath* unix_path() const { return std::get_if<UnixPath>(&address); }
+  const SystemdSocket* systemd() const { return std::get_if<SystemdSocket>(&address); }
   std::string str() const;
   friend bool operator==(const Endpoint&, const Endpoint&) = default;
+};
+
+// Who owns a unix socket the daemon creates, and its permission bits (like systemd's
+// SocketMode=/SocketUser=/SocketGroup=). Unset: the process's umask, user and group.
+struct UnixSocketOptions {
+  std::optional<uint32_t> mode;  // permission bits, at most 0777
+  std::optional<uint32_t> owner;  // uid (a user name is resolved when read)
+  std::optional<uint32_t> group;  // gid
+  bool empty() const { return !mode && !owner && !group; }
+  friend bool operator==(const UnixSocketOptions&, const UnixSocketOptions&) = default;
 };
 
 // Who may connect (server) / whom we expect (client). A peer passes when any rule matches.
@@ -92,6 +118,7 @@ struct TunnelConfig {
   Mode mode = Mode::kServer;
   Endpoint listen;
   Endpoint target;
+  UnixSocketOptions listen_socket;  // only for a unix: listen address
   std::string origin;  // where it was defined ("file:line:col" or "command line"), for messages
 
   // Which SVID to present (neither: the first the identity source holds).

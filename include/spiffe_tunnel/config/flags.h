@@ -28,6 +28,7 @@ struct TunnelFlags {
   std::string handshake_timeout, connect_timeout, idle_timeout;
   std::string max_connections, buffer_size;
   std::string proxy_protocol;
+  std::string listen_mode, listen_owner, listen_group;  // a created unix: listen socket
 };
 
 // The global flags, given before or after the command.

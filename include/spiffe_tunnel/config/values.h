@@ -17,8 +17,20 @@ namespace spiffe_tunnel::config {
 
 // "host:port" / "[v6]:port" / ":port" (→ 127.0.0.1).
 base::Result<HostPort> parse_host_port(std::string_view text);
-// A listen, target or admin address; today the host:port forms above.
+// "unix:/path" or "unix:///path" (go-spiffe's spelling); the path must be absolute and fit a
+// sockaddr_un. "unix://host/path" is refused.
+inline constexpr std::size_t kMaxUnixPath = 107;
+base::Result<UnixPath> parse_unix_path(std::string_view text);
+// "systemd:NAME", NAME as in a socket unit's FileDescriptorName=.
+base::Result<SystemdSocket> parse_systemd_socket(std::string_view text);
+// A listen, target or admin address: the host:port forms above, unix:/path or systemd:NAME.
+// Which kinds a place accepts is checked by validate().
 base::Result<Endpoint> parse_endpoint(std::string_view text);
+// Permission bits of a created unix socket, always octal as in chmod: "0660", "660", "0o660".
+base::Result<uint32_t> parse_socket_mode(std::string_view text);
+// A user or group by name (looked up now) or number.
+base::Result<uint32_t> parse_user(std::string_view text);
+base::Result<uint32_t> parse_group(std::string_view text);
 // "http://host:port/v1/data/..."; https is not supported (OPA runs beside the daemon).
 base::Result<OpaEndpoint> parse_opa_url(std::string_view url);
 

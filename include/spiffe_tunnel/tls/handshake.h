@@ -16,7 +16,7 @@
 #include <string>
 
 #include <asio/awaitable.hpp>
-#include <asio/ip/tcp.hpp>
+#include <asio/generic/stream_protocol.hpp>
 
 #include "spiffe_tunnel/base/openssl.h"
 #include "spiffe_tunnel/base/result.h"
@@ -38,7 +38,7 @@ class Handshake {
   // Binds a new SSL object from `context` to `socket` (accept or connect, per the context's
   // role). The context is kept alive by the handshake and then by its stream.
   static base::Result<std::unique_ptr<Handshake>> create(
-      asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context);
+      base::StreamSocket socket, std::shared_ptr<const TlsContext> context);
   ~Handshake();
   Handshake(const Handshake&) = delete;
   Handshake& operator=(const Handshake&) = delete;
@@ -57,7 +57,7 @@ class Handshake {
   const Failure& failure() const { return failure_; }
 
  private:
-  Handshake(asio::ip::tcp::socket socket, std::shared_ptr<const TlsContext> context);
+  Handshake(base::StreamSocket socket, std::shared_ptr<const TlsContext> context);
 
   // SSL_do_handshake until it completes; false with failure_ set otherwise.
   asio::awaitable<bool> drive();
@@ -71,7 +71,7 @@ class Handshake {
   std::unique_ptr<TlsStream> start_own_records();
   ConnectionInfo connection_info(RecordLayer layer) const;
 
-  asio::ip::tcp::socket socket_;
+  base::StreamSocket socket_;
   std::shared_ptr<const TlsContext> context_;
   std::unique_ptr<ConnectionState> state_;  // SSL app data: declared first, freed after ssl_
   base::SslPtr ssl_;

@@ -47,13 +47,13 @@ class TlsStream : public base::ByteStream {
   // Loops try_read() and wait_readable().
   asio::awaitable<std::size_t> read_some(std::span<char> buf, asio::error_code& ec) final;
   void close() override;
-  asio::ip::tcp::socket& socket() final { return socket_; }
+  base::StreamSocket& socket() final { return socket_; }
   std::string last_error() const final { return error_detail_; }
 
  protected:
-  TlsStream(asio::ip::tcp::socket socket, ConnectionInfo info);
+  TlsStream(base::StreamSocket socket, ConnectionInfo info);
 
-  asio::ip::tcp::socket socket_;
+  base::StreamSocket socket_;
   const ConnectionInfo info_;
   std::string error_detail_;  // the last TLS-level error as a sentence, "" if none
 };

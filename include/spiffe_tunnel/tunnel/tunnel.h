@@ -1,7 +1,9 @@
 #pragma once
 // Tunnel: one configured listener and the sessions it spawns.
-//   server mode: accept TCP → TLS handshake (verify + authorize peer) → connect target → pump
-//   client mode: accept TCP → connect target → TLS handshake (verify + authorize peer) → pump
+//   server mode: accept → TLS handshake (verify + authorize peer) → connect target → pump
+//   client mode: accept → connect target → TLS handshake (verify + authorize peer) → pump
+// The listener is a TCP port, a unix socket or a socket inherited from systemd; the target is
+// TCP or a unix socket (address.h). A TLS side on a unix socket keeps TLS in userspace.
 // The backend (server mode) is connected only after the peer is verified and authorized, so an
 // unauthenticated peer never reaches it. Sessions are spread over the IoPool; the listener lives
 // on the pool's first io_context.
@@ -23,29 +25,30 @@
 #include <unordered_map>
 #include <vector>
 
+#include "spiffe_tunnel/base/byte_stream.h"
 #include "spiffe_tunnel/base/drain.h"
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/base/result.h"
 #include "spiffe_tunnel/policy/opa_client.h"
 #include "spiffe_tunnel/tls/tls_context.h"
+#include "spiffe_tunnel/tunnel/address.h"
 #include "spiffe_tunnel/tunnel/io_pool.h"
 #include "spiffe_tunnel/tunnel/tunnel_context.h"
 
 namespace spiffe_tunnel::tunnel {
 
+class Listener;
 class Session;
 
 // What app configures for one tunnel; Tunnel::create turns it into the listener and the first
 // TunnelContext.
 struct TunnelOptions {
   std::string name;
-  std::string listen_host = "127.0.0.1";
-  uint16_t listen_port = 0;          // 0: pick a free port (tests)
-  // >= 0: a listening socket to adopt instead of binding listen_host:listen_port (the socket a
-  // previous version of the tunnel released, see Tunnel::release_listener).
-  int listen_fd = -1;
-  std::string target_host;
-  std::string target_port;
+  ListenAddress listen = TcpAddress{"127.0.0.1", 0};  // port 0: pick a free port (tests)
+  TargetAddress target;
+  // The listener of this tunnel's previous version (Tunnel::release_listener), taken over instead
+  // of opening `listen`: the address never refuses a connection across a reload.
+  std::shared_ptr<Listener> listener;
   SessionLimits limits;  // every field set by the caller
   // Asked after the handshake verified and authorized the peer; null: no OPA step.
   std::shared_ptr<policy::OpaClient> opa;
@@ -77,11 +80,11 @@ class Tunnel {
   // to call twice.
   std::size_t drain(std::chrono::steady_clock::time_point deadline);
 
-  // Stops accepting and hands over the listening socket, so that a new version of this tunnel can
-  // adopt it (TunnelOptions::listen_fd) without the address ever refusing a connection:
-  // connections wait in the backlog meanwhile. Open sessions are not touched. Returns -1 when the
-  // tunnel was stopped already. App thread, while the pool runs.
-  int release_listener();
+  // Stops accepting and hands over the listener (with the unix socket file it created), so that
+  // a new version of this tunnel can take it over (TunnelOptions::listener) without the address
+  // ever refusing a connection: connections wait in the backlog meanwhile. Open sessions are not
+  // touched. Null when the tunnel was stopped already. App thread, while the pool runs.
+  std::shared_ptr<Listener> release_listener();
 
   // New sessions are authorized by `tls` (its options carry the allow-list) and `opa`; the open
   // sessions are checked against the same policy and those whose peer it no longer allows end
@@ -99,7 +102,10 @@ class Tunnel {
   void swap_context(std::shared_ptr<const TunnelContext> next);
 
   const std::string& name() const { return name_; }
-  asio::ip::tcp::endpoint local_endpoint() const { return local_; }
+  // The bound TCP endpoint; a default endpoint (port 0) when the listener is a unix socket.
+  asio::ip::tcp::endpoint local_endpoint() const;
+  // Where the tunnel listens: "127.0.0.1:9000", "unix:/run/app.sock", "systemd:web (...)".
+  const std::string& listen_address() const;
   // True when a TLS context can be built now (identity present, SVID selected).
   bool ready() const;
   std::string readiness_detail() const;
@@ -107,17 +113,16 @@ class Tunnel {
 
  private:
   Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool);
-  base::Status adopt_listener(int fd);
   void accept_next();
-  void start_session(asio::ip::tcp::socket socket);
+  void start_session(base::StreamSocket socket);
   // Sessions still alive (expired entries are pruned on the way).
   std::vector<std::shared_ptr<Session>> live_sessions();
 
   const std::string name_;
   IoPool& pool_;
-  asio::ip::tcp::acceptor acceptor_;
+  // Set by create(); shared with the next version after release_listener().
+  std::shared_ptr<Listener> listener_;
   asio::steady_timer accept_backoff_;
-  asio::ip::tcp::endpoint local_;
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_session_id_{1};
   base::Drain drain_;

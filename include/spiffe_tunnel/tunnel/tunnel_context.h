@@ -59,16 +59,18 @@ struct SessionLimits {
   std::size_t buffer_size = 0;  // per direction of the userspace pump, and the splice pipe size
 };
 
-// The plain-TCP end the tunnel connects to.
+// The end the tunnel connects to: TCP host:port, or a unix socket when unix_path is set.
 struct Target {
   std::string host;
   std::string port;
   // host:port as an endpoint when host is an IP literal (no lookup needed), else nullopt.
   std::optional<asio::ip::tcp::endpoint> literal;
+  std::string unix_path;  // non-empty: a unix stream socket; host and port are unused
 
   // Fills `literal` when host and port allow it.
   static Target of(std::string host, std::string port);
-  std::string str() const { return host + ":" + port; }
+  static Target unix_socket(std::string path);
+  std::string str() const { return unix_path.empty() ? host + ":" + port : "unix:" + unix_path; }
 };
 
 struct TunnelContext {

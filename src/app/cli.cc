@@ -168,6 +168,30 @@ int fail(const std::string& message) {
   return 2;
 }
 
+// The commands that read a configuration file: run, check-config, reload.
+struct FileCommands {
+  std::string path;
+  pid_t reload_pid = 0;
+  CLI::App* check = nullptr;
+  CLI::App* reload = nullptr;
+
+  // Adds the three; returns `run`.
+  CLI::App* add(CLI::App& app) {
+    auto* run = app.add_subcommand("run", "Run the tunnels of a configuration file");
+    run->add_option("-c,--config", path, "YAML configuration file")->required();
+    check = app.add_subcommand("check-config", "Validate a configuration file and exit");
+    check->add_option("-c,--config", path, "YAML configuration file")->required();
+    reload = app.add_subcommand(
+        "reload",
+        "Validate a configuration file, then ask the running daemon to reload it (SIGHUP)");
+    reload->add_option("-c,--config", path, "YAML configuration file")->required();
+    reload->add_option("--pid", reload_pid,
+                       "Process ID of the running daemon (systemd: ExecReload=... --pid "
+                       "$MAINPID); without it, only validate");
+    return run;
+  }
+};
+
 // `reload --pid`: the file is valid, so ask the daemon to take it.
 int signal_reload(pid_t pid) {
   if (pid <= 0) {
@@ -187,6 +211,15 @@ int wait_ready_with(const config::WaitReadyFlags& flags) {
     return kWaitReadyBadUsage;
   }
   return run_wait_ready(*wait);
+}
+
+// `run -c FILE`: SIGHUP reads the same file again, with the same command-line overrides.
+int run_file_daemon(const Config& config, const std::string& path,
+                    const config::Overrides& overrides) {
+  return run_daemon(config, [path, overrides] {
+    auto next = config::read_config_file(path);
+    return next ? config::finalize(std::move(*next), overrides) : next;
+  });
 }
 
 }  // namespace
@@ -213,18 +246,11 @@ int run_cli(int argc, char** argv) {
   auto* client = app.add_subcommand("client", "Accept plain TCP, forward over mTLS");
   add_tunnel_flags(client, client_flags, false);
 
-  std::string config_path;
-  auto* run = app.add_subcommand("run", "Run the tunnels of a configuration file");
-  run->add_option("-c,--config", config_path, "YAML configuration file")->required();
-  auto* check = app.add_subcommand("check-config", "Validate a configuration file and exit");
-  check->add_option("-c,--config", config_path, "YAML configuration file")->required();
-  pid_t reload_pid = 0;
-  auto* reload = app.add_subcommand(
-      "reload", "Validate a configuration file, then ask the running daemon to reload it (SIGHUP)");
-  reload->add_option("-c,--config", config_path, "YAML configuration file")->required();
-  reload->add_option("--pid", reload_pid,
-                     "Process ID of the running daemon (systemd: ExecReload=... --pid $MAINPID); "
-                     "without it, only validate");
+  FileCommands files;
+  auto* run = files.add(app);
+  auto* check = files.check;
+  auto* reload = files.reload;
+  const std::string& config_path = files.path;
 
   config::WaitReadyFlags wait_flags;
   auto* wait_ready = add_wait_ready_command(app, wait_flags);
@@ -273,18 +299,11 @@ int run_cli(int argc, char** argv) {
   }
   if (*check || *reload) {
     std::cout << config_path << ": OK, " << cfg->tunnels.size() << " tunnel(s)\n";
-    return *reload ? signal_reload(reload_pid) : 0;
+    return *reload ? signal_reload(files.reload_pid) : 0;
   }
   set_log_level(cfg->log_level);
   configure_logging(cfg->log_format);
-  if (!*run) {
-    return run_daemon(*cfg);
-  }
-  // SIGHUP reads the same file again, with the same command-line overrides.
-  return run_daemon(*cfg, [path = config_path, o = *overrides] {
-    auto next = config::read_config_file(path);
-    return next ? config::finalize(std::move(*next), o) : next;
-  });
+  return *run ? run_file_daemon(*cfg, config_path, *overrides) : run_daemon(*cfg);
 }
 
 }  // namespace spiffe_tunnel::app

@@ -15,14 +15,18 @@ struct State {
   // guarded by mutex
   bool draining = false;
   uint64_t next_id = 1;
-  std::unordered_map<uint64_t, std::function<void()>> holders;  // token id → abort function
+  std::size_t held = 0;  // tokens not yet released
+  // Token id → abort function, for the tokens acquired with one (the others cost no entry).
+  std::unordered_map<uint64_t, std::function<void()>> aborts;
   std::function<void()> on_released;
 
+  // Called once per token (a released token gives up its state).
   void release(uint64_t id) {
     std::function<void()> done;
     {
       std::lock_guard lock(mutex);
-      if (holders.erase(id) == 0 || !holders.empty()) {
+      aborts.erase(id);
+      if (--held != 0) {
         return;
       }
       done = std::move(on_released);
@@ -71,7 +75,10 @@ std::optional<DrainToken> Drain::acquire(std::function<void()> abort) {
     return std::nullopt;
   }
   const uint64_t id = state_->next_id++;
-  state_->holders.emplace(id, std::move(abort));
+  ++state_->held;
+  if (abort) {
+    state_->aborts.emplace(id, std::move(abort));
+  }
   return DrainToken(state_, id);
 }
 
@@ -87,17 +94,15 @@ bool Drain::draining() const {
 
 std::size_t Drain::held() const {
   std::lock_guard lock(state_->mutex);
-  return state_->holders.size();
+  return state_->held;
 }
 
 void Drain::abort_all() {
   std::vector<std::function<void()>> aborts;
   {
     std::lock_guard lock(state_->mutex);
-    for (const auto& [id, abort] : state_->holders) {
-      if (abort) {
-        aborts.push_back(abort);
-      }
+    for (const auto& [id, abort] : state_->aborts) {
+      aborts.push_back(abort);
     }
   }
   // Outside the lock: an abort function may drop the last reference to its holder, whose token
@@ -109,13 +114,13 @@ void Drain::abort_all() {
 
 bool Drain::wait_released(std::chrono::steady_clock::time_point deadline) const {
   std::unique_lock lock(state_->mutex);
-  return state_->released.wait_until(lock, deadline, [&] { return state_->holders.empty(); });
+  return state_->released.wait_until(lock, deadline, [&] { return state_->held == 0; });
 }
 
 void Drain::on_released(std::function<void()> done) {
   {
     std::lock_guard lock(state_->mutex);
-    if (!state_->holders.empty()) {
+    if (state_->held != 0) {
       state_->on_released = std::move(done);
       return;
     }

@@ -34,8 +34,10 @@ Session::Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
     : context_(std::move(context)),
       id_(id),
       peer_address_(peer_name(downstream)),
-      peer_endpoint_(end_of(downstream, true)),
-      local_endpoint_(end_of(downstream, false)),
+      proxy_ends_(context_->proxy_protocol == ProxyProtocol::kOff
+                      ? nullptr
+                      : std::make_unique<const Ends>(
+                            Ends{end_of(downstream, true), end_of(downstream, false)})),
       accepted_(std::move(downstream)),
       target_(accepted_.get_executor()),
       deadline_(accepted_.get_executor()),
@@ -308,8 +310,8 @@ asio::awaitable<bool> Session::send_proxy_header() {
   }
   const tls::ConnectionInfo& info = tls_->info();
   ProxyHeader h;
-  h.source = peer_endpoint_;
-  h.destination = local_endpoint_;
+  h.source = proxy_ends_->peer;
+  h.destination = proxy_ends_->local;
   h.authority = info.server_name;
   h.tls = ProxyTls{info.protocol, info.cipher};
   h.spiffe_id = info.peer.peer_id->str();

@@ -83,9 +83,13 @@ class Session : public std::enable_shared_from_this<Session> {
   const uint64_t id_;
   base::DrainToken token_;
   std::string peer_address_;
-  // The accepted connection's two ends, for the PROXY header; nullopt when not known.
-  std::optional<asio::ip::tcp::endpoint> peer_endpoint_;
-  std::optional<asio::ip::tcp::endpoint> local_endpoint_;
+  // The accepted connection's two ends (nullopt when not IP), kept for the PROXY header only:
+  // null when the tunnel sends none, so that other sessions do not carry them.
+  struct Ends {
+    std::optional<asio::ip::tcp::endpoint> peer;
+    std::optional<asio::ip::tcp::endpoint> local;
+  };
+  std::unique_ptr<const Ends> proxy_ends_;
   base::StreamSocket accepted_;
   // The target while connect_target() runs (then moved into plain_ or the TLS stream), and the
   // resolver when the target is a name: both are closed or cancelled by a deadline or abort.

@@ -199,21 +199,19 @@ void Tunnel::start_session(base::StreamSocket socket) {
     return;
   }
   auto session = std::make_shared<Session>(std::move(c), next_session_id_++, std::move(socket));
-  auto token = drain_.acquire([weak = std::weak_ptr<Session>(session)] {
-    if (auto s = weak.lock()) {
-      s->abort("tunnel draining");
-    }
-  });
-  if (!token) {
-    return;  // draining: the session is dropped with its socket, never started
-  }
   {
+    // Registered before the token is taken, so that close_sessions() cannot miss a session
+    // that holds one. Ended sessions leave expired entries; they are swept once they outnumber
+    // the live ones.
     std::lock_guard lock(sessions_mutex_);
-    // Ended sessions leave expired entries; sweep them once they outnumber the live ones.
     if (sessions_.size() >= 64 && sessions_.size() > 2 * drain_.held()) {
       std::erase_if(sessions_, [](const auto& e) { return e.second.expired(); });
     }
     sessions_.emplace(session->id(), session);
+  }
+  auto token = drain_.acquire();
+  if (!token) {
+    return;  // draining: the session is dropped with its socket, never started
   }
   m.active.add(1);
   session->start(std::move(*token));
@@ -239,7 +237,11 @@ asio::ip::tcp::endpoint Tunnel::local_endpoint() const {
 
 const std::string& Tunnel::listen_address() const { return listener_->description(); }
 
-void Tunnel::close_sessions() { drain_.abort_all(); }
+void Tunnel::close_sessions() {
+  for (const auto& s : live_sessions()) {
+    s->abort("tunnel draining", "draining");
+  }
+}
 
 bool Tunnel::wait_sessions_ended(std::chrono::steady_clock::time_point deadline) const {
   return drain_.wait_released(deadline);

@@ -459,6 +459,9 @@ TEST_CASE("a tunnel drained alone closes its own sessions while another tunnel k
   CHECK(std::chrono::steady_clock::now() - start >= 250ms);
   CHECK(t.client->active_sessions() == 0);
   CHECK(drained.closed_by_peer());
+  CHECK(wait_until([&] {
+    return t.has_metric("spiffe_tunnel_sessions_closed_total{tunnel=\"out\",reason=\"draining\"} ", 1);
+  }));
   CHECK(wait_until([&] { return refuses_connections(t.entry_port()); }));
   CHECK(t.client->drain(std::chrono::steady_clock::now()) == 0);  // safe twice
 

@@ -53,7 +53,8 @@ class Drain {
   // A token for one new participant, or nullopt once draining has begun (refuse the work then).
   // `abort` is what abort_all() calls to make this participant end early: it runs on the thread
   // that calls abort_all(), outside any lock, so it must be thread-safe and quick (post, do not
-  // block). It may be empty.
+  // block). It may be empty: such a token costs a count, no entry (a holder that keeps its own
+  // registry aborts through that).
   std::optional<DrainToken> acquire(std::function<void()> abort = {});
 
   // Stops handing out tokens. Safe to call twice.

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <iostream>
+#include <sstream>
 
 #include "daemon.h"
 #include "demo.h"
@@ -163,8 +164,12 @@ CLI::App* add_wait_ready_command(CLI::App& app, config::WaitReadyFlags& f) {
   return cmd;
 }
 
+// One line per error: a configuration file can have several.
 int fail(const std::string& message) {
-  std::cerr << "spiffe-tunnel: " << message << "\n";
+  std::istringstream lines(message);
+  for (std::string line; std::getline(lines, line);) {
+    std::cerr << "spiffe-tunnel: " << line << "\n";
+  }
   return 2;
 }
 

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -387,7 +388,11 @@ void Daemon::reload() {
     reload_metrics_.failure.inc();
     reload_metrics_.failures.inc();
     reload_metrics_.last_ok.set(0);
-    spdlog::error("reload failed, the running configuration stays: {}", done.error().message);
+    // One line per error: a file can have several, each naming its file:line:column.
+    std::istringstream lines(done.error().message);
+    for (std::string line; std::getline(lines, line);) {
+      spdlog::error("reload failed, the running configuration stays: {}", line);
+    }
   }
   notifier_.ready("spiffe-tunnel: " + std::to_string(tunnels_->size()) + " tunnel(s) listening");
 }

@@ -382,28 +382,46 @@ Status read_globals(const Reader& r, const YAML::Node& root, Config& c) {
   return {};
 }
 
+// Reads every section even after one failed, so that one pass names every broken part: the
+// top-level keys, identity, the global settings and each tunnel each report their first error,
+// one line each (every line starts with file:line:column).
 Result<Config> read_config(const Reader& r, const YAML::Node& root) {
   Config c;
   c.file = r.origin;
   if (!root || root.IsNull()) {
     return make_error(r.origin + ": the file is empty");
   }
-  ST_TRY(r.only_keys(root,
-                     {"identity", "tunnels", "admin", "log_level", "threads", "drain_timeout",
-                      "busy_poll", "log_format", "log_sessions"},
-                     "the top level"));
-  ST_TRY(read_identity(r, root, c.identity));
-  ST_TRY(read_globals(r, root, c));
+  std::vector<std::string> errors;
+  const auto note = [&errors](const Status& st) {
+    if (!st) {
+      errors.push_back(st.error().message);
+    }
+  };
+  note(r.only_keys(root,
+                   {"identity", "tunnels", "admin", "log_level", "threads", "drain_timeout",
+                    "busy_poll", "log_format", "log_sessions"},
+                   "the top level"));
+  note(read_identity(r, root, c.identity));
+  note(read_globals(r, root, c));
   const auto tunnels = root["tunnels"];
   if (!tunnels || !tunnels.IsSequence() || tunnels.size() == 0) {
-    return r.fail(tunnels ? tunnels : root, "\"tunnels\" must be a non-empty list");
-  }
-  for (size_t i = 0; i < tunnels.size(); ++i) {
-    auto t = read_tunnel(r, tunnels[i], i);
-    if (!t) {
-      return t.error();
+    note(r.fail(tunnels ? tunnels : root, "\"tunnels\" must be a non-empty list"));
+  } else {
+    for (size_t i = 0; i < tunnels.size(); ++i) {
+      auto t = read_tunnel(r, tunnels[i], i);
+      if (t) {
+        c.tunnels.push_back(std::move(*t));
+      } else {
+        errors.push_back(t.error().message);
+      }
     }
-    c.tunnels.push_back(std::move(*t));
+  }
+  if (!errors.empty()) {
+    std::string all = errors.front();
+    for (std::size_t i = 1; i < errors.size(); ++i) {
+      all += "\n" + errors[i];
+    }
+    return make_error(all);
   }
   return c;
 }

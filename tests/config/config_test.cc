@@ -1,5 +1,6 @@
 #include "spiffe_tunnel/config/config.h"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -659,4 +660,36 @@ TEST_CASE("proxy_protocol is a server tunnel setting, off unless asked for") {
                       "tunnels:\n  - {name: out, mode: client, listen: \":1000\", target: "
                       "\"peer:8443\", expect: {trust_domains: [td]}, proxy_protocol: v2}\n"),
              StartsWith("test.yaml:4:5: tunnel \"out\": proxy_protocol is for server tunnels"));
+}
+
+TEST_CASE("a file with several broken parts names each of them, one line each") {
+  const std::string text =
+      "identity:\n"
+      "  workload_api: unix:///run/spire/agent.sock\n"
+      "log_level: loud\n"
+      "tunnels:\n"
+      "  - name: a\n"
+      "    mode: server\n"
+      "    listen: 127.0.0.1:9000\n"
+      "    target: 127.0.0.1:9001\n"
+      "    allow: { ids: [spiffe://a.test/x] }\n"
+      "    max_connections: many\n"
+      "  - name: b\n"
+      "    mode: server\n"
+      "    listen: 127.0.0.1:9002\n"
+      "    target: 127.0.0.1:9003\n"
+      "    allow: { ids: [spiffe://a.test/x] }\n"
+      "  - name: c\n"
+      "    mode: sideways\n"
+      "    listen: 127.0.0.1:9004\n"
+      "    target: 127.0.0.1:9005\n";
+  auto c = read_config_text(text, "many.yaml");
+  REQUIRE_FALSE(c.ok());
+  const std::string& m = c.error().message;
+  INFO(m);
+  CHECK(std::count(m.begin(), m.end(), '\n') == 2);  // three lines: globals, tunnel a, tunnel c
+  CHECK_THAT(m, Contains("many.yaml:3:12: log_level"));
+  CHECK_THAT(m, Contains("many.yaml:10:22"));
+  CHECK_THAT(m, Contains("many.yaml:17:11"));
+  CHECK_THAT(m, !Contains("\"b\""));
 }

@@ -301,10 +301,14 @@ def test_a_reload_that_cannot_apply_changes_nothing(site, pki):
     live = tls_client(pki, "alice", p["bulk"])
     assert echo_ok(live)
 
-    # An unknown key: the error names file, line and column; nothing changes.
-    site.write(site.initial + ["    bogus_key: 1\n"])
+    # Unknown keys in two tunnels: each error names file, line and column; nothing changes.
+    mark = site.daemon.mark()
+    site.write([site.initial[0], site.initial[1] + "    bogus_key: 1\n", site.initial[2],
+                site.initial[3] + "    other_key: 2\n"])
     site.reload(expect=r"reload failed, the running configuration stays: .*spiffe-tunnel\.yaml:\d+:\d+")
-    assert "bogus_key" in site.daemon.tail(3)
+    site.daemon.wait_for(r"reload failed.*spiffe-tunnel\.yaml:\d+:\d+: .*other_key", start=mark)
+    assert site.daemon.count(r"reload failed.*spiffe-tunnel\.yaml:\d+:\d+: .*bogus_key",
+                             start=mark) == 1
 
     # A port already in use by someone else, next to a policy change: neither applies.
     squatter = socket.socket()
@@ -319,7 +323,7 @@ def test_a_reload_that_cannot_apply_changes_nothing(site, pki):
     assert echo_ok(live)
     for name in ("bulk", "policy", "gone", "moved"):
         assert echo_ok(tls_client(pki, "alice", p[name])), name
-    assert metric(site.admin, "spiffe_tunnel_config_reload_failures_total") == 2
+    assert metric(site.admin, "spiffe_tunnel_config_reload_failures_total") == 2  # one per reload
     assert metric(site.admin, "spiffe_tunnel_config_reloads_total", '{result="failure"}') == 2
     assert metric(site.admin, "spiffe_tunnel_config_last_reload_successful") == 0
     assert any(m.startswith("READY=1") for m in site.notify.all()[-1:])

@@ -93,6 +93,7 @@ void Tunnel::swap_context(std::shared_ptr<const TunnelContext> next) {
 }
 
 void Tunnel::start() {
+  started_ = true;
   const auto c = context();
   const std::string target = c->target.str();
   const std::string_view proxy = c->proxy_protocol == ProxyProtocol::kV2 ? "v2" : "";
@@ -224,6 +225,13 @@ void Tunnel::stop() {
   }
   // New clients of a unix socket find no file rather than a socket nobody accepts on.
   listener_->remove_socket_file();
+  if (!started_) {
+    // Never accepted (e.g. built for a reload that was then rejected): nothing runs on the
+    // acceptor's thread for this tunnel, and the tunnel may be destroyed right after this.
+    asio::error_code ignored;
+    listener_->acceptor().close(ignored);
+    return;
+  }
   asio::post(listener_->acceptor().get_executor(), [this] {
     asio::error_code ignored;
     accept_backoff_.cancel();

@@ -633,3 +633,19 @@ TEST_CASE("a client tunnel refuses to send a PROXY protocol header") {
   REQUIRE_FALSE(made.ok());
   CHECK_THAT(made.error().message, Contains("sent by server tunnels only"));
 }
+
+TEST_CASE("a tunnel built but never started closes its listener when destroyed") {
+  Tunnels t;  // the pool runs, as during a reload
+  tunnel::TunnelOptions o;
+  o.name = "prepared";
+  o.limits = kLimits;
+  o.target = tunnel::TcpAddress{"127.0.0.1", t.server_port()};
+  auto prepared = t.make_client(std::move(o));
+  const uint16_t port = prepared->local_endpoint().port();
+  CHECK_FALSE(refuses_connections(port));  // bound and listening (the backlog takes it)
+  prepared.reset();                        // a rejected reload drops what it prepared
+  CHECK(refuses_connections(port));        // closed at once, nothing left on the pool's thread
+  App app(t.entry_port());                 // the pool's first thread still serves
+  app.send("ok");
+  CHECK(app.receive(2) == "ok");
+}

@@ -123,6 +123,7 @@ class Tunnel {
   // Set by create(); shared with the next version after release_listener().
   std::shared_ptr<Listener> listener_;
   asio::steady_timer accept_backoff_;
+  std::atomic<bool> started_{false};
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_session_id_{1};
   base::Drain drain_;

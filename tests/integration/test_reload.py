@@ -316,9 +316,11 @@ def test_a_reload_that_cannot_apply_changes_nothing(site, pki):
     squatter.listen()
     taken = squatter.getsockname()[1]
     site.write([site.initial[0], tunnel_yaml("policy", p["policy"], e, [ALICE]),
-                *site.initial[2:], tunnel_yaml("added", taken, e, [ALICE])])
+                *site.initial[2:], tunnel_yaml("first", p["added"], e, [ALICE]),
+                tunnel_yaml("added", taken, e, [ALICE])])
     site.reload(expect=r"reload failed, the running configuration stays: .*added.*(in use|Address)")
     squatter.close()
+    assert refused(p["added"])  # bound for tunnel "first" while preparing, released again
     assert echo_ok(tls_client(pki, "bob", p["policy"]))  # the old policy still allows bob
     assert echo_ok(live)
     for name in ("bulk", "policy", "gone", "moved"):

@@ -2,7 +2,7 @@
 // Drain: the owner's side of a graceful shutdown. Each participant (a session) holds a DrainToken
 // for its lifetime; the owner (a tunnel, the daemon) begins draining, which stops new tokens from
 // being handed out, then waits until every token is released or a deadline passes, and can ask the
-// remaining holders to end at once (each token carries an abort function).
+// remaining holders to end at once (a token may carry an abort function for that).
 //
 // Any thread may call every method: sessions release their tokens on IoPool threads while the
 // main thread waits. Tokens may outlive the Drain that issued them (they share its state);

@@ -37,22 +37,6 @@ bool ReloadPlan::empty() const {
          });
 }
 
-std::string_view change_name(TunnelChange::Kind kind) {
-  switch (kind) {
-    case TunnelChange::Kind::kUnchanged:
-      return "unchanged";
-    case TunnelChange::Kind::kPolicy:
-      return "policy changed";
-    case TunnelChange::Kind::kReplace:
-      return "replaced";
-    case TunnelChange::Kind::kRemove:
-      return "removed";
-    case TunnelChange::Kind::kAdd:
-      return "added";
-  }
-  return "?";
-}
-
 ReloadPlan plan_reload(const Config& running, const Config& next) {
   ReloadPlan plan;
   for (const TunnelConfig& old : running.tunnels) {

@@ -39,8 +39,6 @@ struct ReloadPlan {
   bool empty() const;
 };
 
-std::string_view change_name(TunnelChange::Kind kind);
-
 // Compares two validated configurations.
 ReloadPlan plan_reload(const config::Config& running, const config::Config& next);
 

@@ -409,3 +409,20 @@ def test_reload_of_a_unix_socket_tunnel_keeps_its_socket_file(site, pki):
     site.write(site.initial)  # removed
     site.reload(expect=r"reload: done: 4 unchanged, 0 policy changed, 0 replaced, 1 removed")
     assert not path.exists()
+
+
+def test_log_sessions_changes_by_reload_without_touching_the_tunnel(site, pki):
+    p = site.ports
+    kept = tls_client(pki, "alice", p["bulk"])
+    assert echo_ok(kept)
+    quiet = site.initial[0] + "    log_sessions: false\n"
+    site.write([quiet, *site.initial[1:]])
+    site.reload(expect=r"reload: done: 4 unchanged, 0 policy changed, 0 replaced")
+    assert 'reload: tunnel "bulk" log_sessions off' in site.daemon.log
+    mark = site.daemon.mark()
+    assert echo_ok(tls_client(pki, "alice", p["bulk"]))       # new session: not logged
+    assert echo_ok(tls_client(pki, "alice", p["policy"]))     # other tunnel: logged
+    site.daemon.wait_for(r"tunnel=policy session=\d+ .* opened", start=mark)
+    assert site.daemon.count(r"tunnel=bulk session=\d+ .* opened", start=mark) == 0
+    assert echo_ok(kept)  # the open session was not touched
+    kept.close()

@@ -14,9 +14,12 @@ test_pkgs=(
   haproxy  # an independent PROXY protocol receiver (tests/integration/test_proxy_protocol.py)
   systemd  # systemd-socket-activate (works without systemd running)
 )
+# Packaging and deployment checks (tests/deploy): the .deb, the container image built with
+# podman/buildah on a base image seeded by mmdebstrap, the four-site topology (iperf3).
+deploy_pkgs=(podman buildah runc mmdebstrap uidmap fuse-overlayfs iperf3)
 bench_pkgs=(stunnel4 nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
 
-want=("${build_pkgs[@]}" "${test_pkgs[@]}")
+want=("${build_pkgs[@]}" "${test_pkgs[@]}" "${deploy_pkgs[@]}")
 if [[ "${1:-}" == "--bench" ]]; then want+=("${bench_pkgs[@]}"); fi
 
 missing=()

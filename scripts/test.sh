@@ -87,7 +87,7 @@ if ((!quick)); then
   unit_tests asan
   unit_tests tsan
 fi
-integration_tests all tests/integration tests/scripts "${pytest_args[@]}"
+integration_tests all tests/integration tests/scripts tests/deploy "${pytest_args[@]}"
 if ((!quick)) && [[ -x build/asan/spiffe-tunnel ]]; then
   SPIFFE_TUNNEL_BIN=$PWD/build/asan/spiffe-tunnel ASAN_OPTIONS="detect_leaks=1" \
     integration_tests asan-daemon tests/integration/test_files_tunnels.py tests/integration/test_admin.py \

@@ -7,12 +7,16 @@
 #
 #   SPIFFE_TUNNEL_TOOLS  cache directory (default: ~/.cache/spiffe-tunnel-tools)
 #
-# Usage: scripts/build-tools.sh [spire] [opa] [peer]   (no argument: all)
+# Apache Kafka (broker, console producer/consumer) is not built: its runtime classpath is resolved
+# from Maven Central with `mvn dependency:copy-dependencies` into kafka-<version>/libs.
+#
+# Usage: scripts/build-tools.sh [spire] [opa] [peer] [kafka]   (no argument: all)
 #        scripts/build-tools.sh peer-path   print the peer binary's path (no build)
 set -euo pipefail
 
 SPIRE_VERSION=1.13.3
 OPA_VERSION=1.22.2
+KAFKA_VERSION=3.9.1
 CACHE=${SPIFFE_TUNNEL_TOOLS:-$HOME/.cache/spiffe-tunnel-tools}
 mkdir -p "$CACHE"
 
@@ -71,14 +75,42 @@ build_peer() {
   log "spiffe-peer built: $bin"
 }
 
-targets=("$@"); ((${#targets[@]})) || targets=(spire opa peer)
+# Kafka's runtime classpath: the broker (kafka_2.13) and the console tools (kafka-tools, without
+# the Connect runtime it drags in), logging through reload4j. Java 17 runs it.
+build_kafka() {
+  local out="$CACHE/kafka-$KAFKA_VERSION"
+  if [[ -f "$out/libs/kafka_2.13-$KAFKA_VERSION.jar" ]]; then log "kafka $KAFKA_VERSION cached in $out"; return; fi
+  log "resolving kafka $KAFKA_VERSION from Maven Central"
+  mkdir -p "$out"
+  cat >"$out/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>invalid.example</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version>
+      <exclusions><exclusion><groupId>org.apache.kafka</groupId><artifactId>connect-runtime</artifactId></exclusion></exclusions></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId><version>1.7.36</version></dependency>
+  </dependencies>
+</project>
+POM
+  rm -rf "$out/libs.tmp"
+  mvn -B -q -f "$out/pom.xml" -Dmaven.repo.local="$out/m2" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$out/libs.tmp"
+  rm -rf "$out/libs" "$out/m2" && mv "$out/libs.tmp" "$out/libs"
+  log "kafka $KAFKA_VERSION: $(ls "$out/libs" | wc -l) jars, $(du -sh "$out/libs" | cut -f1) in $out/libs"
+}
+
+targets=("$@"); ((${#targets[@]})) || targets=(spire opa peer kafka)
 for t in "${targets[@]}"; do
   case "$t" in
     spire) (build_spire) ;;
     opa) (build_opa) ;;
     peer) (build_peer) ;;
+    kafka) (build_kafka) ;;
     peer-path) peer_bin; exit 0 ;;
-    *) log "unknown tool '$t' (expected: spire, opa, peer, peer-path)"; exit 2 ;;
+    *) log "unknown tool '$t' (expected: spire, opa, peer, kafka, peer-path)"; exit 2 ;;
   esac
 done
 echo "$CACHE"

@@ -59,7 +59,7 @@ cleanup() {
   trap - EXIT INT TERM
   if [[ $STAGE != done ]]; then
     printf 'CHECK %-28s FAIL  stopped during %s (exit %s); logs in %s\n' "$STAGE" "$STAGE" "$rc" "$W"
-    FAILS=$((FAILS + 1))
+    FAILS=$((FAILS + 1)) CHECKS=$((CHECKS + 1))
   fi
   local pid i
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[i]}" 2>/dev/null || true; done

@@ -511,5 +511,5 @@ if ((KEEP)); then
   echo "  tail $W/tokyo/spiffe-tunnel.log"
   echo "Ctrl-C tears everything down."
   OWN_W=0
-  while :; do sleep 3600; done
+  while :; do sleep 3600 & PIDS+=($!); wait $! || true; done   # wait is cut short by a signal
 fi

@@ -83,7 +83,7 @@ build_kafka() {
   log "resolving kafka $KAFKA_VERSION from Maven Central"
   mkdir -p "$out"
   cat >"$out/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
+<project>
   <modelVersion>4.0.0</modelVersion>
   <groupId>invalid.example</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
   <packaging>pom</packaging>
@@ -96,7 +96,7 @@ build_kafka() {
 </project>
 POM
   rm -rf "$out/libs.tmp"
-  mvn -B -q -f "$out/pom.xml" -Dmaven.repo.local="$out/m2" dependency:copy-dependencies \
+  mvn -B -q -Dstyle.color=never -f "$out/pom.xml" -Dmaven.repo.local="$out/m2" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$out/libs.tmp"
   rm -rf "$out/libs" "$out/m2" && mv "$out/libs.tmp" "$out/libs"
   log "kafka $KAFKA_VERSION: $(ls "$out/libs" | wc -l) jars, $(du -sh "$out/libs" | cut -f1) in $out/libs"

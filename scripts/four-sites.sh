@@ -120,7 +120,7 @@ done
 for s in "${SITES[@]}"; do
   ! ip netns list | grep -qw "^$s" || die "network namespace $s exists (another run? 'ip netns del $s')"
 done
-log "tools: $(bash "$REPO/scripts/build-tools.sh" spire kafka 2>&1 | tail -1)"
+bash "$REPO/scripts/build-tools.sh" spire kafka >/dev/null || die "scripts/build-tools.sh spire kafka failed"
 CACHE=${SPIFFE_TUNNEL_TOOLS:-$HOME/.cache/spiffe-tunnel-tools}
 ver() { sed -n "s/^$1=//p" "$REPO/scripts/build-tools.sh"; }
 SPIRE_BIN=$CACHE/spire-$(ver SPIRE_VERSION)/bin

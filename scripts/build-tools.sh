@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Builds the real components the integration tests run against -- SPIRE server and agent,
-# OPA, and the go-spiffe test peer (tests/peers/spiffe-peer) -- from the Go module proxy, into a
-# cache directory outside the repository.
+# OPA, the go-spiffe test peer (tests/peers/spiffe-peer), Helm and the Kubernetes manifest
+# checker (tests/k8scheck) -- from the Go module proxy, into a cache directory outside the
+# repository.
 # A tool that is already cached at the pinned version is not rebuilt; the peer is keyed by a hash
-# of its sources (go.mod, go.sum, *.go), so it is rebuilt only when they change.
+# of its sources (go.mod, go.sum, *.go), so it is rebuilt only when they change; so is k8scheck.
 #
 #   SPIFFE_TUNNEL_TOOLS  cache directory (default: ~/.cache/spiffe-tunnel-tools)
 #
-# Usage: scripts/build-tools.sh [spire] [opa] [peer]   (no argument: all)
+# Usage: scripts/build-tools.sh [spire] [opa] [peer] [helm] [k8scheck]   (no argument: all)
 #        scripts/build-tools.sh peer-path   print the peer binary's path (no build)
+#        scripts/build-tools.sh helm-path | k8scheck-path   likewise
 set -euo pipefail
 
 SPIRE_VERSION=1.13.3
 OPA_VERSION=1.22.2
+HELM_VERSION=3.21.4
 CACHE=${SPIFFE_TUNNEL_TOOLS:-$HOME/.cache/spiffe-tunnel-tools}
 mkdir -p "$CACHE"
 
@@ -71,14 +74,63 @@ build_peer() {
   log "spiffe-peer built: $bin"
 }
 
-targets=("$@"); ((${#targets[@]})) || targets=(spire opa peer)
+helm_bin() { echo "$CACHE/helm-$HELM_VERSION/bin/helm"; }
+
+build_helm() {
+  local out="$CACHE/helm-$HELM_VERSION"
+  if [[ -x "$out/bin/helm" ]]; then log "helm $HELM_VERSION cached in $out"; return; fi
+  log "building helm $HELM_VERSION"
+  local mod="$out/module"
+  mkdir -p "$mod" && cd "$mod"
+  [[ -f go.mod ]] || go mod init example.invalid/helm-build >/dev/null
+  go get -tool "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+  # As Helm's Makefile: the Kubernetes version `helm template` and `helm lint` assume is the one
+  # of its client-go (v0.36.x -> 1.36), not the library default 1.20.
+  local kube; kube=$(go list -m -f '{{.Version}}' k8s.io/client-go)
+  local minor; minor=$(cut -d. -f2 <<<"$kube")
+  local x="-X helm.sh/helm/v3"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $x/internal/version.version=v$HELM_VERSION \
+      $x/pkg/lint/rules.k8sVersionMajor=1 $x/pkg/lint/rules.k8sVersionMinor=$minor \
+      $x/pkg/chartutil.k8sVersionMajor=1 $x/pkg/chartutil.k8sVersionMinor=$minor" \
+    -o "$out/bin.tmp/helm" helm.sh/helm/v3/cmd/helm
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  log "helm built: $("$out/bin/helm" version --short)"
+}
+
+K8SCHECK_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/k8scheck"
+
+# Same scheme as peer_hash; tests/deploy/test_kubernetes.py asks for the path (k8scheck-path).
+k8scheck_hash() {
+  (cd "$K8SCHECK_SRC" && export LC_ALL=C && sha256sum go.mod go.sum $(printf '%s\n' *.go | sort) \
+     | sha256sum | cut -c1-16)
+}
+
+k8scheck_bin() { echo "$CACHE/k8scheck-$(k8scheck_hash)/bin/k8scheck"; }
+
+build_k8scheck() {
+  local bin; bin=$(k8scheck_bin)
+  local out; out=$(dirname "$(dirname "$bin")")
+  if [[ -x "$bin" ]]; then log "k8scheck cached in $out"; return; fi
+  log "building k8scheck from $K8SCHECK_SRC"
+  cd "$K8SCHECK_SRC"
+  mkdir -p "$out"
+  CGO_ENABLED=0 go build -trimpath -buildvcs=false -mod=readonly -o "$out/bin.tmp/k8scheck" .
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  log "k8scheck built: $bin"
+}
+
+targets=("$@"); ((${#targets[@]})) || targets=(spire opa peer helm k8scheck)
 for t in "${targets[@]}"; do
   case "$t" in
     spire) (build_spire) ;;
     opa) (build_opa) ;;
     peer) (build_peer) ;;
     peer-path) peer_bin; exit 0 ;;
-    *) log "unknown tool '$t' (expected: spire, opa, peer, peer-path)"; exit 2 ;;
+    helm) (build_helm) ;;
+    helm-path) helm_bin; exit 0 ;;
+    k8scheck) (build_k8scheck) ;;
+    k8scheck-path) k8scheck_bin; exit 0 ;;
+    *) log "unknown tool '$t' (expected: spire, opa, peer, helm, k8scheck, *-path)"; exit 2 ;;
   esac
 done
 echo "$CACHE"

@@ -39,40 +39,48 @@ build_spire() {
   log "spire built: $("$out/bin/spire-server" --version 2>&1)"
 }
 
+# A throwaway module in $1/module that requires tool $3 (PACKAGE@VERSION); leaves the shell there.
+tool_module() {
+  mkdir -p "$1/module" && cd "$1/module"
+  [[ -f go.mod ]] || go mod init "example.invalid/$2-build" >/dev/null
+  go get -tool "$3"
+}
+
 build_opa() {
   local out="$CACHE/opa-$OPA_VERSION"
   if [[ -x "$out/bin/opa" ]]; then log "opa $OPA_VERSION cached in $out"; return; fi
   log "building opa $OPA_VERSION"
-  local mod="$out/module"
-  mkdir -p "$mod" && cd "$mod"
-  [[ -f go.mod ]] || go mod init example.invalid/opa-build >/dev/null
-  go get -tool "github.com/open-policy-agent/opa@v$OPA_VERSION"
+  tool_module "$out" opa "github.com/open-policy-agent/opa@v$OPA_VERSION"
   CGO_ENABLED=0 go build -trimpath -o "$out/bin.tmp/opa" github.com/open-policy-agent/opa
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
 }
 
 PEER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/peers/spiffe-peer"
 
-# sha256 over "sha256sum" lines of go.mod, go.sum and *.go in C-locale order; first 16 hex chars.
+# sha256 over "sha256sum" lines of go.mod, go.sum and *.go of directory $1 (default: the peer's)
+# in C-locale order; first 16 hex chars.
 # tests/integration/spire.py (peer_source_hash) computes the same value.
 peer_hash() {
-  (cd "$PEER_SRC" && export LC_ALL=C && sha256sum go.mod go.sum $(printf '%s\n' *.go | sort) \
-     | sha256sum | cut -c1-16)
+  (cd "${1:-$PEER_SRC}" && export LC_ALL=C &&
+     sha256sum go.mod go.sum $(printf '%s\n' *.go | sort) | sha256sum | cut -c1-16)
 }
 
 peer_bin() { echo "$CACHE/spiffe-peer-$(peer_hash)/bin/spiffe-peer"; }
 
-build_peer() {
-  local bin; bin=$(peer_bin)
-  local out; out=$(dirname "$(dirname "$bin")")
-  if [[ -x "$bin" ]]; then log "spiffe-peer cached in $out"; return; fi
-  log "building spiffe-peer from $PEER_SRC"
-  cd "$PEER_SRC"
+# Builds the Go program in directory $2 into $CACHE/$1-<peer_hash of $2>/bin/$1, unless there.
+build_hashed() {
+  local name=$1 src=$2
+  local out; out="$CACHE/$name-$(peer_hash "$src")"
+  if [[ -x "$out/bin/$name" ]]; then log "$name cached in $out"; return; fi
+  log "building $name from $src"
+  cd "$src"
   mkdir -p "$out"
-  CGO_ENABLED=0 go build -trimpath -buildvcs=false -mod=readonly -o "$out/bin.tmp/spiffe-peer" .
+  CGO_ENABLED=0 go build -trimpath -buildvcs=false -mod=readonly -o "$out/bin.tmp/$name" .
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
-  log "spiffe-peer built: $bin"
+  log "$name built: $out/bin/$name"
 }
+
+build_peer() { build_hashed spiffe-peer "$PEER_SRC"; }
 
 helm_bin() { echo "$CACHE/helm-$HELM_VERSION/bin/helm"; }
 
@@ -80,10 +88,7 @@ build_helm() {
   local out="$CACHE/helm-$HELM_VERSION"
   if [[ -x "$out/bin/helm" ]]; then log "helm $HELM_VERSION cached in $out"; return; fi
   log "building helm $HELM_VERSION"
-  local mod="$out/module"
-  mkdir -p "$mod" && cd "$mod"
-  [[ -f go.mod ]] || go mod init example.invalid/helm-build >/dev/null
-  go get -tool "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+  tool_module "$out" helm "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
   # As Helm's Makefile: the Kubernetes version `helm template` and `helm lint` assume is the one
   # of its client-go (v0.36.x -> 1.36), not the library default 1.20.
   local kube; kube=$(go list -m -f '{{.Version}}' k8s.io/client-go)
@@ -99,25 +104,10 @@ build_helm() {
 
 K8SCHECK_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/k8scheck"
 
-# Same scheme as peer_hash; tests/deploy/test_kubernetes.py asks for the path (k8scheck-path).
-k8scheck_hash() {
-  (cd "$K8SCHECK_SRC" && export LC_ALL=C && sha256sum go.mod go.sum $(printf '%s\n' *.go | sort) \
-     | sha256sum | cut -c1-16)
-}
+# Keyed like the peer; tests/deploy/test_kubernetes.py asks for the path (k8scheck-path).
+k8scheck_bin() { echo "$CACHE/k8scheck-$(peer_hash "$K8SCHECK_SRC")/bin/k8scheck"; }
 
-k8scheck_bin() { echo "$CACHE/k8scheck-$(k8scheck_hash)/bin/k8scheck"; }
-
-build_k8scheck() {
-  local bin; bin=$(k8scheck_bin)
-  local out; out=$(dirname "$(dirname "$bin")")
-  if [[ -x "$bin" ]]; then log "k8scheck cached in $out"; return; fi
-  log "building k8scheck from $K8SCHECK_SRC"
-  cd "$K8SCHECK_SRC"
-  mkdir -p "$out"
-  CGO_ENABLED=0 go build -trimpath -buildvcs=false -mod=readonly -o "$out/bin.tmp/k8scheck" .
-  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
-  log "k8scheck built: $bin"
-}
+build_k8scheck() { build_hashed k8scheck "$K8SCHECK_SRC"; }
 
 targets=("$@"); ((${#targets[@]})) || targets=(spire opa peer helm k8scheck)
 for t in "${targets[@]}"; do

@@ -36,32 +36,29 @@ type podSpec struct {
 
 // podSpecsOf returns the pod spec of a pod-bearing object, or none.
 func podSpecsOf(obj runtime.Object) []podSpec {
-	one := func(meta *metav1.ObjectMeta, spec *corev1.PodSpec) []podSpec {
-		return []podSpec{{meta: meta, spec: spec}}
-	}
+	var t *corev1.PodTemplateSpec
 	switch o := obj.(type) {
 	case *corev1.Pod:
-		return one(&o.ObjectMeta, &o.Spec)
+		return []podSpec{{meta: &o.ObjectMeta, spec: &o.Spec}}
 	case *corev1.PodTemplate:
-		return one(&o.Template.ObjectMeta, &o.Template.Spec)
+		t = &o.Template
 	case *corev1.ReplicationController:
-		if o.Spec.Template == nil {
-			return nil
-		}
-		return one(&o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
+		t = o.Spec.Template
 	case *appsv1.Deployment:
-		return one(&o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
+		t = &o.Spec.Template
 	case *appsv1.StatefulSet:
-		return one(&o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
+		t = &o.Spec.Template
 	case *appsv1.DaemonSet:
-		return one(&o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
+		t = &o.Spec.Template
 	case *appsv1.ReplicaSet:
-		return one(&o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
+		t = &o.Spec.Template
 	case *batchv1.Job:
-		return one(&o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
+		t = &o.Spec.Template
 	case *batchv1.CronJob:
-		t := &o.Spec.JobTemplate.Spec.Template
-		return one(&t.ObjectMeta, &t.Spec)
+		t = &o.Spec.JobTemplate.Spec.Template
 	}
-	return nil
+	if t == nil {
+		return nil
+	}
+	return []podSpec{{meta: &t.ObjectMeta, spec: &t.Spec}}
 }

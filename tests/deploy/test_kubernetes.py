@@ -21,8 +21,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import REPO
-
+REPO = pathlib.Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "deploy" / "kubernetes"
 CHART = REPO / "deploy" / "helm" / "spiffe-tunnel"
 VALUE_SETS = ["hub-kafka", "producer", "gateway-deployment", "gateway-daemonset"]

@@ -18,6 +18,7 @@ test_pkgs=(
 # podman/buildah on a base image seeded by mmdebstrap, the four-site topology (iperf3).
 deploy_pkgs=(podman buildah runc mmdebstrap uidmap fuse-overlayfs iperf3)
 deploy_pkgs+=(openjdk-17-jre-headless maven curl)  # four-site Kafka broker: Java 17; Maven fetches its jars
+deploy_pkgs+=(python3-yaml)  # tests/deploy/test_kubernetes.py reads the manifests and renderings
 bench_pkgs=(stunnel4 nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
 
 want=("${build_pkgs[@]}" "${test_pkgs[@]}" "${deploy_pkgs[@]}")

@@ -8,8 +8,8 @@
 #      tunnel tests also run against the ASan build of the daemon. The tests of scripts/
 #      (tests/scripts) run in the same pytest session.
 # It first installs what it needs (both steps are idempotent and quick once done):
-# scripts/setup-deps.sh (Debian packages) and scripts/build-tools.sh (SPIRE, OPA and the
-# go-spiffe peer, built once into ~/.cache/spiffe-tunnel-tools).
+# scripts/setup-deps.sh (Debian packages) and scripts/build-tools.sh (SPIRE, OPA, the
+# go-spiffe peer, Helm and the Kubernetes checker, built once into ~/.cache/spiffe-tunnel-tools).
 #
 # Options: --quick   release build and its tests only (no sanitizer builds)
 #          -k EXPR   passed to pytest to select integration tests
@@ -30,7 +30,7 @@ done
 JOBS=${JOBS:-$(nproc)}
 mkdir -p build
 bash scripts/setup-deps.sh || { echo "test.sh: installing packages failed"; exit 1; }
-bash scripts/build-tools.sh >/dev/null || { echo "test.sh: building SPIRE/OPA/peer failed"; exit 1; }
+bash scripts/build-tools.sh >/dev/null || { echo "test.sh: building SPIRE/OPA/peer/Helm/k8scheck failed"; exit 1; }
 passed=0 failed=0 skipped=0 broken=()
 
 note() { printf '\n== %s\n' "$*"; }

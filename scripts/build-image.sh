@@ -2,7 +2,8 @@
 # Builds the spiffe-tunnel container image from deploy/container/Dockerfile with podman, tags it
 # spiffe-tunnel:<version> and spiffe-tunnel:latest, and prints its size. Base images are never
 # pulled: scripts/seed-base-images.sh makes them from Debian packages when they are missing.
-# Podman runs as root here with runc and cgroupfs (no systemd session needed).
+# Podman runs as root here with runc and cgroupfs (no systemd session needed). The image a
+# rebuild replaces is removed once untagged; the build-stage layers stay as the layer cache.
 #
 # Usage: scripts/build-image.sh [podman build options, e.g. --no-cache]
 #   IMAGE  repository name (default spiffe-tunnel)
@@ -18,6 +19,7 @@ dockerfile=deploy/container/Dockerfile
 
 bash scripts/seed-base-images.sh "$dockerfile"
 
+previous=$(podman image inspect --format '{{.Id}}' "$image:$version" 2>/dev/null || true)
 start=$(date +%s%N)
 podman --cgroup-manager cgroupfs build --runtime runc --pull=never --network host \
   --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" \
@@ -26,6 +28,13 @@ podman --cgroup-manager cgroupfs build --runtime runc --pull=never --network hos
   --build-arg "JOBS=${JOBS:-$(nproc)}" \
   --tag "$image:$version" --tag "$image:latest" "$@" .
 took_ms=$((($(date +%s%N) - start) / 1000000))
+
+# The image this build replaced, now untagged: remove it (only it, never other images).
+current=$(podman image inspect --format '{{.Id}}' "$image:$version")
+if [[ -n "$previous" && "$previous" != "$current" ]] &&
+   [[ -z "$(podman image inspect --format '{{join .RepoTags ""}}' "$previous" 2>/dev/null)" ]]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 
 size=$(podman image inspect --format '{{.Size}}' "$image:$version")
 printf 'build-image: %s:%s (revision %s) built in %d.%d s, size %d bytes (%d.%d MiB)\n' \

@@ -2,7 +2,9 @@
 scripts/build-image.sh (base image seeded by mmdebstrap), then run the way a restricted pod runs
 it: read-only root filesystem, every capability dropped, no-new-privileges, the image's numeric
 user. The built-in demo must pass inside it; the image must hold no shell."""
+import io
 import json
+import os
 import pathlib
 import resource
 import shutil
@@ -36,12 +38,12 @@ def podman(*args, check=True, timeout=120):
                           timeout=timeout)
 
 
-def build_image(repo, env_extra=None, args=()):
-    """Runs scripts/build-image.sh in `repo`; returns seconds taken and the script's last line."""
-    env = dict(__import__("os").environ, JOBS="2", **(env_extra or {}))
+def build_image():
+    """Runs scripts/build-image.sh; returns seconds taken and the script's last line (the size)."""
     start = time.monotonic()
-    proc = subprocess.run(["bash", str(repo / "scripts/build-image.sh"), *args], cwd=repo,
-                          env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(["bash", str(REPO / "scripts/build-image.sh")], cwd=REPO,
+                          env=dict(os.environ, JOBS="2"), capture_output=True, text=True,
+                          timeout=1800)
     took = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return took, proc.stdout.strip().splitlines()[-1]
@@ -54,10 +56,10 @@ def image():
     name = f"spiffe-tunnel:{project_version()}"
     had_layers = podman("image", "exists", "docker.io/library/debian:bookworm",
                         check=False).returncode == 0
-    took, line = build_image(REPO)
+    took, line = build_image()
     print(f"\nimage build ({'base image present, layer cache as left' if had_layers else 'cold'}):"
           f" {took:.1f} s\n{line}")
-    took, line = build_image(REPO)
+    took, _ = build_image()
     print(f"image rebuild, sources unchanged (warm): {took:.1f} s")
     return name
 
@@ -128,7 +130,6 @@ def image_files(image):
                                 timeout=120).stdout
     finally:
         podman("rm", "--force", "--ignore", name, check=False)
-    import io
     with tarfile.open(fileobj=io.BytesIO(export)) as tar:
         return {m.name.lstrip("./"): m.mode for m in tar.getmembers() if m.isfile() or m.issym()}
 

@@ -156,3 +156,15 @@ def test_demo_uses_tmpdir(image):
                                      "/scratch:rw,size=16m,mode=1777", "--env", "TMPDIR=/scratch"))
     assert_demo_passed(proc)
     assert "certificates in /scratch/spiffe-tunnel-demo-" in proc.stdout
+
+
+def test_default_command_reads_the_mounted_config(image):
+    # Without a configuration the default command says which file it wanted.
+    proc = run(image)
+    assert proc.returncode != 0
+    assert "/etc/spiffe-tunnel/config.yaml" in proc.stderr, proc.stderr
+    example = REPO / "config/spiffe-tunnel.example.yaml"
+    proc = run(image, "check-config", "-c", "/etc/spiffe-tunnel/config.yaml",
+               extra=("--volume", f"{example}:/etc/spiffe-tunnel/config.yaml:ro"))
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout

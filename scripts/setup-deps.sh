@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages spiffe-tunnel needs to build, test and benchmark.
 # Idempotent: packages already present are skipped. Run as root (or with sudo).
+# Options: --bench (also the benchmark tools), --build-only (only what compiling the daemon needs).
 set -euo pipefail
 
 build_pkgs=(
@@ -8,6 +9,7 @@ build_pkgs=(
   libssl-dev openssl libasio-dev libspdlog-dev libfmt-dev libyaml-cpp-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   catch2 libcli11-dev libsystemd-dev nlohmann-json3-dev
+  ccache
 )
 test_pkgs=(
   python3 python3-pytest python3-prometheus-client iproute2 socat user-mode-linux kmod procps psmisc
@@ -23,6 +25,9 @@ bench_pkgs=(stunnel4 nginx-light libnginx-mod-stream iperf3 python3-matplotlib l
 
 want=("${build_pkgs[@]}" "${test_pkgs[@]}" "${deploy_pkgs[@]}")
 if [[ "${1:-}" == "--bench" ]]; then want+=("${bench_pkgs[@]}"); fi
+# --build-only: what compiling the daemon needs, nothing else (the container image's build stage).
+build_only=0
+if [[ "${1:-}" == "--build-only" ]]; then want=("${build_pkgs[@]}"); build_only=1; fi
 
 missing=()
 for p in "${want[@]}"; do
@@ -38,6 +43,6 @@ else
 fi
 
 # Python packages the integration tests use (independent certificate minting).
-if ! python3 -c 'import cryptography, pytest' 2>/dev/null; then
+if ((!build_only)) && ! python3 -c 'import cryptography, pytest' 2>/dev/null; then
   python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
 fi

@@ -166,14 +166,17 @@ std::string join(const std::vector<std::string>& args) {
   return out;
 }
 
-// The demo's directory: `wanted`, or a fresh temporary one. "" when it cannot be made.
+// The demo's directory: `wanted`, or a fresh temporary one under $TMPDIR (default /tmp), so the
+// demo also runs where only a tmpfs is writable. "" when it cannot be made.
 std::string demo_dir(const std::string& wanted) {
   if (!wanted.empty()) {
     ::mkdir(wanted.c_str(), 0700);
     return wanted;
   }
-  char tmpl[] = "/tmp/spiffe-tunnel-demo-XXXXXX";
-  return ::mkdtemp(tmpl) != nullptr ? tmpl : "";
+  const char* tmp = std::getenv("TMPDIR");
+  std::string tmpl = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
+                     "/spiffe-tunnel-demo-XXXXXX";
+  return ::mkdtemp(tmpl.data()) != nullptr ? tmpl : "";
 }
 
 // Three trust domains, each with its own CA and one SVID: A (a producer), B (the Kafka side)

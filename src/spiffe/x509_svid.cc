@@ -276,6 +276,36 @@ Status check_signing_rules(const X509* cert) {
   return {};
 }
 
+Status check_signing_uri_sans(const X509* cert, const TrustDomain& td) {
+  SubjectAltNames sans =
+      decode_extension<GENERAL_NAMES, GENERAL_NAMES_free>(cert, NID_subject_alt_name,
+                                                          "subjectAltName");
+  if (!sans.error.empty()) {
+    return cert_error(cert, "is not a valid signing certificate: " + sans.error);
+  }
+  if (!sans.present()) {
+    return {};
+  }
+  // X509-SVID.md §4.1 lets a signing certificate name its trust domain (spiffe://td) and nothing
+  // else; a CA that carries a workload's or another domain's ID is not a CA of this bundle's.
+  const std::string expected = td.id_string();
+  for (int i = 0; i < sk_GENERAL_NAME_num(sans.value.get()); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(sans.value.get(), i);
+    if (name->type != GEN_URI) {
+      continue;
+    }
+    const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
+    const std::string_view text(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
+                                static_cast<size_t>(ASN1_STRING_length(uri)));
+    if (text != expected) {
+      return cert_error(cert, "is not a signing certificate of trust domain \"" + td.name() +
+                                  "\": it has URI subjectAltName \"" + std::string(text) +
+                                  "\" (only " + expected + " is allowed)");
+    }
+  }
+  return {};
+}
+
 Status check_own_svid(const X509Svid& svid) {
   if (svid.chain.empty() || !svid.chain.front()) {
     return Error{"X.509-SVID " + svid.id.str() + " has no certificates"};

@@ -7,9 +7,13 @@
 namespace spiffe_tunnel::tls {
 namespace {
 
-PeerOutcome* outcome_of(X509_STORE_CTX* store_ctx) {
-  auto* ssl = static_cast<SSL*>(
+SSL* ssl_of(X509_STORE_CTX* store_ctx) {
+  return static_cast<SSL*>(
       X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+}
+
+PeerOutcome* outcome_of(X509_STORE_CTX* store_ctx) {
+  SSL* ssl = ssl_of(store_ctx);
   auto* state = ssl != nullptr ? static_cast<ConnectionState*>(SSL_get_app_data(ssl)) : nullptr;
   return state != nullptr ? &state->outcome : nullptr;
 }
@@ -113,9 +117,14 @@ int TlsContext::verify_callback(X509_STORE_CTX* store_ctx, void* arg) {
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
   }
+  // The parameters OpenSSL prepared for its own verification (flags, depth, and the SSL's
+  // security level as auth level) hold for the SPIFFE one too; they are kept with the outcome
+  // for any later re-check of the same chain.
+  outcome->verify_params = spiffe::VerifyParams::from(X509_STORE_CTX_get0_param(store_ctx));
+  outcome->verify_params.security_level = SSL_get_security_level(ssl_of(store_ctx));
   spiffe::PeerVerification v = spiffe::verify_peer_chain(
       leaf, X509_STORE_CTX_get0_untrusted(store_ctx), self->snapshot_->bundles,
-      self->clock_->now());
+      self->clock_->now(), outcome->verify_params);
   outcome->peer_id = v.id;
   if (!v.ok()) {
     outcome->rejection = v.rejection;

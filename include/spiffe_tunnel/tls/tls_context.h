@@ -55,6 +55,9 @@ struct PeerOutcome {
   std::string detail;          // reason for logs when rejected
   std::string authorized_by;   // the rule that allowed the peer
   bool verified = false;       // the callback ran and accepted
+  // The verification parameters the handshake applied (the SSL's security level and flags), so
+  // that the chain can be verified again later without the SSL object.
+  spiffe::VerifyParams verify_params;
 };
 
 // Per-connection state OpenSSL callbacks write into (SSL app data). Owned by whoever owns the SSL

@@ -49,19 +49,26 @@ void TlsContext::keylog_callback(const SSL* ssl, const char* line) {
   }
   std::vector<unsigned char>& secret =
       client == (SSL_is_server(ssl) != 0) ? state->peer_traffic_secret : state->own_traffic_secret;
-  const size_t space = l.rfind(' ');
-  std::string_view hex = l.substr(space + 1);
+  decode_traffic_secret(l.substr(l.rfind(' ') + 1), secret);
+}
+
+bool decode_traffic_secret(std::string_view hex, std::vector<unsigned char>& secret) {
   OPENSSL_cleanse(secret.data(), secret.size());
   secret.clear();
+  // Room for the whole secret first: a vector that grew while being filled would free its
+  // earlier buffers, with their part of the secret, unwiped.
+  secret.reserve(hex.size() / 2);
   for (size_t i = 0; i + 1 < hex.size(); i += 2) {
     const int hi = hex_value(hex[i]);
     const int lo = hex_value(hex[i + 1]);
     if (hi < 0 || lo < 0) {
+      OPENSSL_cleanse(secret.data(), secret.size());
       secret.clear();
-      return;
+      return false;
     }
     secret.push_back(static_cast<unsigned char>(hi << 4 | lo));
   }
+  return true;
 }
 
 // Watches for a peer's TLS 1.3 KeyUpdate: OpenSSL 3.0 would re-key its own write context but not

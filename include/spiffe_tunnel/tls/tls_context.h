@@ -122,6 +122,10 @@ class ContextProvider {
   mutable std::shared_ptr<const TlsContext> cached_;                   // guarded by mutex_
 };
 
+// Decodes the hex secret of a key log line into `secret`, wiping what it held. The buffer is sized
+// once, so no unwiped copy is left behind by growth; on bad hex it is wiped and left empty.
+bool decode_traffic_secret(std::string_view hex, std::vector<unsigned char>& secret);
+
 // Parses "1.2" / "1.3" into an OpenSSL version constant.
 base::Result<int> parse_tls_version(std::string_view text);
 

@@ -131,6 +131,15 @@ struct CraftedPeer {
     return got;
   }
 
+  // Has our stream write `data`; returns the write's error.
+  asio::error_code write(std::string_view data) {
+    asio::error_code ec;
+    asio::co_spawn(
+        io, [&]() -> asio::awaitable<void> { co_await stream->write_all(data, ec); }, rethrow);
+    run_bounded(io);
+    return ec;
+  }
+
   // The next record our stream sent, opened: {inner type, plaintext}; type 0 when none came
   // within a second.
   std::pair<uint8_t, std::string> receive() {
@@ -200,15 +209,7 @@ TEST_CASE("a failed decrypt ends reading for good, even when valid records follo
     CHECK_THAT(p.stream->last_error(), Contains("bad_record_mac"));
   }
   // Nothing more is sent after the fatal alert: no close_notify, no data.
-  asio::error_code wec;
-  asio::co_spawn(
-      p.io,
-      [&]() -> asio::awaitable<void> {
-        co_await p.stream->write_all(std::string_view("x"), wec);
-      },
-      rethrow);
-  run_bounded(p.io);
-  CHECK(wec);
+  CHECK(p.write("x"));
 }
 
 TEST_CASE("an opening cipher refuses every record after its first failure") {
@@ -299,15 +300,7 @@ TEST_CASE("post-handshake messages split across records, and several per record,
   CHECK_FALSE(ec);
 
   // Our next write starts with the KeyUpdate the peer asked for, then data under the new key.
-  asio::error_code wec;
-  asio::co_spawn(
-      p.io,
-      [&]() -> asio::awaitable<void> {
-        co_await p.stream->write_all(std::string_view("reply"), wec);
-      },
-      rethrow);
-  run_bounded(p.io);
-  REQUIRE_FALSE(wec);
+  REQUIRE_FALSE(p.write("reply"));
   const auto [type, body] = p.receive();
   CHECK(type == tls::kHandshake);
   CHECK(body == message(tls::kKeyUpdate, std::string(1, '\0')));

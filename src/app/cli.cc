@@ -108,6 +108,9 @@ void add_tunnel_flags(CLI::App* cmd, config::TunnelFlags& f, bool server) {
                   "Group (name or gid) of a unix:/path listen socket");
   cmd->add_option("--cert", f.cert, "PEM certificate chain of our SVID (leaf first)");
   cmd->add_option("--key", f.key, "PEM private key of our SVID");
+  cmd->add_option("--key-permissions", f.key_permissions,
+                  "strict (default): refuse a --key file that group or others may access; "
+                  "warn: load it and log a warning");
   cmd->add_option("--bundle", f.bundles,
                   "TRUST_DOMAIN=FILE: CA bundle (PEM or SPIFFE JWKS) of a trusted trust domain; "
                   "repeat per trust domain");
@@ -153,6 +156,8 @@ CLI::App* add_wait_ready_command(CLI::App& app, config::WaitReadyFlags& f) {
                   "$SPIFFE_ENDPOINT_SOCKET");
   cmd->add_option("--cert", f.cert, "Wait for this PEM certificate chain (with --key, --bundle)");
   cmd->add_option("--key", f.key, "PEM private key matching --cert");
+  cmd->add_option("--key-permissions", f.key_permissions,
+                  "strict (default) or warn: a --key file that group or others may access");
   cmd->add_option("--bundle", f.bundles, "TRUST_DOMAIN=FILE bundle to wait for (repeatable)");
   cmd->add_option("--svid", f.svid, "Wait for the SVID with this SPIFFE ID");
   cmd->add_option("--svid-hint", f.svid_hint, "Wait for the SVID with this Workload API hint");

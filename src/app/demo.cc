@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <openssl/crypto.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -106,12 +107,31 @@ std::string exchange(uint16_t port, const std::string& message) {
   return out;
 }
 
+// Creates `path` afresh with `mode` from the first byte: a key is never readable by others, not
+// even between a create and a chmod. Any file (or symlink) of that name is removed first, and
+// O_EXCL refuses one that reappears.
 bool write_file(const std::string& path, const std::string& data, mode_t mode = 0644) {
-  std::ofstream out(path, std::ios::trunc);
-  out << data;
-  out.close();
-  ::chmod(path.c_str(), mode);
-  return static_cast<bool>(out);
+  ::unlink(path.c_str());
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode));
+  if (!fd.valid()) {
+    return false;
+  }
+  std::size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd.get(), data.data() + done, data.size() - done);
+    if (n <= 0) {
+      return false;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+bool write_key_file(const std::string& path, EVP_PKEY* key) {
+  std::string pem = spiffe::private_key_to_pem(key);
+  const bool ok = write_file(path, pem, 0600);
+  OPENSSL_cleanse(pem.data(), pem.size());
+  return ok;
 }
 
 struct Site {
@@ -136,7 +156,7 @@ bool mint_site(const std::string& dir, const spiffe::Issuer& ca, const std::stri
   site.bundle = dir + "/bundle.pem";
   ::mkdir(dir.c_str(), 0700);
   return write_file(site.cert, chain) &&
-         write_file(site.key, spiffe::private_key_to_pem(svid->key.get()), 0600) &&
+         write_key_file(site.key, svid->key.get()) &&
          write_file(site.bundle, spiffe::certificate_to_pem(ca.certificate()));
 }
 

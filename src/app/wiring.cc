@@ -54,6 +54,7 @@ base::Result<std::unique_ptr<workload::IdentitySource>> make_source(
       o.cert_file = c.identity.cert_file;
       o.key_file = c.identity.key_file;
       o.bundle_files = c.identity.bundle_files;
+      o.strict_key_permissions = c.identity.key_permissions == config::KeyPermissions::kStrict;
       return std::unique_ptr<workload::IdentitySource>(
           std::make_unique<workload::FilesSource>(std::move(o)));
     }

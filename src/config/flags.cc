@@ -53,6 +53,8 @@ Status read_identity_flags(const TunnelFlags& f, IdentityConfig& id) {
   id.kind = IdentityConfig::Kind::kFiles;
   id.cert_file = f.cert;
   id.key_file = f.key;
+  ST_TRY(flag_value(f.key_permissions, "--key-permissions", parse_key_permissions,
+                    id.key_permissions));
   if (f.cert.empty() || f.key.empty()) {
     return make_error("--cert and --key are both required with files");
   }

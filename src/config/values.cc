@@ -435,6 +435,19 @@ std::string_view log_format_name(LogFormat format) {
   return format == LogFormat::kJson ? "json" : "text";
 }
 
+Result<KeyPermissions> parse_key_permissions(std::string_view text) {
+  for (auto k : {KeyPermissions::kStrict, KeyPermissions::kWarn}) {
+    if (text == key_permissions_name(k)) {
+      return k;
+    }
+  }
+  return make_error(quoted(text) + " is not a key permission check (strict or warn)");
+}
+
+std::string_view key_permissions_name(KeyPermissions value) {
+  return value == KeyPermissions::kWarn ? "warn" : "strict";
+}
+
 Result<PeerRules> parse_peer_rules(const PeerRuleText& text) {
   PeerRules rules;
   rules.any = text.any;

@@ -32,6 +32,7 @@ Status read_identity(const WaitReadyFlags& f, WaitReadyConfig& c) {
   tf.cert = f.cert;
   tf.key = f.key;
   tf.bundles = f.bundles;
+  tf.key_permissions = f.key_permissions;
   // Without identity flags: the Workload API at SPIFFE_ENDPOINT_SOCKET.
   tf.use_workload_api = !identity_flags;
   c.origin = "flags";

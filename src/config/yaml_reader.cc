@@ -312,7 +312,9 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
 }
 
 Status read_files_identity(const Reader& r, const YAML::Node& f, IdentityConfig& id) {
-  ST_TRY(r.only_keys(f, {"cert", "key", "bundles"}, "identity.files"));
+  ST_TRY(r.only_keys(f, {"cert", "key", "bundles", "key_permissions"}, "identity.files"));
+  ST_TRY(r.value(f["key_permissions"], "key_permissions", "identity.files.key_permissions: ",
+                 parse_key_permissions, id.key_permissions));
   id.kind = IdentityConfig::Kind::kFiles;
   if (!f["cert"] || !f["key"] || !f["bundles"]) {
     return r.fail(f, "identity.files needs cert, key and bundles");

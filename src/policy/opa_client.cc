@@ -17,9 +17,13 @@ namespace {
 
 constexpr std::size_t kMaxResponse = 64 * 1024;
 
-std::string cache_key(const OpaInput& in) { return in.tunnel + '\n' + in.peer.str(); }
-
 }  // namespace
+
+// Every field of the input the policy sees is part of the key: a decision for the SVID a tunnel
+// presented before a rotation, or for the other mode, is not an answer for this one.
+std::string decision_cache_key(const OpaInput& in) {
+  return in.tunnel + '\n' + in.mode + '\n' + in.local_id + '\n' + in.peer.str();
+}
 
 std::string OpaOptions::url() const {
   const bool v6 = host.find(':') != std::string::npos;
@@ -67,7 +71,7 @@ void OpaClient::count(const OpaDecision& d, std::chrono::steady_clock::duration 
 }
 
 asio::awaitable<OpaDecision> OpaClient::decide(OpaInput input) {
-  const std::string key = cache_key(input);
+  const std::string key = decision_cache_key(input);
   const auto now = std::chrono::steady_clock::now();
   if (options_.cache_ttl.count() > 0) {
     std::lock_guard lock(mutex_);

@@ -19,11 +19,16 @@ std::string peer_name(const SpiffeId& id) {
   return "peer " + id.str();
 }
 
+bool below_security_level(int err) {
+  return err == X509_V_ERR_EE_KEY_TOO_SMALL || err == X509_V_ERR_CA_KEY_TOO_SMALL ||
+         err == X509_V_ERR_CA_MD_TOO_WEAK;
+}
+
 // Runs RFC 5280 path validation of `leaf` against `bundle` alone. Returns kNone on success and
 // fills `chain` with the built chain (leaf first, trust anchor last).
 PeerVerification verify_path(X509* leaf, STACK_OF(X509) * intermediates, const Bundle& bundle,
                              const SpiffeId& id, std::chrono::system_clock::time_point now,
-                             base::X509StackPtr& chain) {
+                             const VerifyParams& params, base::X509StackPtr& chain) {
   const std::string who = peer_name(id);
   base::X509StoreCtxPtr ctx(X509_STORE_CTX_new());
   if (!ctx || X509_STORE_CTX_init(ctx.get(), bundle.store(), leaf, intermediates) != 1) {
@@ -35,7 +40,13 @@ PeerVerification verify_path(X509* leaf, STACK_OF(X509) * intermediates, const B
   X509_VERIFY_PARAM_set_time(param, std::chrono::system_clock::to_time_t(now));
   // Every certificate of the bundle is a trust anchor, as in go-spiffe (Go's x509.Verify treats
   // every pool member as a root); a bundle may legitimately hold a non-self-signed CA.
-  X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_PARTIAL_CHAIN);
+  X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_PARTIAL_CHAIN | params.flags);
+  // A fresh context has auth level -1, which checks no key size or digest at all; the TLS stack's
+  // own level (SECLEVEL) must hold for the peer's chain as it does for everything else.
+  X509_VERIFY_PARAM_set_auth_level(param, params.security_level);
+  if (params.max_depth >= 0) {
+    X509_VERIFY_PARAM_set_depth(param, params.max_depth);
+  }
   // No purpose is set: OpenSSL's sslclient/sslserver purposes would refuse a leaf
   // whose EKU lacks one role, while check_leaf_rules applies the SPIFFE EKU rule for both roles.
 
@@ -56,6 +67,9 @@ PeerVerification verify_path(X509* leaf, STACK_OF(X509) * intermediates, const B
     }
     std::string reason = err != X509_V_OK ? X509_verify_cert_error_string(err)
                                           : "internal error: " + queue;
+    if (below_security_level(err)) {
+      reason += " for security level " + std::to_string(params.security_level);
+    }
     return reject(Rejection::kChainInvalid, id,
                   who + ": certificate chain does not verify against the bundle of trust " +
                       "domain \"" + id.trust_domain().name() + "\": " + reason + where);
@@ -65,6 +79,22 @@ PeerVerification verify_path(X509* leaf, STACK_OF(X509) * intermediates, const B
 }
 
 }  // namespace
+
+VerifyParams VerifyParams::from(const X509_VERIFY_PARAM* param) {
+  VerifyParams out;
+  if (param == nullptr) {
+    return out;
+  }
+  if (const int level = X509_VERIFY_PARAM_get_auth_level(param); level >= 0) {
+    out.security_level = level;
+  }
+  out.max_depth = X509_VERIFY_PARAM_get_depth(param);
+  // The time is the verifier's own argument, and a partial chain is always allowed (see
+  // verify_path); every other flag is carried as set.
+  out.flags = X509_VERIFY_PARAM_get_flags(param) & ~static_cast<unsigned long>(
+                  X509_V_FLAG_USE_CHECK_TIME | X509_V_FLAG_PARTIAL_CHAIN);
+  return out;
+}
 
 std::string_view rejection_label(Rejection r) {
   switch (r) {
@@ -90,7 +120,8 @@ std::string_view rejection_label(Rejection r) {
 
 PeerVerification verify_peer_chain(X509* leaf, STACK_OF(X509) * intermediates,
                                    const BundleSet& bundles,
-                                   std::chrono::system_clock::time_point now) {
+                                   std::chrono::system_clock::time_point now,
+                                   const VerifyParams& params) {
   if (leaf == nullptr) {
     return reject(Rejection::kNoCertificate, std::nullopt, "peer sent no certificate");
   }
@@ -120,7 +151,7 @@ PeerVerification verify_peer_chain(X509* leaf, STACK_OF(X509) * intermediates,
   }
 
   base::X509StackPtr chain;
-  PeerVerification path = verify_path(leaf, intermediates, *bundle, *id, now, chain);
+  PeerVerification path = verify_path(leaf, intermediates, *bundle, *id, now, params, chain);
   if (!path.ok()) {
     return path;
   }
@@ -128,7 +159,12 @@ PeerVerification verify_peer_chain(X509* leaf, STACK_OF(X509) * intermediates,
   // last element is the trust anchor from the bundle, which the operator chose to trust as is.
   const int n = sk_X509_num(chain.get());
   for (int i = 1; i < n - 1; ++i) {
-    if (auto st = check_signing_rules(sk_X509_value(chain.get(), i)); !st.ok()) {
+    const X509* ca = sk_X509_value(chain.get(), i);
+    auto st = check_signing_rules(ca);
+    if (st.ok()) {
+      st = check_signing_uri_sans(ca, td);
+    }
+    if (!st.ok()) {
       return reject(Rejection::kChainInvalid, *id,
                     who + ": intermediate " + st.error().message);
     }

@@ -61,6 +61,20 @@ bool has_eku(const EXTENDED_KEY_USAGE* eku, int nid) {
   return false;
 }
 
+// The URI SANs of a decoded subjectAltName extension, in order.
+std::vector<std::string_view> uris_of(const SubjectAltNames& sans) {
+  std::vector<std::string_view> out;
+  for (int i = 0; sans.present() && i < sk_GENERAL_NAME_num(sans.value.get()); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(sans.value.get(), i);
+    if (name->type == GEN_URI) {
+      const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
+      out.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
+                       static_cast<size_t>(ASN1_STRING_length(uri)));
+    }
+  }
+  return out;
+}
+
 Error cert_error(const X509* cert, const std::string& reason) {
   return Error{"certificate " + describe(cert) + " " + reason};
 }
@@ -172,24 +186,15 @@ Result<SpiffeId> spiffe_id_of(const X509* cert) {
     return cert_error(cert, "is not an X.509-SVID: it has no subjectAltName extension");
   }
   // X509-SVID.md §2: exactly one URI SAN; more than one is rejected even if they are equal.
-  const ASN1_IA5STRING* uri = nullptr;
-  int uri_count = 0;
-  for (int i = 0; i < sk_GENERAL_NAME_num(sans.value.get()); ++i) {
-    const GENERAL_NAME* name = sk_GENERAL_NAME_value(sans.value.get(), i);
-    if (name->type == GEN_URI) {
-      uri = name->d.uniformResourceIdentifier;
-      ++uri_count;
-    }
-  }
-  if (uri_count == 0) {
+  const std::vector<std::string_view> uris = uris_of(sans);
+  if (uris.empty()) {
     return cert_error(cert, "is not an X.509-SVID: it has no URI subjectAltName");
   }
-  if (uri_count > 1) {
-    return cert_error(cert, "is not an X.509-SVID: it has " + std::to_string(uri_count) +
+  if (uris.size() > 1) {
+    return cert_error(cert, "is not an X.509-SVID: it has " + std::to_string(uris.size()) +
                                 " URI subjectAltNames (exactly one allowed)");
   }
-  const std::string_view text(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
-                              static_cast<size_t>(ASN1_STRING_length(uri)));
+  const std::string_view text = uris.front();
   auto id = SpiffeId::parse(text);
   if (!id.ok()) {
     return cert_error(cert, "is not an X.509-SVID: URI subjectAltName " + id.error().message);
@@ -272,6 +277,26 @@ Status check_signing_rules(const X509* cert) {
   // (OpenSSL alone would treat a missing keyUsage as "any usage").
   if (!ku.present() || ASN1_BIT_STRING_get_bit(ku.value.get(), kKeyCertSignBit) == 0) {
     return cert_error(cert, "is not a signing certificate: keyUsage lacks keyCertSign");
+  }
+  return {};
+}
+
+Status check_signing_uri_sans(const X509* cert, const TrustDomain& td) {
+  SubjectAltNames sans =
+      decode_extension<GENERAL_NAMES, GENERAL_NAMES_free>(cert, NID_subject_alt_name,
+                                                          "subjectAltName");
+  if (!sans.error.empty()) {
+    return cert_error(cert, "is not a valid signing certificate: " + sans.error);
+  }
+  // X509-SVID.md §4.1 lets a signing certificate name its trust domain (spiffe://td) and nothing
+  // else; a CA that carries a workload's or another domain's ID is not a CA of this bundle's.
+  const std::string expected = td.id_string();
+  for (std::string_view uri : uris_of(sans)) {
+    if (uri != expected) {
+      return cert_error(cert, "is not a signing certificate of trust domain \"" + td.name() +
+                                  "\": it has URI subjectAltName \"" + std::string(uri) +
+                                  "\" (only " + expected + " is allowed)");
+    }
   }
   return {};
 }

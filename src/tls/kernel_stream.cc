@@ -36,7 +36,7 @@ std::size_t KernelStream::try_read(std::span<char> buf, asio::error_code& ec) {
       ec = asio::error::connection_reset;
       return 0;
     }
-    auto event = classify_record(rec.type, buf.first(rec.size));
+    auto event = classify_record(rec.type, buf.first(rec.size), handshake_);
     if (!event) {
       error_detail_ = event.error().message;
       ec = asio::error::connection_aborted;

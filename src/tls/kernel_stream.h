@@ -9,6 +9,7 @@
 // exactly when the SSL object can go; TLS 1.2 receive that OpenSSL offloaded without transmit
 // stays with OpenSSL (OpenSslStream), which reads through the kernel itself.
 
+#include "spiffe_tunnel/tls/records.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
 
 namespace spiffe_tunnel::tls {
@@ -28,6 +29,9 @@ class KernelStream final : public TlsStream {
   asio::awaitable<void> shutdown_write(asio::error_code& ec) override;
   bool kernel_writes() const override { return true; }
   bool kernel_reads() const override { return true; }
+
+ private:
+  PostHandshakeReader handshake_;  // the peer's post-handshake messages, reassembled
 };
 
 }  // namespace spiffe_tunnel::tls

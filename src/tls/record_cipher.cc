@@ -195,6 +195,20 @@ base::Result<std::size_t> RecordCipher::seal(uint8_t type, std::span<const char>
 }
 
 base::Result<RecordCipher::Opened> RecordCipher::open(std::span<const char> record, char* out) {
+  // A failure is final (RFC 8446 §5.2: the connection is terminated): no later record is opened,
+  // however well it authenticates, so nothing after a forgery can reach the reader.
+  if (!failure_.empty()) {
+    return base::make_error(failure_);
+  }
+  auto opened = open_once(record, out);
+  if (!opened) {
+    failure_ = opened.error().message;
+  }
+  return opened;
+}
+
+base::Result<RecordCipher::Opened> RecordCipher::open_once(std::span<const char> record,
+                                                           char* out) {
   if (direction_ != Direction::kOpen || record.size() < kRecordHeader) {
     return base::make_error("internal_error: short record or wrong direction");
   }
@@ -230,6 +244,11 @@ base::Result<RecordCipher::Opened> RecordCipher::open(std::span<const char> reco
     return base::make_error("bad_record_mac: record authentication failed");
   }
   ++seq_;
+  // RFC 8446 §5.4: the whole TLSInnerPlaintext (content, type, padding) is at most 2^14 + 1.
+  if (ct > kMaxInnerPlaintext) {
+    return base::make_error("record_overflow: inner plaintext of " + std::to_string(ct) +
+                            " bytes");
+  }
   // TLSInnerPlaintext: content, then the real content type, then zero padding.
   std::size_t end = ct;
   while (end > 0 && o[end - 1] == 0) {
@@ -239,9 +258,6 @@ base::Result<RecordCipher::Opened> RecordCipher::open(std::span<const char> reco
     return base::make_error("unexpected_message: record without a content type");
   }
   const std::size_t size = end - 1;
-  if (size > kMaxPlaintext) {
-    return base::make_error("record_overflow: plaintext of " + std::to_string(size) + " bytes");
-  }
   return Opened{o[size], size};
 }
 

@@ -60,8 +60,14 @@ std::size_t RecordStream::try_read(std::span<char> buf, asio::error_code& ec) {
         break;
     }
   }
-  // A fatal error after some data: the data goes out now, the error with the next read.
-  (r.total == 0 ? ec : deferred_error_) = r.error;
+  // A fatal error after some data: the data goes out now, the error with the next read. Either
+  // way the error is latched: every later read reports it and reads nothing more.
+  if (r.error && r.error != asio::error::would_block) {
+    deferred_error_ = r.error;
+  }
+  if (r.total == 0) {
+    ec = r.error;
+  }
   return r.total;
 }
 
@@ -95,7 +101,7 @@ void RecordStream::open_record(Read& r) {
     return;
   }
   in_begin_ += kRecordHeader + body;
-  auto event = classify_record(opened->type, {out, opened->size});
+  auto event = classify_record(opened->type, {out, opened->size}, handshake_);
   if (!event) {
     stop(r, event.error().message, asio::error::connection_aborted);
     return;
@@ -181,8 +187,32 @@ void RecordStream::receive(Read& r) {
 }
 
 void RecordStream::stop(Read& r, std::string detail, asio::error_code code) {
+  send_fatal_alert(detail);
   fail(std::move(detail), r.error, code);
   r.more = false;
+}
+
+void RecordStream::send_fatal_alert(const std::string& detail) {
+  const std::optional<uint8_t> alert = alert_for(detail);
+  if (!alert || alert_sent_ || alert_due_) {
+    return;
+  }
+  if (writing_) {
+    alert_due_ = alert;
+    return;
+  }
+  send_alert_now(*alert);
+}
+
+void RecordStream::send_alert_now(uint8_t alert) {
+  alert_sent_ = true;
+  const char body[] = {static_cast<char>(kAlertFatal), static_cast<char>(alert)};
+  char record[sizeof(body) + kRecordOverhead];
+  auto n = tx_->seal(kAlert, body, record);
+  if (n) {
+    // Best effort, as every TLS stack sends its last alert: the connection closes next anyway.
+    (void)::send(socket_.native_handle(), record, *n, MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
 }
 
 void RecordStream::fail(std::string detail, asio::error_code& ec, asio::error_code code) {
@@ -244,6 +274,10 @@ base::Result<std::size_t> RecordStream::seal_key_update(char* out) {
 
 asio::awaitable<void> RecordStream::write_all(std::span<const char> buf, asio::error_code& ec) {
   ec.clear();
+  if (alert_sent_) {
+    ec = asio::error::connection_aborted;  // the connection ended with our fatal alert
+    co_return;
+  }
   std::size_t done = 0;
   std::unique_ptr<char[]> out;
   while (done < buf.size() || key_update_due_) {
@@ -269,7 +303,13 @@ asio::awaitable<void> RecordStream::write_all(std::span<const char> buf, asio::e
       fill += *n;
       done += chunk;
     }
+    writing_ = true;
     co_await send_all(socket_, {out.get(), fill}, ec, error_detail_);
+    writing_ = false;
+    if (alert_due_) {
+      send_alert_now(*std::exchange(alert_due_, std::nullopt));
+      ec = asio::error::connection_aborted;
+    }
     if (ec) {
       co_return;
     }
@@ -278,6 +318,10 @@ asio::awaitable<void> RecordStream::write_all(std::span<const char> buf, asio::e
 
 asio::awaitable<void> RecordStream::shutdown_write(asio::error_code& ec) {
   ec.clear();
+  if (alert_sent_ || writing_) {
+    ec = asio::error::connection_aborted;  // no close_notify after a fatal alert
+    co_return;
+  }
   char record[sizeof(kCloseNotifyAlert) + kRecordOverhead];
   auto n = tx_->seal(kAlert, kCloseNotifyAlert, record);
   if (!n) {

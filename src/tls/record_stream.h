@@ -2,11 +2,16 @@
 // RecordStream: the own TLS 1.3 record layer (RecordCipher), used when the kernel takes neither
 // direction. The SSL object is freed after the handshake; records are decrypted straight into the
 // caller's buffer when they fit, sealed two per send(), and post-handshake messages are handled
-// here (NewSessionTicket dropped, KeyUpdate followed and answered). Made by Handshake.
+// here (NewSessionTicket dropped, KeyUpdate followed and answered, either reassembled when split
+// across records). A fatal error is latched -- no read continues past it -- and answered with the
+// alert RFC 8446 names for it (bad_record_mac, record_overflow, unexpected_message, decode_error)
+// before the session closes. Made by Handshake.
 
 #include <memory>
+#include <optional>
 
 #include "spiffe_tunnel/tls/record_cipher.h"
+#include "spiffe_tunnel/tls/records.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
 
 namespace spiffe_tunnel::tls {
@@ -58,6 +63,11 @@ class RecordStream final : public TlsStream {
   // Seals our KeyUpdate (update_not_requested) into `out` and moves to our next key.
   base::Result<std::size_t> seal_key_update(char* out);
   void release_input();
+  // Sends the fatal alert `detail` deserves, if any: at once when no write is under way, else
+  // after it (an alert between the bytes of a half-sent record would be garbage to the peer).
+  void send_fatal_alert(const std::string& detail);
+  // Seals and sends alert `alert` without waiting; a full socket buffer drops it.
+  void send_alert_now(uint8_t alert);
 
   std::unique_ptr<RecordCipher> rx_;
   std::unique_ptr<RecordCipher> tx_;
@@ -69,6 +79,10 @@ class RecordStream final : public TlsStream {
   asio::error_code deferred_error_;  // reported by the next read (data came first)
   bool peer_closed_ = false;         // close_notify received
   bool key_update_due_ = false;      // the peer asked for our KeyUpdate before our next record
+  PostHandshakeReader handshake_;    // the peer's post-handshake messages, reassembled
+  bool writing_ = false;             // write_all() is suspended in the middle of a send
+  std::optional<uint8_t> alert_due_; // a fatal alert to send once that send has finished
+  bool alert_sent_ = false;          // a fatal alert went out: no further records are sent
 };
 
 }  // namespace spiffe_tunnel::tls

@@ -7,9 +7,13 @@
 namespace spiffe_tunnel::tls {
 namespace {
 
-PeerOutcome* outcome_of(X509_STORE_CTX* store_ctx) {
-  auto* ssl = static_cast<SSL*>(
+SSL* ssl_of(X509_STORE_CTX* store_ctx) {
+  return static_cast<SSL*>(
       X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+}
+
+PeerOutcome* outcome_of(X509_STORE_CTX* store_ctx) {
+  SSL* ssl = ssl_of(store_ctx);
   auto* state = ssl != nullptr ? static_cast<ConnectionState*>(SSL_get_app_data(ssl)) : nullptr;
   return state != nullptr ? &state->outcome : nullptr;
 }
@@ -45,19 +49,26 @@ void TlsContext::keylog_callback(const SSL* ssl, const char* line) {
   }
   std::vector<unsigned char>& secret =
       client == (SSL_is_server(ssl) != 0) ? state->peer_traffic_secret : state->own_traffic_secret;
-  const size_t space = l.rfind(' ');
-  std::string_view hex = l.substr(space + 1);
+  decode_traffic_secret(l.substr(l.rfind(' ') + 1), secret);
+}
+
+bool decode_traffic_secret(std::string_view hex, std::vector<unsigned char>& secret) {
   OPENSSL_cleanse(secret.data(), secret.size());
   secret.clear();
+  // Room for the whole secret first: a vector that grew while being filled would free its
+  // earlier buffers, with their part of the secret, unwiped.
+  secret.reserve(hex.size() / 2);
   for (size_t i = 0; i + 1 < hex.size(); i += 2) {
     const int hi = hex_value(hex[i]);
     const int lo = hex_value(hex[i + 1]);
     if (hi < 0 || lo < 0) {
+      OPENSSL_cleanse(secret.data(), secret.size());
       secret.clear();
-      return;
+      return false;
     }
     secret.push_back(static_cast<unsigned char>(hi << 4 | lo));
   }
+  return true;
 }
 
 // Watches for a peer's TLS 1.3 KeyUpdate: OpenSSL 3.0 would re-key its own write context but not
@@ -113,9 +124,14 @@ int TlsContext::verify_callback(X509_STORE_CTX* store_ctx, void* arg) {
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
   }
+  // The parameters OpenSSL prepared for its own verification (flags, depth, and the SSL's
+  // security level as auth level) hold for the SPIFFE one too; they are kept with the outcome
+  // for any later re-check of the same chain.
+  outcome->verify_params = spiffe::VerifyParams::from(X509_STORE_CTX_get0_param(store_ctx));
+  outcome->verify_params.security_level = SSL_get_security_level(ssl_of(store_ctx));
   spiffe::PeerVerification v = spiffe::verify_peer_chain(
       leaf, X509_STORE_CTX_get0_untrusted(store_ctx), self->snapshot_->bundles,
-      self->clock_->now());
+      self->clock_->now(), outcome->verify_params);
   outcome->peer_id = v.id;
   if (!v.ok()) {
     outcome->rejection = v.rejection;

@@ -3,10 +3,18 @@
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <unistd.h>
+
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <vector>
+
+#include "spiffe_tunnel/base/unique_fd.h"
 
 namespace spiffe_tunnel::workload {
 namespace {
@@ -19,6 +27,77 @@ base::Result<std::string> read_file(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+// Key text read from a file; wiped when it goes. The buffer is sized once from the file's length,
+// so no re-allocation leaves a copy behind.
+class KeyText {
+ public:
+  explicit KeyText(std::size_t capacity) : bytes_(capacity) {}
+  KeyText(KeyText&&) = default;
+  KeyText& operator=(KeyText&&) = delete;
+  ~KeyText() { OPENSSL_cleanse(bytes_.data(), bytes_.size()); }
+
+  std::string_view view() const { return {bytes_.data(), size_}; }
+  // Reads `fd` to its end or until the buffer is full; false on a read error.
+  bool read_from(int fd) {
+    ssize_t n = 0;
+    while (size_ < bytes_.size() &&
+           (n = ::read(fd, bytes_.data() + size_, bytes_.size() - size_)) > 0) {
+      size_ += static_cast<std::size_t>(n);
+    }
+    return n >= 0;
+  }
+
+ private:
+  std::vector<char> bytes_;
+  std::size_t size_ = 0;
+};
+
+// A private key far larger than any PEM key (an RSA-16384 PKCS#8 PEM is under 13 KiB).
+constexpr off_t kMaxKeyFile = 1 << 20;
+
+std::string octal_mode(mode_t mode) {
+  char text[8];
+  std::snprintf(text, sizeof(text), "%04o", static_cast<unsigned>(mode & 07777));
+  return text;
+}
+
+// Checks, on the opened file, that neither group nor others may access the key (as ssh does for
+// its keys). `strict` refuses such a file; otherwise it is loaded with a warning.
+base::Status check_key_mode(const std::string& path, const struct stat& st, bool strict) {
+  if (!S_ISREG(st.st_mode) || st.st_size > kMaxKeyFile) {
+    return base::make_error(path + ": not a regular file of at most 1 MiB");
+  }
+  if ((st.st_mode & 077) == 0) {
+    return {};
+  }
+  if (strict) {
+    return base::make_error(path + " has mode " + octal_mode(st.st_mode) +
+                            ", so group or others may access the private key; make it readable "
+                            "by its owner only (chmod 600 " + path +
+                            "), or set identity.files.key_permissions: warn");
+  }
+  spdlog::warn("identity: private key file {} has mode {}: group or others may access it "
+               "(identity.files.key_permissions: warn); chmod 600 it",
+               path, octal_mode(st.st_mode));
+  return {};
+}
+
+base::Result<KeyText> read_key_file(const std::string& path, bool strict) {
+  const base::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st {};
+  if (!fd.valid() || ::fstat(fd.get(), &st) != 0) {
+    return base::make_error(path + ": " + std::strerror(errno));
+  }
+  if (auto ok = check_key_mode(path, st, strict); !ok) {
+    return ok.error();
+  }
+  KeyText text(static_cast<std::size_t>(st.st_size) + 1);  // + 1: a file that grew is seen
+  if (!text.read_from(fd.get())) {
+    return base::make_error(path + ": " + std::strerror(errno));
+  }
+  return text;
 }
 
 }  // namespace
@@ -34,11 +113,11 @@ base::Result<X509Context> FilesSource::load() const {
   if (!cert) {
     return cert.error().wrap("certificate file");
   }
-  auto key = read_file(options_.key_file);
+  auto key = read_key_file(options_.key_file, options_.strict_key_permissions);
   if (!key) {
     return key.error().wrap("private key file");
   }
-  auto svid = spiffe::X509Svid::from_pem(*cert, *key);
+  auto svid = spiffe::X509Svid::from_pem(*cert, key->view());
   if (!svid) {
     return svid.error().wrap("SVID from " + options_.cert_file + " and " + options_.key_file);
   }

@@ -693,3 +693,27 @@ TEST_CASE("a file with several broken parts names each of them, one line each") 
   CHECK_THAT(m, Contains("many.yaml:17:11"));
   CHECK_THAT(m, !Contains("\"b\""));
 }
+
+TEST_CASE("identity.files.key_permissions is strict unless set to warn") {
+  IdentityFiles dir;
+  const std::string head = R"(identity:
+  files:
+    cert: {dir}/svid.pem
+    key: {dir}/key.pem
+    bundles: {td: {dir}/bundle.pem}
+)";
+  const std::string tunnels = R"(tunnels:
+  - {mode: server, listen: ":1", target: ":2", allow: {any: true}}
+)";
+  const std::string d = dir.str();
+  CHECK(load_ok(with_dir(head, d) + tunnels).identity.key_permissions == KeyPermissions::kStrict);
+  CHECK(load_ok(with_dir(head + "    key_permissions: warn\n", d) + tunnels)
+            .identity.key_permissions == KeyPermissions::kWarn);
+  CHECK(load_ok(with_dir(head + "    key_permissions: strict\n", d) + tunnels)
+            .identity.key_permissions == KeyPermissions::kStrict);
+  const std::string message =
+      error_of(with_dir(head + "    key_permissions: loose\n", d) + tunnels);
+  CHECK_THAT(message, StartsWith("test.yaml:6:22: "));
+  CHECK_THAT(message, Contains("identity.files.key_permissions: \"loose\" is not a key permission "
+                               "check (strict or warn)"));
+}

@@ -253,3 +253,18 @@ TEST_CASE("OPA alone is a peer rule, and its timeout must be positive") {
   f.opa_timeout = "0";
   CHECK_THAT(flag_error(f), Contains("the OPA timeout must be positive"));
 }
+
+TEST_CASE("--key-permissions sets how an open key file is treated") {
+  TempDir dir;
+  for (const char* name : {"svid.pem", "key.pem", "bundle.pem"}) {
+    dir.write(name, "placeholder\n");
+  }
+  TunnelFlags f = server_flags(dir);
+  CHECK(finalized(f, Mode::kServer).identity.key_permissions == KeyPermissions::kStrict);
+  f.key_permissions = "warn";
+  CHECK(finalized(f, Mode::kServer).identity.key_permissions == KeyPermissions::kWarn);
+  f.key_permissions = "off";
+  auto bad = read_tunnel_flags(f, Mode::kServer);
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(bad.error().message, StartsWith("flag --key-permissions: \"off\""));
+}

@@ -13,6 +13,7 @@
 using namespace std::chrono_literals;
 using namespace spiffe_tunnel::config;
 using namespace spiffe_tunnel::config::testing;
+using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
 
 TEST_CASE("wait-ready without identity flags waits on the Workload API of the environment") {
@@ -86,4 +87,17 @@ TEST_CASE("wait-ready with -c reports the file's own errors with file:line:colum
   auto r = read_wait_ready_flags({.config_file = file});
   REQUIRE_FALSE(r.ok());
   CHECK_THAT(r.error().message, StartsWith(file + ":"));
+}
+
+TEST_CASE("wait-ready takes --key-permissions with files, as the tunnels do") {
+  auto c = read_wait_ready_flags({.cert = "svid.pem",
+                                  .key = "key.pem",
+                                  .bundles = {"td.test=bundle.pem"},
+                                  .key_permissions = "warn"});
+  REQUIRE(c.ok());
+  CHECK(c->identity.key_permissions == KeyPermissions::kWarn);
+  auto bad = read_wait_ready_flags(
+      {.cert = "svid.pem", .key = "key.pem", .key_permissions = "maybe"});
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(bad.error().message, Contains("--key-permissions"));
 }

@@ -102,9 +102,11 @@ class CA:
               is_ca: bool = False, digital_signature: bool = True, key_cert_sign: bool = False,
               crl_sign: bool = False, key_usage: bool = True, eku_client: bool = True,
               eku_server: bool = True, not_before: Optional[dt.datetime] = None,
-              not_after: Optional[dt.datetime] = None, dns: Sequence[str] = ()) -> Issued:
-        """A leaf X.509-SVID; every keyword bends one SPIFFE rule for rejection tests."""
-        key = _key()
+              not_after: Optional[dt.datetime] = None, dns: Sequence[str] = (),
+              key=None) -> Issued:
+        """A leaf X.509-SVID; every keyword bends one SPIFFE rule for rejection tests. `key`: the
+        leaf's private key (default a fresh EC P-256 key)."""
+        key = key or _key()
         now = _NOW()
         uris = list(uris) if uris is not None else [spiffe_id]
         san = [x509.UniformResourceIdentifier(u) for u in uris if u] + [x509.DNSName(d) for d in dns]

@@ -163,11 +163,14 @@ def test_client_tunnel_against_openssl_s_server(pki, tmp_path):
     assert "verify return:1" in out or "ACCEPT" in out
 
 
-def _tls_client(port, cert=None, key=None, chain_extra=None):
-    """Speaks TLS to the server tunnel as a peer presenting (cert, key); returns bytes read."""
+def _tls_client(port, cert=None, key=None, chain_extra=None, ciphers=None):
+    """Speaks TLS to the server tunnel as a peer presenting (cert, key); returns bytes read.
+    `ciphers`: an OpenSSL cipher string for the peer (e.g. to lower its own security level)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if ciphers:
+        ctx.set_ciphers(ciphers)
     if cert:
         ctx.load_cert_chain(cert, key)
     try:

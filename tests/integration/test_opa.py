@@ -3,6 +3,7 @@ that changes live (within the cache TTL rules), and OPA unreachable failing clos
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -15,7 +16,7 @@ from helpers import free_port
 from pki import CA
 from prom import scrape
 from test_admin import admin_port
-from test_files_tunnels import CLIENT_ID, bundles, pki, start_client  # noqa: F401 (fixture)
+from test_files_tunnels import CLIENT_ID, SERVER_ID, bundles, pki, start_client  # noqa: F401 (fixture)
 
 POLICY = """package tunnels.authz
 
@@ -29,14 +30,13 @@ allow if {
 """
 
 
-@pytest.fixture
-def opa(opa_bin, tmp_path):
-    (tmp_path / "policy.rego").write_text(POLICY)
-    (tmp_path / "data.json").write_text('{"tunnels": {"allowed": ["%s"]}}' % CLIENT_ID)
+def _run_opa(opa_bin, directory, policy, data):
+    (directory / "policy.rego").write_text(policy)
+    (directory / "data.json").write_text(data)
     port = free_port()
     proc = subprocess.Popen([str(opa_bin), "run", "--server", "--addr", f"127.0.0.1:{port}",
                              "--log-level", "error", "--skip-version-check",
-                             str(tmp_path / "policy.rego"), str(tmp_path / "data.json")],
+                             str(directory / "policy.rego"), str(directory / "data.json")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
@@ -48,6 +48,13 @@ def opa(opa_bin, tmp_path):
                 proc.kill()
                 pytest.fail("OPA did not start")
             time.sleep(0.1)
+    return proc, port
+
+
+@pytest.fixture
+def opa(opa_bin, tmp_path):
+    proc, port = _run_opa(opa_bin, tmp_path, POLICY,
+                          '{"tunnels": {"allowed": ["%s"]}}' % CLIENT_ID)
     yield port
     proc.kill()
     proc.wait()
@@ -135,3 +142,51 @@ def test_opa_silent_times_out_and_denies(pki):
         server.stop()
         backend.close()
         silent.close()
+
+
+# Allows the client only while the tunnel presents SERVER_ID: the decision depends on the local
+# SVID, so a cached decision must not outlive a rotation to another ID.
+LOCAL_ID_POLICY = """package tunnels.authz
+
+default allow := false
+
+allow if {
+    input.local_spiffe_id == "%s"
+    input.peer_spiffe_id == "%s"
+}
+""" % (SERVER_ID, CLIENT_ID)
+
+
+def test_opa_cache_is_keyed_by_the_local_svid(pki, opa_bin, tmp_path):
+    proc, port = _run_opa(opa_bin, tmp_path, LOCAL_ID_POLICY, "{}")
+    first = pki["ca"]["b.test"].issue(SERVER_ID)
+    cert, key = first.write(tmp_path, "svid")
+    backend = Backend("echo")
+    url = f"http://127.0.0.1:{port}/v1/data/tunnels/authz/allow"
+    server = Daemon(["server", "--name", "kafka-in", "--listen", "127.0.0.1:0",
+                     "--target", f"127.0.0.1:{backend.port}", "--cert", cert, "--key", key,
+                     *bundles(pki, "a.test", "b.test"), "--opa-url", url], name="server")
+    sport = server.wait_listening()
+    client, cport = start_client(pki, sport, expect=("--expect-trust-domain", "b.test"))
+    try:
+        assert exchange(cport, b"as server") == b"as server"
+        # The tunnel's SVID rotates to another ID within the cache TTL (30 s by default).
+        second = pki["ca"]["b.test"].issue("spiffe://b.test/server-v2")
+        c2, k2 = second.write(tmp_path / "staging", "svid")
+        os.rename(k2, key)
+        os.rename(c2, cert)
+        server.wait_for(r"identity: loaded spiffe://b.test/server-v2")
+        time.sleep(0.5)  # the line is logged just before the new snapshot is published
+        try:
+            reply = exchange(cport, b"as server-v2")
+        except ConnectionResetError:
+            reply = b""
+        assert reply == b"", server.log
+        server.wait_for(r"rejected reason=not_authorized: peer spiffe://a.test/client: OPA denied")
+        assert "OPA allowed (cached)" not in server.log
+    finally:
+        client.stop()
+        server.stop()
+        backend.close()
+        proc.kill()
+        proc.wait()

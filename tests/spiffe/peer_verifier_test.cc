@@ -342,3 +342,113 @@ TEST_CASE("uses only the peer's trust domain roots even with its intermediates p
   require_rejected(verify(forged, bundle_set_of({&a})), Rejection::kChainInvalid,
                    "peer spiffe://a.test/x");
 }
+
+// ---- Security level and signing-certificate URI SANs --------------------------------------------
+
+namespace {
+
+EVP_PKEY* rsa_key(unsigned bits) {
+  EVP_PKEY* key = EVP_RSA_gen(bits);
+  REQUIRE(key != nullptr);
+  return key;
+}
+
+// A leaf for spiffe://a.test/web with `key`, issued by `issuer` and verified at `level`.
+PeerVerification verify_leaf_key(const TrustDomainA& a, EVP_PKEY* key, int level) {
+  auto cert = a.root.issue({.uri_sans = {"spiffe://a.test/web"}}, key);
+  REQUIRE(cert.ok());
+  return verify_peer_chain(cert->get(), nullptr, a.bundles, std::chrono::system_clock::now(),
+                           VerifyParams{.security_level = level});
+}
+
+}  // namespace
+
+TEST_CASE("verifies at security level 2 unless told otherwise") {
+  CHECK(VerifyParams{}.security_level == 2);
+}
+
+TEST_CASE_METHOD(TrustDomainA, "rejects an RSA-1024 leaf at security level 2") {
+  spiffe_tunnel::base::EvpPkeyPtr key(rsa_key(1024));
+  const PeerVerification v = verify_leaf_key(*this, key.get(), 2);
+  require_rejected(v, Rejection::kChainInvalid, "EE certificate key too weak");
+  CHECK_THAT(v.detail, Contains("security level 2"));
+  CHECK_THAT(v.detail, Contains("peer spiffe://a.test/web"));
+  // The same leaf passes where the operator lowered the level: the level is the caller's.
+  const PeerVerification low = verify_leaf_key(*this, key.get(), 1);
+  INFO(low.detail);
+  CHECK(low.ok());
+}
+
+TEST_CASE_METHOD(TrustDomainA, "accepts RSA-2048 and ECDSA P-256 leaves signed with SHA-256") {
+  spiffe_tunnel::base::EvpPkeyPtr rsa(rsa_key(2048));
+  const PeerVerification v = verify_leaf_key(*this, rsa.get(), 2);
+  INFO(v.detail);
+  CHECK(v.ok());
+  auto ec = generate_ec_p256_key();
+  REQUIRE(ec.ok());
+  const PeerVerification w = verify_leaf_key(*this, ec->get(), 2);
+  INFO(w.detail);
+  CHECK(w.ok());
+}
+
+TEST_CASE_METHOD(TrustDomainA, "rejects a chain whose intermediate is signed with SHA-1") {
+  Issuer mid = make_intermediate(root);
+  REQUIRE(X509_sign(mid.certificate(), root.key(), EVP_sha1()) > 0);
+  const X509Svid svid = make_svid(mid, "spiffe://a.test/web");
+  REQUIRE(svid.chain.size() == 2);
+  const PeerVerification v = verify(svid);
+  require_rejected(v, Rejection::kChainInvalid, "CA signature digest algorithm too weak");
+  CHECK_THAT(v.detail, Contains("at depth 1"));
+  CHECK_THAT(v.detail, Contains("security level 2"));
+}
+
+TEST_CASE("carries the security level, depth and flags of an OpenSSL verify context") {
+  std::unique_ptr<X509_VERIFY_PARAM, spiffe_tunnel::base::OpenSslDeleter<X509_VERIFY_PARAM_free>>
+      param(X509_VERIFY_PARAM_new());
+  REQUIRE(param);
+  // Unset (auth level -1) keeps the default rather than switching the checks off.
+  CHECK(VerifyParams::from(param.get()).security_level == 2);
+  X509_VERIFY_PARAM_set_auth_level(param.get(), 3);
+  X509_VERIFY_PARAM_set_depth(param.get(), 4);
+  X509_VERIFY_PARAM_set_flags(param.get(), X509_V_FLAG_X509_STRICT | X509_V_FLAG_USE_CHECK_TIME);
+  const VerifyParams p = VerifyParams::from(param.get());
+  CHECK(p.security_level == 3);
+  CHECK(p.max_depth == 4);
+  CHECK(p.flags == X509_V_FLAG_X509_STRICT);
+}
+
+TEST_CASE_METHOD(TrustDomainA, "applies the carried depth limit") {
+  const Issuer mid1 = make_intermediate(root);
+  const Issuer mid2 = make_intermediate(mid1);
+  const X509Svid svid = make_svid(mid2, "spiffe://a.test/web");
+  auto intermediates = intermediates_of(svid);
+  const PeerVerification v =
+      verify_peer_chain(svid.leaf(), intermediates.get(), bundles,
+                        std::chrono::system_clock::now(), VerifyParams{.max_depth = 1});
+  require_rejected(v, Rejection::kChainInvalid, "certificate chain too long");
+}
+
+TEST_CASE_METHOD(TrustDomainA, "rejects an intermediate whose URI SAN is not the trust domain ID") {
+  for (const char* foreign : {"spiffe://b.test", "spiffe://a.test/mid", "https://a.test"}) {
+    INFO(foreign);
+    const X509Svid svid = web_under({.uri_sans = {foreign}, .common_name = "CA", .is_ca = true});
+    const PeerVerification v = verify(svid);
+    require_rejected(v, Rejection::kChainInvalid, "intermediate");
+    CHECK_THAT(v.detail, Contains(std::string("URI subjectAltName \"") + foreign + "\""));
+    CHECK_THAT(v.detail, Contains("only spiffe://a.test is allowed"));
+  }
+  // The trust domain ID alongside a foreign one is refused too.
+  const X509Svid both = web_under(
+      {.uri_sans = {"spiffe://a.test", "spiffe://b.test"}, .common_name = "CA", .is_ca = true});
+  require_rejected(verify(both), Rejection::kChainInvalid, "\"spiffe://b.test\"");
+}
+
+TEST_CASE_METHOD(TrustDomainA, "accepts an intermediate that names exactly its trust domain") {
+  for (const std::vector<std::string>& sans :
+       {std::vector<std::string>{"spiffe://a.test"}, std::vector<std::string>{}}) {
+    const X509Svid svid = web_under({.uri_sans = sans, .common_name = "CA", .is_ca = true});
+    const PeerVerification v = verify(svid);
+    INFO(v.detail);
+    CHECK(v.ok());
+  }
+}

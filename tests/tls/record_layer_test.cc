@@ -423,6 +423,88 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
   CHECK(r.saw_close_notify);
 }
 
+namespace {
+
+// Records the length of every NewSessionTicket an OpenSSL peer writes.
+void note_ticket(int write_p, int, int content_type, const void* buf, size_t len, SSL*,
+                 void* arg) {
+  if (write_p == 1 && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+      static_cast<const unsigned char*>(buf)[0] == tls::kNewSessionTicket) {
+    static_cast<std::vector<std::size_t>*>(arg)->push_back(len);
+  }
+}
+
+asio::awaitable<void> read_after_tickets(tls::Handshake& handshake, std::string& got,
+                                         std::string& detail) {
+  std::unique_ptr<tls::TlsStream> stream = co_await handshake.run();
+  if (!stream) {
+    detail = handshake.failure().detail;
+    co_return;
+  }
+  detail = std::string(record_layer_name(stream->info().record_layer));
+  asio::error_code ec;
+  char buf[64];
+  while (got.size() < 5) {
+    const std::size_t n = co_await stream->read_some({buf, sizeof(buf)}, ec);
+    if (ec || n == 0) {
+      detail += ": " + stream->last_error();
+      co_return;
+    }
+    got.append(buf, n);
+  }
+  co_await stream->write_all(std::string_view("ack"), ec);
+}
+
+}  // namespace
+
+TEST_CASE("the userspace record layer reads OpenSSL's tickets split across records") {
+  // OpenSSL writes a handshake message in records of max_send_fragment bytes; its stateless
+  // tickets carry the session with our certificate, so each is far larger than 512 bytes.
+  Pki pki;
+  Side side(options_for(tls::Role::kClient, allow_any_verified()),
+            snapshot_of({pki.client}, {&pki.example}));
+  auto context = side.context();
+  asio::io_context io;
+  auto [a, b] = connected_pair(io);
+  const int peer_fd = b.release();
+  std::vector<std::size_t> tickets;
+
+  auto peer_done = std::async(std::launch::async, [&, peer_fd] {
+    PeerReport r;
+    OpenSslPeer peer(true, *pki.server, peer_fd, "TLS_AES_128_GCM_SHA256");
+    if (peer.ssl) {
+      SSL_set_max_send_fragment(peer.ssl.get(), 512);
+      SSL_set_num_tickets(peer.ssl.get(), 4);
+      SSL_set_msg_callback(peer.ssl.get(), note_ticket);
+      SSL_set_msg_callback_arg(peer.ssl.get(), &tickets);
+    }
+    r.handshake = peer.ssl && SSL_do_handshake(peer.ssl.get()) == 1;
+    if (r.handshake) {
+      peer.write("hello");
+      r.ack = peer.read_exactly(3);
+    }
+    r.errors = base::drain_openssl_errors();
+    ::close(peer_fd);
+    return r;
+  });
+
+  std::unique_ptr<tls::Handshake> handshake = handshake_on(std::move(a), context);
+  std::string got;
+  std::string detail;
+  asio::co_spawn(io, read_after_tickets(*handshake, got, detail), rethrow);
+  run_bounded(io, std::chrono::seconds(20));
+  const PeerReport r = peer_done.get();
+  INFO("OpenSSL peer errors: " << r.errors << "; our stream: " << detail);
+  REQUIRE(r.handshake);
+  CHECK(detail == "userspace");
+  CHECK(got == "hello");
+  CHECK(r.ack == "ack");
+  REQUIRE(tickets.size() == 4);
+  for (std::size_t len : tickets) {
+    CHECK(len > 512);  // each one crossed at least one record boundary
+  }
+}
+
 TEST_CASE("a forged record on an established connection fails the read, never delivers data") {
   EstablishedPair p;
   asio::io_context& io = p.io;

@@ -28,6 +28,8 @@ enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kCritical, kOff };
 // Server tunnels: whether the target gets a PROXY protocol header first (docs/proxy-protocol.md).
 enum class ProxyProtocol { kOff, kV2 };
 enum class LogFormat { kText, kJson };
+// What to do with a private key file that group or others may access.
+enum class KeyPermissions { kStrict, kWarn };
 
 struct HostPort {
   std::string host;
@@ -153,6 +155,8 @@ struct IdentityConfig {
   std::string cert_file;
   std::string key_file;
   std::vector<std::pair<spiffe::TrustDomain, std::string>> bundle_files;
+  // A key file with any group/other permission bit: refused (strict) or loaded with a warning.
+  KeyPermissions key_permissions = KeyPermissions::kStrict;
   // workload API: "unix:///path" or "tcp://ip:port"; "" = SPIFFE_ENDPOINT_SOCKET
   std::string workload_api;
   friend bool operator==(const IdentityConfig&, const IdentityConfig&) = default;

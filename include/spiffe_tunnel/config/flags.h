@@ -17,6 +17,7 @@ struct TunnelFlags {
   std::string name;  // "" = "server" / "client"
   std::string listen, target;
   std::string cert, key;
+  std::string key_permissions;  // strict|warn
   std::vector<std::string> bundles;  // TRUST_DOMAIN=FILE
   std::string workload_api;
   bool use_workload_api = false;

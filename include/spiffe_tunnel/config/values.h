@@ -67,6 +67,9 @@ std::string_view log_level_name(LogLevel level);
 // "text", "json".
 base::Result<LogFormat> parse_log_format(std::string_view text);
 std::string_view log_format_name(LogFormat format);
+// "strict", "warn".
+base::Result<KeyPermissions> parse_key_permissions(std::string_view text);
+std::string_view key_permissions_name(KeyPermissions value);
 
 // One written value and the words that say where it was written, as an error prefix:
 // "spiffe-tunnel.yaml:14:9: tunnel \"kafka-in\" allow.ids" or "flag --allow-id".

@@ -27,6 +27,7 @@ struct WaitReadyFlags {
   std::string config_file;  // -c: take the identity section of this file
   std::string workload_api, cert, key;
   std::vector<std::string> bundles;  // TRUST_DOMAIN=FILE
+  std::string key_permissions;       // strict|warn, as for `server`/`client`
   std::string svid, svid_hint;
   std::vector<std::string> trust_domains;
   std::string timeout;

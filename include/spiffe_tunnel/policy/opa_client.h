@@ -2,7 +2,8 @@
 // OpaClient: asks an Open Policy Agent server whether a verified peer may use a tunnel, through
 // OPA's REST data API (POST <path> with {"input": {...}}; the answer's "result" must be true).
 // Runs after the allow-list, once the handshake has verified the peer. Decisions are cached per
-// (tunnel, peer) for a short time; errors and timeouts deny (fail closed) and are not cached.
+// (tunnel, mode, local SVID, peer) for a short time; errors and timeouts deny (fail closed) and
+// are not cached.
 // One client may be shared by the sessions of many threads; decide() runs on the caller's
 // executor.
 
@@ -42,6 +43,10 @@ struct OpaInput {
   spiffe::SpiffeId peer;
   std::string local_id;  // the SVID this tunnel presents
 };
+
+// The key under which a decision for `input` is cached: the tunnel, its mode, the local SVID's ID
+// and the peer's ID (every field of the input).
+std::string decision_cache_key(const OpaInput& input);
 
 struct OpaDecision {
   bool allowed = false;

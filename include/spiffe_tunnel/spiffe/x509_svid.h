@@ -44,6 +44,8 @@ base::Result<SpiffeId> check_leaf_rules(const X509* leaf);
 
 // Applies the signing-certificate rules to an intermediate: cA true and keyCertSign set.
 base::Status check_signing_rules(const X509* cert);
+// Checks the URI SANs of a signing certificate of trust domain `td`: none, or only `spiffe://td`.
+base::Status check_signing_uri_sans(const X509* cert, const TrustDomain& td);
 
 // Sanity checks an SVID of our own before we present it: leaf rules, every further certificate
 // is a signing certificate, and the private key matches the leaf public key.

@@ -54,7 +54,8 @@ class RecordCipher {
   // Authenticates and decrypts one record (`record` = header + ciphertext, as on the wire) into
   // `out`, which must hold record.size() - kRecordHeader - kAeadTag bytes and may be the
   // ciphertext itself (record.data() + kRecordHeader). The error names the TLS alert the record
-  // deserves (bad_record_mac, record_overflow, unexpected_message).
+  // deserves (bad_record_mac, record_overflow, unexpected_message, decode_error). A failure is
+  // latched: every later call fails with the same error.
   base::Result<Opened> open(std::span<const char> record, char* out);
 
   // Moves to the next traffic secret (a KeyUpdate, RFC 8446 §7.2) and restarts the sequence.
@@ -67,6 +68,7 @@ class RecordCipher {
   RecordCipher(const Suite& suite, Direction direction);
   base::Status install(std::span<const unsigned char> secret);
   void nonce(unsigned char out[12]) const;
+  base::Result<Opened> open_once(std::span<const char> record, char* out);
 
   const Suite& suite_;
   const Direction direction_;
@@ -75,6 +77,7 @@ class RecordCipher {
   unsigned char iv_[12] = {};
   uint64_t seq_ = 0;
   std::size_t generation_ = 0;
+  std::string failure_;  // the first open() error; "" while none
 };
 
 }  // namespace spiffe_tunnel::tls

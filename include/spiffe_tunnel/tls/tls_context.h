@@ -55,6 +55,9 @@ struct PeerOutcome {
   std::string detail;          // reason for logs when rejected
   std::string authorized_by;   // the rule that allowed the peer
   bool verified = false;       // the callback ran and accepted
+  // The verification parameters the handshake applied (the SSL's security level and flags), so
+  // that the chain can be verified again later without the SSL object.
+  spiffe::VerifyParams verify_params;
 };
 
 // Per-connection state OpenSSL callbacks write into (SSL app data). Owned by whoever owns the SSL
@@ -118,6 +121,10 @@ class ContextProvider {
   mutable std::shared_ptr<const identity::Snapshot> cached_snapshot_;  // guarded by mutex_
   mutable std::shared_ptr<const TlsContext> cached_;                   // guarded by mutex_
 };
+
+// Decodes the hex secret of a key log line into `secret`, wiping what it held. The buffer is sized
+// once, so no unwiped copy is left behind by growth; on bad hex it is wiped and left empty.
+bool decode_traffic_secret(std::string_view hex, std::vector<unsigned char>& secret);
 
 // Parses "1.2" / "1.3" into an OpenSSL version constant.
 base::Result<int> parse_tls_version(std::string_view text);

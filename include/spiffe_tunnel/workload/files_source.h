@@ -4,6 +4,8 @@
 // A background thread polls the files' identity (inode, size, mtime) and reloads when any
 // changes, including replace-by-rename. A set that does not parse or does not match (half
 // written, cert and key from different rotations) is logged and skipped; the last good set stays.
+// The key file must be accessible to its owner only (see FilesSourceOptions); its text is wiped
+// from memory once parsed.
 
 #include <atomic>
 #include <condition_variable>
@@ -23,6 +25,8 @@ struct FilesSourceOptions {
   std::string key_file;
   std::vector<std::pair<spiffe::TrustDomain, std::string>> bundle_files;
   std::chrono::milliseconds poll_interval{500};
+  // A key file that group or others may access is refused (true) or loaded with a warning.
+  bool strict_key_permissions = true;
 };
 
 class FilesSource final : public IdentitySource {

@@ -17,6 +17,8 @@ test_pkgs=(
 # Packaging and deployment checks (tests/deploy): the .deb, the container image built with
 # podman/buildah on a base image seeded by mmdebstrap, the four-site topology (iperf3).
 deploy_pkgs=(podman buildah runc mmdebstrap uidmap fuse-overlayfs iperf3)
+# The .deb: CPack's dependency scan (dpkg-shlibdeps), lintian, and man to read the page.
+deploy_pkgs+=(dpkg-dev lintian man-db)
 bench_pkgs=(stunnel4 nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
 
 want=("${build_pkgs[@]}" "${test_pkgs[@]}" "${deploy_pkgs[@]}")

@@ -13,6 +13,8 @@ import sys
 
 SUBCOMMAND_LINE = re.compile(r"^  ([a-z][a-z-]*)\s{2,}(.*)$")
 OPTION_LINE = re.compile(r"^  (-\S.*?)(?:\s{2,}(.*))?$")
+# CLI11 starts descriptions in this column; a spec that nearly fills it leaves one space only.
+DESCRIPTION_COLUMN = 30
 CONTINUATION = re.compile(r"^\s{6,}(\S.*)$")
 
 
@@ -38,7 +40,11 @@ def parse(lines: list[str]) -> dict:
         elif line.rstrip() in ("Options:", "Subcommands:"):
             block = line.rstrip()[:-1].lower()
         elif block == "options" and (m := OPTION_LINE.match(line)):
-            parsed["options"].append([m.group(1).strip(), m.group(2) or ""])
+            col = DESCRIPTION_COLUMN
+            if len(line) > col and line[col - 1] == " " and line[col] != " ":
+                parsed["options"].append([line[:col].strip(), line[col:].strip()])
+            else:
+                parsed["options"].append([m.group(1).strip(), m.group(2) or ""])
         elif block == "subcommands" and (m := SUBCOMMAND_LINE.match(line)):
             parsed["subcommands"].append([m.group(1), m.group(2)])
         elif block in ("options", "subcommands") and (m := CONTINUATION.match(line)):
@@ -92,6 +98,13 @@ def page(binary: str, version: str) -> str:
         ".SH SYNOPSIS",
         "\\fBspiffe\\-tunnel\\fR [\\fIGLOBAL OPTIONS\\fR] \\fISUBCOMMAND\\fR [\\fIOPTIONS\\fR]",
         ".SH DESCRIPTION",
+        "spiffe\\-tunnel links services across sites with mutual TLS and SPIFFE identities. A",
+        "\\fBserver\\fR tunnel accepts mTLS and forwards plain TCP to a local target; a",
+        "\\fBclient\\fR tunnel accepts plain TCP and forwards it over mTLS. One process runs",
+        "many tunnels (\\fBrun\\fR with a YAML file, as the systemd unit does), each presenting",
+        "its own SVID and verifying every peer against the bundle of the peer's own trust domain.",
+        ".PP",
+        "Subcommands:",
     ]
     for line in top["prose"][1:]:  # the first repeats NAME
         # "name: what it does" lines summarise the subcommands; the rest is a paragraph.

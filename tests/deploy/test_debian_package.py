@@ -421,6 +421,15 @@ def test_unit_runs_under_systemd(machine, deb):
     assert "Watchdog timeout" in journal, journal[-3000:]
     assert m.echo_through(8001) == "ping 8001"
 
+    # An upgrade (the same package again) keeps the edited conffile and restarts the daemon.
+    pid = m.show("MainPID")
+    with step("dpkg -i again (upgrade, try-restart)"):
+        m.sh(f"dpkg --force-confold -i /tmp/{deb.name}")
+    assert "echo-out-2" in m.sh("cat /etc/spiffe-tunnel/config.yaml").stdout
+    m.wait_for("the restarted daemon", lambda: m.show("ActiveState") == "active")
+    assert m.show("MainPID") != pid
+    assert m.echo_through(8001) == "ping 8001"
+
     with step("dpkg --purge (systemd container)"):
         m.sh("dpkg --purge spiffe-tunnel")
     assert m.sh("systemctl is-active spiffe-tunnel", check=False).stdout.strip() == "inactive"

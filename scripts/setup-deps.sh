@@ -21,6 +21,8 @@ test_pkgs=(
 deploy_pkgs=(podman buildah runc mmdebstrap uidmap fuse-overlayfs iperf3)
 deploy_pkgs+=(openjdk-17-jre-headless maven curl)  # four-site Kafka broker: Java 17; Maven fetches its jars
 deploy_pkgs+=(python3-yaml)  # tests/deploy/test_kubernetes.py reads the manifests and renderings
+# The .deb: CPack's dependency scan (dpkg-shlibdeps), lintian, and man to read the page.
+deploy_pkgs+=(dpkg-dev lintian man-db)
 bench_pkgs=(stunnel4 nginx-light libnginx-mod-stream iperf3 python3-matplotlib linux-perf valgrind)
 
 want=("${build_pkgs[@]}" "${test_pkgs[@]}" "${deploy_pkgs[@]}")

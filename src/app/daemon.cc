@@ -14,6 +14,7 @@
 #include "spiffe_tunnel/tls/ktls.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tunnel/io_pool.h"
+#include "spiffe_tunnel/tunnel/io_probe.h"
 #include "spiffe_tunnel/tunnel/tunnel.h"
 #include "spiffe_tunnel/workload/files_source.h"
 #include "spiffe_tunnel/workload/workload_api_source.h"
@@ -239,6 +240,7 @@ class Daemon {
   bool source_started_ = false;
   ActivatedSockets activated_;  // kept open: tunnels listen on duplicates
   std::unique_ptr<tunnel::IoPool> pool_;
+  std::unique_ptr<tunnel::IoProbe> io_probe_;  // gates the watchdog on the data-path threads
   std::unique_ptr<TunnelSet> tunnels_;
   std::unique_ptr<admin::AdminServer> admin_;
   SystemdNotifier notifier_;
@@ -255,6 +257,7 @@ bool Daemon::build() {
   const std::size_t threads =
       config_.threads != 0 ? config_.threads : std::max(1u, std::thread::hardware_concurrency());
   pool_ = std::make_unique<tunnel::IoPool>(threads, config_.busy_poll);
+  io_probe_ = std::make_unique<tunnel::IoProbe>(*pool_, data_path_probe_limit(notifier_));
   if (config_.busy_poll.count() > 0) {
     spdlog::info("data path: {} thread(s), busy-polling {}us after each event", threads,
                  config_.busy_poll.count());
@@ -360,7 +363,9 @@ void Daemon::run_until_signal() {
   const auto tick = std::min(notifier_.watchdog_interval() / 2, std::chrono::milliseconds(200));
   for (;;) {
     const int sig = wait_for_signal(tick);
-    notifier_.watchdog();
+    if (io_probe_->check()) {
+      notifier_.watchdog();
+    }
     expiry_.check();
     tunnels_->reap();
     if (sig == SIGINT || sig == SIGTERM) {

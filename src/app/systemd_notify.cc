@@ -2,6 +2,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #ifdef SPIFFE_TUNNEL_HAVE_SYSTEMD
@@ -65,5 +66,10 @@ void SystemdNotifier::reloading() {}
 void SystemdNotifier::status(const std::string&) {}
 void SystemdNotifier::watchdog() {}
 #endif
+
+std::chrono::milliseconds data_path_probe_limit(const SystemdNotifier& notifier) {
+  return std::min(notifier.watchdog_interval() / 2,
+                  std::chrono::milliseconds(std::chrono::seconds(10)));
+}
 
 }  // namespace spiffe_tunnel::app

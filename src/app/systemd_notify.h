@@ -27,4 +27,9 @@ class SystemdNotifier {
   std::chrono::steady_clock::time_point last_ping_{};
 };
 
+// How long a data-path thread may go without running a probe before the watchdog pings stop:
+// half the watchdog interval, at most 10s (also the limit for the "stuck" log line without a
+// watchdog). A stuck thread thus gets the daemon restarted within about one interval.
+std::chrono::milliseconds data_path_probe_limit(const SystemdNotifier& notifier);
+
 }  // namespace spiffe_tunnel::app

@@ -1,6 +1,9 @@
 #include "spiffe_tunnel/tunnel/io_pool.h"
 
+#include <pthread.h>
 #include <sched.h>
+
+#include <string>
 
 #include <asio/steady_timer.hpp>
 
@@ -25,8 +28,10 @@ IoPool::IoPool(std::size_t threads, std::chrono::microseconds busy_poll)
 IoPool::~IoPool() { stop(); }
 
 void IoPool::start() {
-  for (auto& ctx : contexts_) {
-    threads_.emplace_back([c = ctx.get(), window = busy_poll_] {
+  for (std::size_t i = 0; i < contexts_.size(); ++i) {
+    threads_.emplace_back([c = contexts_[i].get(), window = busy_poll_, i] {
+      // The name shows in top -H, /proc/PID/task/*/comm and IoProbe's log lines.
+      pthread_setname_np(pthread_self(), ("spiffe-io-" + std::to_string(i)).c_str());
       if (window.count() > 0) {
         run_busy_polling(*c, window);
       } else {

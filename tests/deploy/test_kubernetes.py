@@ -8,6 +8,8 @@ validated without a cluster, by the real tools:
   into its k8s.io/api type (unknown fields, duplicate fields, unknown kinds are errors) and every
   pod spec evaluated by k8s.io/pod-security-admission at "restricted", version latest;
 - `spiffe-tunnel check-config` over every spiffe-tunnel config the manifests and renderings carry;
+- the hub's and kyushu's configs and the broker's settings equal to docs/four-sites.md's blocks
+  (the ones scripts/four-sites.sh runs), so the two descriptions of the deployment cannot drift;
 - the checker itself, shown to reject an unknown field, a privileged container, a pod without
   runAsNonRoot and the hostPath alternative, each with the admission controller's wording.
 """
@@ -15,6 +17,7 @@ import copy
 import hashlib
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -24,6 +27,7 @@ import yaml
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "deploy" / "kubernetes"
 CHART = REPO / "deploy" / "helm" / "spiffe-tunnel"
+FOUR_SITES = REPO / "docs" / "four-sites.md"
 VALUE_SETS = ["hub-kafka", "producer", "gateway-deployment", "gateway-daemonset"]
 RESTRICTED = 'violates PodSecurity "restricted:latest"'
 
@@ -116,12 +120,14 @@ def test_plain_manifests_run_the_tunnel_as_a_native_sidecar(tools):
     assert sidecar["startupProbe"]["httpGet"]["path"] == "/readyz"
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert {p["containerPort"] for p in sidecar["ports"]} == {9443, 9901}
+    assert {p["containerPort"] for p in sidecar["ports"]} == {9443, 9444, 9901}
     assert set(sidecar["resources"]) == {"requests", "limits"}
     assert spec["volumes"][0]["csi"] == {"driver": "csi.spiffe.io", "readOnly": True}
-    # Services publish the mTLS port only: never Kafka's 9092/9093 nor admin 9901.
+    assert {"name": "spiffe-workload-api", "mountPath": "/run/spire/agent/public",
+            "readOnly": True} in sidecar["volumeMounts"]
+    # Services publish the mTLS ports only: never Kafka's 9092-9095 nor admin 9901.
     for svc in (d for d in hub if d["kind"] == "Service"):
-        assert [p["port"] for p in svc["spec"]["ports"]] == [9443], svc["metadata"]["name"]
+        assert [p["port"] for p in svc["spec"]["ports"]] == [9443, 9444], svc["metadata"]["name"]
 
 
 @pytest.mark.parametrize("path", ["hokkaido/kafka.yaml", "kyushu/producer.yaml"])
@@ -180,7 +186,7 @@ def test_helm_checksum_follows_the_config(tools, tmp_path):
         docs = objects(render(tools, "producer", *extra))
         return one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     values = yaml.safe_load((CHART / "ci" / "producer-values.yaml").read_text())
-    values["config"] = values["config"].replace("threads: 1", "threads: 2")
+    values["config"] = values["config"].replace("127.0.0.1:19092", "127.0.0.1:19093")
     (tmp_path / "v.yaml").write_text(yaml.safe_dump(values))
     assert checksum() == checksum()
     assert checksum() != checksum("-f", tmp_path / "v.yaml")
@@ -223,7 +229,7 @@ def test_helm_refuses_bad_values(tools, extra, message):
     (("listen: 0.0.0.0:9901", "listen: 127.0.0.1:9901"),
      'config admin.listen is "127.0.0.1:9901"; it must be 0.0.0.0:9901'),
     (("listen: 0.0.0.0:9443", "listen: 0.0.0.0:8443"),
-     "ports: mtls (9443) is not the listen port of any tunnel in config"),
+     "ports: producers (9443) is not the listen port of any tunnel in config"),
 ])
 def test_helm_refuses_a_config_that_does_not_match_the_pod(tools, tmp_path, change, message):
     values = yaml.safe_load((CHART / "ci" / "hub-kafka-values.yaml").read_text())
@@ -261,7 +267,62 @@ def test_embedded_configs_pass_check_config(tools, daemon, tmp_path):
         out = subprocess.run([str(daemon), "check-config", "-c", str(path)], capture_output=True,
                              text=True, timeout=30)
         assert out.returncode == 0, f"{where}: {out.stdout}{out.stderr}"
-        assert ": OK, 1 tunnel(s)" in out.stdout, where
+        tunnels = len(yaml.safe_load(text)["tunnels"])
+        assert f": OK, {tunnels} tunnel(s)" in out.stdout, where
+
+
+# ---------------------------------------------------------------------------------------------
+# The same deployment as docs/four-sites.md
+
+
+def four_sites_block(name: str) -> str:
+    """The fenced block after "<!-- four-sites: NAME -->", extracted as scripts/four-sites.sh's
+    awk does: every line up to the closing fence, each ended by a newline."""
+    lines = FOUR_SITES.read_text().split("\n")
+    marker = lines.index(f"<!-- four-sites: {name} -->")
+    assert lines[marker + 1].startswith("```"), f"{name}: no fenced block after the marker"
+    end = next(i for i in range(marker + 2, len(lines)) if lines[i].startswith("```"))
+    return "".join(line + "\n" for line in lines[marker + 2:end])
+
+
+SITE_CONFIGS = [("hokkaido.yaml", "hokkaido/kafka.yaml", "hub-kafka"),
+                ("kyushu.yaml", "kyushu/producer.yaml", "producer")]
+
+
+@pytest.mark.parametrize("block,manifest,value_set", SITE_CONFIGS)
+def test_site_configs_are_the_four_sites_blocks(block, manifest, value_set):
+    expected = four_sites_block(block)
+    assert expected.startswith("identity:\n") and len(expected.splitlines()) > 5
+    plain = one(objects((MANIFESTS / manifest).read_text()), "ConfigMap")["data"]["config.yaml"]
+    assert plain == expected, f"{manifest}: config.yaml differs from docs/four-sites.md {block}"
+    values = yaml.safe_load((CHART / "ci" / f"{value_set}-values.yaml").read_text())
+    assert values["config"] == expected, f"ci/{value_set}-values.yaml: config differs from {block}"
+
+
+def kafka_properties(env: list) -> dict:
+    """The apache/kafka image's KAFKA_* variables as server.properties keys."""
+    return {e["name"][len("KAFKA_"):].lower().replace("_", "."): e["value"]
+            for e in env if e["name"].startswith("KAFKA_")}
+
+
+def test_broker_settings_are_the_four_sites_server_properties():
+    lines = four_sites_block("hokkaido/server.properties").splitlines()
+    expected = dict(l.split("=", 1) for l in lines if l and not l.startswith("#"))
+    assert re.fullmatch(r"(\w+://127\.0\.0\.1:\d+,?)+", expected["listeners"])
+    hub = pod_spec(one(hub_manifest(), "StatefulSet"))["containers"][0]
+    assert kafka_properties(hub["env"]) == expected
+    values = yaml.safe_load((CHART / "ci" / "hub-kafka-values.yaml").read_text())
+    assert kafka_properties(values["workload"]["containers"][0]["env"]) == expected
+
+
+def test_producers_use_their_local_tunnel():
+    advertised = dict(l.split("=", 1) for l in four_sites_block(
+        "hokkaido/server.properties").splitlines() if "=" in l)["advertised.listeners"]
+    tunnel = yaml.safe_load(four_sites_block("kyushu.yaml"))["tunnels"][0]["listen"]
+    assert f"PRODUCERS://{tunnel}" in advertised.split(",")
+    producer = pod_spec(one(objects((MANIFESTS / "kyushu" / "producer.yaml").read_text()),
+                            "Deployment"))["containers"][0]
+    assert {"name": "KAFKA_BOOTSTRAP_SERVERS", "value": tunnel} in producer["env"]
 
 
 # ---------------------------------------------------------------------------------------------

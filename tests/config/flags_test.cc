@@ -254,7 +254,7 @@ TEST_CASE("OPA alone is a peer rule, and its timeout must be positive") {
   CHECK_THAT(flag_error(f), Contains("the OPA timeout must be positive"));
 }
 
-TEST_CASE("--key-permissions sets how an open key file is treated") {
+TEST_CASE("The --key-permissions flag sets how an open key file is treated") {
   TempDir dir;
   for (const char* name : {"svid.pem", "key.pem", "bundle.pem"}) {
     dir.write(name, "placeholder\n");

@@ -113,9 +113,11 @@ int TlsContext::verify_callback(X509_STORE_CTX* store_ctx, void* arg) {
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
   }
-  spiffe::PeerVerification v = spiffe::verify_peer_chain(
-      leaf, X509_STORE_CTX_get0_untrusted(store_ctx), self->snapshot_->bundles,
-      self->clock_->now());
+  auto* ssl = static_cast<SSL*>(
+      X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  STACK_OF(X509)* untrusted = X509_STORE_CTX_get0_untrusted(store_ctx);
+  spiffe::PeerVerification v = spiffe::verify_peer_chain(leaf, untrusted, self->snapshot_->bundles,
+                                                         self->clock_->now());
   outcome->peer_id = v.id;
   if (!v.ok()) {
     outcome->rejection = v.rejection;
@@ -134,6 +136,8 @@ int TlsContext::verify_callback(X509_STORE_CTX* store_ctx, void* arg) {
   }
   outcome->authorized_by = d.reason;
   outcome->verified = true;
+  outcome->chain = VerifiedChain::capture(leaf, untrusted, SSL_get_security_level(ssl),
+                                          self->snapshot_->bundles);
   return 1;
 }
 

@@ -21,6 +21,7 @@
 #include "spiffe_tunnel/identity/identity_store.h"
 #include "spiffe_tunnel/policy/authorizer.h"
 #include "spiffe_tunnel/spiffe/peer_verifier.h"
+#include "spiffe_tunnel/tls/verified_chain.h"
 
 namespace spiffe_tunnel::tls {
 
@@ -55,6 +56,9 @@ struct PeerOutcome {
   std::string detail;          // reason for logs when rejected
   std::string authorized_by;   // the rule that allowed the peer
   bool verified = false;       // the callback ran and accepted
+  // The chain the callback verified, kept so that the session can verify it again against
+  // later bundles; null unless verified.
+  std::shared_ptr<const VerifiedChain> chain;
 };
 
 // Per-connection state OpenSSL callbacks write into (SSL app data). Owned by whoever owns the SSL
@@ -79,6 +83,8 @@ class TlsContext {
   const spiffe::X509Svid& svid() const { return *svid_; }
   const identity::Snapshot& snapshot() const { return *snapshot_; }
   const TlsOptions& options() const { return *options_; }
+  // The clock handshakes with this context verify at.
+  const base::Clock& clock() const { return *clock_; }
 
  private:
   friend class ContextProvider;
@@ -106,6 +112,9 @@ class ContextProvider {
   base::Result<std::shared_ptr<const TlsContext>> current() const;
 
   const TlsOptions& options() const { return *options_; }
+  // The identity store's newest snapshot (null before the first and after a withdraw), for
+  // checks of established sessions against it.
+  std::shared_ptr<const identity::Snapshot> snapshot() const { return store_.current(); }
 
  private:
   base::Result<std::shared_ptr<const TlsContext>> build(

@@ -384,14 +384,14 @@ asio::awaitable<void> Session::run() {
   const bool opened = server ? co_await open_server() : co_await open_client();
   if (opened) {
     authorized_ = true;
+    context_->metrics->established.inc();
+    log_opened();
     // The handshake verified against the snapshot current when it began; anything published
     // since (or while OPA was asked) is checked here, before a byte moves.
     check_validity();
     if (pending_policy_) {
       apply_policy(std::move(pending_policy_));
     }
-    context_->metrics->established.inc();
-    log_opened();
     pump::PumpOptions po;
     po.buffer_size = context_->limits.buffer_size;
     // No allow_splice decision here: a stream reports kernel_reads/kernel_writes only when the

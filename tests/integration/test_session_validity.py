@@ -104,12 +104,15 @@ def one(d: Daemon, msg: str, peer: str) -> dict:
     return found[0]
 
 
-def closed_total(admin: int, tunnel: str, reason: str) -> float:
+def metric_value(admin: int, name: str, labels: str) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
-    rx = re.compile(r'^spiffe_tunnel_sessions_closed_total\{tunnel="%s",reason="%s"\} (\S+)$'
-                    % (re.escape(tunnel), re.escape(reason)), re.M)
-    m = rx.search(body)
+    m = re.search(r"^%s%s (\S+)$" % (re.escape(name), re.escape(labels)), body, re.M)
     return float(m.group(1)) if m else -1.0
+
+
+def closed_total(admin: int, tunnel: str, reason: str) -> float:
+    return metric_value(admin, "spiffe_tunnel_sessions_closed_total",
+                        f'{{tunnel="{tunnel}",reason="{reason}"}}')
 
 
 def assert_cut(d: Daemon, admin: int, tunnel: str, peer: str, reason: str, stream: Stream,
@@ -143,6 +146,7 @@ class Site:
         self.admin = free_port()
         self.file = tmp / "spiffe-tunnel.yaml"
         self.daemon: Daemon | None = None
+        self.streams: list[Stream] = []
 
     def issue(self, td: str, spiffe_id: str, name: str, **kw) -> tuple[Path, Path]:
         return self.ca[td].issue(spiffe_id, **kw).write(self.dir, name)
@@ -160,10 +164,21 @@ class Site:
         self.daemon.wait_for(r'"msg":"listening on"')
         return self.daemon
 
+    def replace_ca(self, td: str) -> float:
+        """Rewrites td's bundle file to hold only a new CA (the old one removed): written whole,
+        then renamed, as a bundle updater would. Returns when the new file took its place."""
+        tmp = self.bundles[td].with_suffix(".new")
+        CA(td).write_bundle(tmp)
+        os.replace(tmp, self.bundles[td])
+        return time.time()
+
     def connect(self, port: int, creds: tuple[Path, Path]) -> Stream:
-        return connect(port, *creds, self.bundles[B])
+        self.streams.append(connect(port, *creds, self.bundles[B]))
+        return self.streams[-1]
 
     def close(self) -> None:
+        for s in self.streams:
+            s.close()
         if self.daemon:
             self.daemon.stop()
         self.echo.close()
@@ -185,16 +200,12 @@ def test_peer_cut_at_its_svid_notafter(site):
     bob = site.issue(A, BOB, "bob")
     d = site.start()
     a, b = site.connect(port, alice), site.connect(port, bob)
-    try:
-        wait_for(lambda: a.ended_at is not None, timeout=15)
-        late = a.ended_at - not_after.timestamp()
-        print(f"peer_expired: cut {late:+.3f}s from notAfter")
-        assert -0.05 <= late <= LATE, f"cut {late:+.3f}s from notAfter"
-        assert_cut(d, site.admin, "in", ALICE, "peer_expired", a, b)
-        assert "expired" in one(d, "ending", ALICE)["detail"]
-    finally:
-        a.close()
-        b.close()
+    wait_for(lambda: a.ended_at is not None, timeout=15)
+    late = a.ended_at - not_after.timestamp()
+    print(f"peer_expired: cut {late:+.3f}s from notAfter")
+    assert -0.05 <= late <= LATE, f"cut {late:+.3f}s from notAfter"
+    assert_cut(d, site.admin, "in", ALICE, "peer_expired", a, b)
+    assert "expired" in one(d, "ending", ALICE)["detail"]
 
 
 def test_bundle_rotation_without_the_peers_ca_cuts_it(site):
@@ -203,24 +214,47 @@ def test_bundle_rotation_without_the_peers_ca_cuts_it(site):
     alice, carol = site.issue(A, ALICE, "alice"), site.issue(C, CAROL, "carol")
     d = site.start()
     a, c = site.connect(port, alice), site.connect(port, carol)
+    assert a.moving(0.5) and c.moving(0.5)
+    changed = site.replace_ca(A)
+    wait_for(lambda: a.ended_at is not None, timeout=10)
+    late = a.ended_at - changed
+    # The files source looks every 500 ms; the check itself takes microseconds.
+    print(f"peer_untrusted: cut {late:.3f}s after the bundle file changed")
+    assert late <= LATE, f"cut {late:.3f}s after the bundle changed"
+    assert_cut(d, site.admin, "in", ALICE, "peer_untrusted", a, c)
+    assert "a.test" in one(d, "ending", ALICE)["detail"]
+
+
+def test_a_handshake_begun_before_a_bundle_change_is_checked_after_it(site):
+    """The connection is accepted (and its handshake given the old snapshot's context) before
+    a.test's CA is removed; the peer then completes the handshake with the removed CA's SVID.
+    The session checks itself against the current snapshot before forwarding a byte."""
+    port = free_port()
+    site.write([tunnel_yaml("in", port, site.echo.port, [ALICE])])
+    alice = site.issue(A, ALICE, "alice")
+    d = site.start()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)  # TCP only, no TLS yet
+    wait_for(lambda: metric_value(site.admin, "spiffe_tunnel_connections_accepted_total",
+                                  '{tunnel="in"}') == 1, timeout=5)
+    mark = d.mark()
+    site.replace_ca(A)
+    d.wait_for(r"identity: loaded", start=mark)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(site.bundles[B]))
+    ctx.load_cert_chain(*(str(x) for x in alice))
+    s = ctx.wrap_socket(raw)
     try:
-        assert a.moving(0.5) and c.moving(0.5)
-        # a.test's bundle now holds only a new CA (the old one removed); written whole, then
-        # renamed, as a bundle updater would.
-        tmp = site.bundles[A].with_suffix(".new")
-        CA(A).write_bundle(tmp)
-        changed = time.time()
-        os.replace(tmp, site.bundles[A])
-        wait_for(lambda: a.ended_at is not None, timeout=10)
-        late = a.ended_at - changed
-        # The files source looks every 500 ms; the check itself takes microseconds.
-        print(f"peer_untrusted: cut {late:.3f}s after the bundle file changed")
-        assert late <= LATE, f"cut {late:.3f}s after the bundle changed"
-        assert_cut(d, site.admin, "in", ALICE, "peer_untrusted", a, c)
-        assert "a.test" in one(d, "ending", ALICE)["detail"]
+        s.sendall(b"ping")
+        assert s.recv(4) == b""
+    except (OSError, ssl.SSLError):
+        pass
     finally:
-        a.close()
-        c.close()
+        s.close()
+    d.wait_for(r'"msg":"ending".*"reason":"peer_untrusted"')
+    d.wait_for(r'"msg":"closed"')
+    assert site.echo.bytes_received == 0
+    assert one(d, "closed", ALICE)["bytes_from_peer"] == 0
 
 
 def test_max_connection_age_global_default_and_per_tunnel_off(site):
@@ -233,16 +267,12 @@ def test_max_connection_age_global_default_and_per_tunnel_off(site):
     began = time.time()
     a = site.connect(aged, alice)
     f = site.connect(free, alice)
-    try:
-        wait_for(lambda: a.ended_at is not None, timeout=10)
-        age = a.ended_at - began
-        print(f"max_connection_age 2s: cut at {age:.3f}s")
-        assert 1.95 <= age <= 2 + LATE, f"cut at {age:.3f}s"
-        assert_cut(d, site.admin, "aged", ALICE, "max_connection_age", a, f)
-        assert closed_total(site.admin, "free", "max_connection_age") == 0
-    finally:
-        a.close()
-        f.close()
+    wait_for(lambda: a.ended_at is not None, timeout=10)
+    age = a.ended_at - began
+    print(f"max_connection_age 2s: cut at {age:.3f}s")
+    assert 1.95 <= age <= 2 + LATE, f"cut at {age:.3f}s"
+    assert_cut(d, site.admin, "aged", ALICE, "max_connection_age", a, f)
+    assert closed_total(site.admin, "free", "max_connection_age") == 0
 
 
 def test_reload_narrowing_the_allow_list_cuts_with_policy_changed(site):
@@ -251,20 +281,16 @@ def test_reload_narrowing_the_allow_list_cuts_with_policy_changed(site):
     alice, bob = site.issue(A, ALICE, "alice"), site.issue(A, BOB, "bob")
     d = site.start()
     a, b = site.connect(port, alice), site.connect(port, bob)
-    try:
-        assert a.moving(0.5) and b.moving(0.5)
-        site.write([tunnel_yaml("in", port, site.echo.port, [ALICE])])
-        mark = d.mark()
-        sent = time.time()
-        d.proc.send_signal(signal.SIGHUP)
-        d.wait_for(r"reload: done", start=mark)
-        wait_for(lambda: b.ended_at is not None, timeout=10)
-        print(f"policy_changed: cut {b.ended_at - sent:.3f}s after SIGHUP")
-        assert b.ended_at - sent <= LATE, f"cut {b.ended_at - sent:.3f}s after SIGHUP"
-        assert_cut(d, site.admin, "in", BOB, "policy_changed", b, a)
-    finally:
-        a.close()
-        b.close()
+    assert a.moving(0.5) and b.moving(0.5)
+    site.write([tunnel_yaml("in", port, site.echo.port, [ALICE])])
+    mark = d.mark()
+    sent = time.time()
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for(r"reload: done", start=mark)
+    wait_for(lambda: b.ended_at is not None, timeout=10)
+    print(f"policy_changed: cut {b.ended_at - sent:.3f}s after SIGHUP")
+    assert b.ended_at - sent <= LATE, f"cut {b.ended_at - sent:.3f}s after SIGHUP"
+    assert_cut(d, site.admin, "in", BOB, "policy_changed", b, a)
 
 
 # --------------------------------------------------------------------------- real SPIRE

@@ -660,6 +660,18 @@ void follow_stores(Tunnels& t) {
   t.client_store.subscribe([&t](const auto&) { t.client->recheck_identity(); });
 }
 
+// One session app → out → in → echo that has carried bytes, with the stores followed.
+struct LiveSession {
+  Tunnels t;
+  App app;
+  explicit LiveSession(const std::function<void(tunnel::TunnelOptions&)>& tweak_server = {})
+      : t(tweak_server), app(t.entry_port()) {
+    follow_stores(t);
+    app.send("hello");
+    REQUIRE(app.receive(5) == "hello");
+  }
+};
+
 std::string closed(const std::string& tunnel, const std::string& reason) {
   return "spiffe_tunnel_sessions_closed_total{tunnel=\"" + tunnel + "\",reason=\"" + reason +
          "\"} ";
@@ -668,11 +680,10 @@ std::string closed(const std::string& tunnel, const std::string& reason) {
 }  // namespace
 
 TEST_CASE("max_connection_age ends a busy session at that age") {
-  Tunnels t([](tunnel::TunnelOptions& o) { o.limits.max_connection_age = 400ms; });
   const auto start = std::chrono::steady_clock::now();
-  App app(t.entry_port());
-  app.send("hello");
-  REQUIRE(app.receive(5) == "hello");
+  LiveSession s([](tunnel::TunnelOptions& o) { o.limits.max_connection_age = 400ms; });
+  Tunnels& t = s.t;
+  App& app = s.app;
   CHECK(app.closed_by_peer());
   const auto age = std::chrono::steady_clock::now() - start;
   CHECK(age >= 350ms);
@@ -703,11 +714,9 @@ TEST_CASE("a peer whose SVID reaches notAfter is cut then, not before") {
 }
 
 TEST_CASE("a bundle without the peer's CA ends its session with peer_untrusted") {
-  Tunnels t;
-  follow_stores(t);
-  App app(t.entry_port());
-  app.send("hello");
-  REQUIRE(app.receive(5) == "hello");
+  LiveSession s;
+  Tunnels& t = s.t;
+  App& app = s.app;
   const spiffe::Issuer rotated = make_root("example.org");
   // The client keeps its own SVID, but example.org's bundle now holds another CA only.
   t.client_store.publish(snapshot_of({svid_of(t.root, "spiffe://example.org/app")}, {&rotated}));
@@ -716,11 +725,9 @@ TEST_CASE("a bundle without the peer's CA ends its session with peer_untrusted")
 }
 
 TEST_CASE("rotations of either side's SVID to the same ID end nothing; a withdraw does") {
-  Tunnels t;
-  follow_stores(t);
-  App app(t.entry_port());
-  app.send("hello");
-  REQUIRE(app.receive(5) == "hello");
+  LiveSession s;
+  Tunnels& t = s.t;
+  App& app = s.app;
   t.server_store.publish(snapshot_of({svid_of(t.root, "spiffe://example.org/backend")}, {&t.root}));
   t.client_store.publish(snapshot_of({svid_of(t.root, "spiffe://example.org/app")}, {&t.root}));
   std::this_thread::sleep_for(100ms);

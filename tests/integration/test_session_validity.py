@@ -176,6 +176,14 @@ class Site:
         self.streams.append(connect(port, *creds, self.bundles[B]))
         return self.streams[-1]
 
+    def open_two(self, allow: list[str], first: tuple[Path, Path],
+                 second: tuple[Path, Path]) -> tuple[Daemon, int, Stream, Stream]:
+        """Tunnel "in" allowing `allow`, started, with one session of each peer moving data."""
+        port = free_port()
+        self.write([tunnel_yaml("in", port, self.echo.port, allow)])
+        d = self.start()
+        return d, port, self.connect(port, first), self.connect(port, second)
+
     def close(self) -> None:
         for s in self.streams:
             s.close()
@@ -192,14 +200,10 @@ def site(tmp_path):
 
 
 def test_peer_cut_at_its_svid_notafter(site):
-    port = free_port()
-    site.write([tunnel_yaml("in", port, site.echo.port, [ALICE, BOB])])
     # X.509 times have whole seconds: the cut is due at exactly this instant.
     not_after = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)).replace(microsecond=0)
     alice = site.issue(A, ALICE, "alice", not_after=not_after)
-    bob = site.issue(A, BOB, "bob")
-    d = site.start()
-    a, b = site.connect(port, alice), site.connect(port, bob)
+    d, _, a, b = site.open_two([ALICE, BOB], alice, site.issue(A, BOB, "bob"))
     wait_for(lambda: a.ended_at is not None, timeout=15)
     late = a.ended_at - not_after.timestamp()
     print(f"peer_expired: cut {late:+.3f}s from notAfter")
@@ -209,11 +213,8 @@ def test_peer_cut_at_its_svid_notafter(site):
 
 
 def test_bundle_rotation_without_the_peers_ca_cuts_it(site):
-    port = free_port()
-    site.write([tunnel_yaml("in", port, site.echo.port, [ALICE, CAROL])])
-    alice, carol = site.issue(A, ALICE, "alice"), site.issue(C, CAROL, "carol")
-    d = site.start()
-    a, c = site.connect(port, alice), site.connect(port, carol)
+    d, _, a, c = site.open_two([ALICE, CAROL], site.issue(A, ALICE, "alice"),
+                               site.issue(C, CAROL, "carol"))
     assert a.moving(0.5) and c.moving(0.5)
     changed = site.replace_ca(A)
     wait_for(lambda: a.ended_at is not None, timeout=10)
@@ -276,11 +277,8 @@ def test_max_connection_age_global_default_and_per_tunnel_off(site):
 
 
 def test_reload_narrowing_the_allow_list_cuts_with_policy_changed(site):
-    port = free_port()
-    site.write([tunnel_yaml("in", port, site.echo.port, [ALICE, BOB])])
-    alice, bob = site.issue(A, ALICE, "alice"), site.issue(A, BOB, "bob")
-    d = site.start()
-    a, b = site.connect(port, alice), site.connect(port, bob)
+    d, port, a, b = site.open_two([ALICE, BOB], site.issue(A, ALICE, "alice"),
+                                  site.issue(A, BOB, "bob"))
     assert a.moving(0.5) and b.moving(0.5)
     site.write([tunnel_yaml("in", port, site.echo.port, [ALICE])])
     mark = d.mark()
@@ -346,6 +344,21 @@ def logged_at(d: Daemon, pattern: str, start: int) -> float:
     return dt.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
 
 
+def cut_after_update(d: Daemon, admin: int, tunnel: str, peer: str, reason: str,
+                     stream: Stream, other: Stream, change) -> None:
+    """Makes `change` in SPIRE while both sessions move data; `stream` must end within LATE of
+    the Workload API update that carries the change, with `reason`, and `other` go on."""
+    assert stream.moving(0.5) and other.moving(0.5)
+    mark = d.mark()
+    change()
+    update = logged_at(d, "workload-api: identity update", mark)
+    wait_for(lambda: stream.ended_at is not None, timeout=10)
+    late = stream.ended_at - update
+    print(f"{reason} (SPIRE): cut {late:.3f}s after the Workload API update")
+    assert late <= LATE, f"cut {late:.3f}s after the update"
+    assert_cut(d, admin, tunnel, peer, reason, stream, other)
+
+
 def svid_tunnel(name: str, port: int, target: int, svid: str, allow: list[str]) -> str:
     return tunnel_yaml(name, port, target, allow, f"    svid: {{ id: {svid} }}\n")
 
@@ -368,14 +381,8 @@ def test_spire_entry_deleted_cuts_the_tunnel_presenting_it(life, tmp_path):
     a = spire_peer(x, peer_id, tmp_path / "peer", lost)
     k = spire_peer(x, peer_id, tmp_path / "peer2", kept)
     try:
-        assert a.moving(0.5) and k.moving(0.5)
-        mark = d.mark()
-        x.delete_entry(lost_entry)
-        update = logged_at(d, "workload-api: identity update", mark)
-        wait_for(lambda: a.ended_at is not None, timeout=10)
-        print(f"local_identity_lost: cut {a.ended_at - update:.3f}s after the update")
-        assert a.ended_at - update <= LATE, f"cut {a.ended_at - update:.3f}s after the update"
-        assert_cut(d, admin, "lost", peer_id, "local_identity_lost", a, k)
+        cut_after_update(d, admin, "lost", peer_id, "local_identity_lost", a, k,
+                         lambda: x.delete_entry(lost_entry))
         assert lost_id in one(d, "ending", peer_id)["detail"]
     finally:
         a.close()
@@ -403,14 +410,8 @@ def test_spire_trust_domain_leaving_federation_cuts_its_peers_only(life, tmp_pat
     r = spire_peer(y, remote_id, tmp_path / "remote", port)
     loc = spire_peer(x, local_id, tmp_path / "local", port)
     try:
-        assert r.moving(0.5) and loc.moving(0.5)
-        mark = d.mark()
-        x.server.bundle_delete(y, mode="dissociate")
-        update = logged_at(d, "workload-api: identity update", mark)
-        wait_for(lambda: r.ended_at is not None, timeout=10)
-        print(f"peer_untrusted (federation): cut {r.ended_at - update:.3f}s after the update")
-        assert r.ended_at - update <= LATE, f"cut {r.ended_at - update:.3f}s after the update"
-        assert_cut(d, admin, "in", remote_id, "peer_untrusted", r, loc)
+        cut_after_update(d, admin, "in", remote_id, "peer_untrusted", r, loc,
+                         lambda: x.server.bundle_delete(y, mode="dissociate"))
         assert TD_Y in one(d, "ending", remote_id)["detail"]
     finally:
         r.close()

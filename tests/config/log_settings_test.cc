@@ -81,7 +81,7 @@ TEST_CASE("max_connection_age is off by default, global, and a tunnel may set it
              StartsWith("test.yaml:3:21: max_connection_age: "));
 }
 
-TEST_CASE("--max-connection-age sets the tunnel's limit in server and client mode") {
+TEST_CASE("the flag --max-connection-age sets the tunnel's limit in server and client mode") {
   using namespace std::chrono_literals;
   for (const Mode mode : {Mode::kServer, Mode::kClient}) {
     TunnelFlags f;

@@ -68,6 +68,9 @@ void add_limit_flags(CLI::App* cmd, config::TunnelFlags& f) {
   cmd->add_option("--idle-timeout", f.idle_timeout,
                   "Close a session idle this long (e.g. 1h); 0 = never")
       ->default_str(config::format_duration(d.idle_timeout));
+  cmd->add_option("--max-connection-age", f.max_connection_age,
+                  "End a session this long after accept (e.g. 24h); 0 = never")
+      ->default_str("0");
   cmd->add_option("--buffer-size", f.buffer_size,
                   "Bytes moved per step on the userspace path (also the splice pipe size)")
       ->default_str(std::to_string(d.buffer_size));

@@ -327,6 +327,11 @@ void Daemon::start_source() {
   store_.subscribe([this](const std::shared_ptr<const identity::Snapshot>& s) {
     identity_metrics_.observe(s);
   });
+  // Established sessions follow every identity change: a bundle that no longer verifies a
+  // peer's chain, or the loss of the SVID a session presents, ends it.
+  store_.subscribe([this](const std::shared_ptr<const identity::Snapshot>&) {
+    tunnels_->recheck_identity();
+  });
   source_->start({
       .on_update =
           [this, source_name = source_->describe()](workload::X509Context ctx) {

@@ -212,6 +212,16 @@ void TunnelSet::clear() {
   retired_.clear();
 }
 
+void TunnelSet::recheck_identity() {
+  std::lock_guard lock(mutex_);
+  for (const auto& r : running_) {
+    r.tunnel->recheck_identity();
+  }
+  for (const auto& r : retired_) {
+    r.tunnel->recheck_identity();
+  }
+}
+
 void TunnelSet::for_each(const std::function<void(const tunnel::Tunnel&)>& fn) const {
   std::lock_guard lock(mutex_);
   for (const auto& r : running_) {

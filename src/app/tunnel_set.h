@@ -53,6 +53,10 @@ class TunnelSet {
   // Destroys every tunnel. Only once the pool has stopped.
   void clear();
 
+  // Asks the open sessions of every tunnel, running or draining, to check themselves against the
+  // identity store's newest snapshot (tunnel::Tunnel::recheck_identity). Any thread.
+  void recheck_identity();
+
   // Calls `fn` for each running tunnel, in configuration order, under the set's lock.
   void for_each(const std::function<void(const tunnel::Tunnel&)>& fn) const;
   // Calls `fn` for each retired version still draining, under the set's lock.

@@ -119,6 +119,7 @@ tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
   o.limits = {.handshake_timeout = t.handshake_timeout,
               .connect_timeout = t.connect_timeout,
               .idle_timeout = t.idle_timeout,
+              .max_connection_age = t.max_connection_age.value_or(std::chrono::milliseconds(0)),
               .max_connections = t.max_connections,
               .buffer_size = t.buffer_size};
   o.opa = policy.opa;

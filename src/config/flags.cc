@@ -108,6 +108,8 @@ Status read_tunnel_settings(const TunnelFlags& f, TunnelConfig& t) {
                     t.handshake_timeout));
   ST_TRY(flag_value(f.connect_timeout, "--connect-timeout", parse_duration, t.connect_timeout));
   ST_TRY(flag_value(f.idle_timeout, "--idle-timeout", parse_duration, t.idle_timeout));
+  ST_TRY(flag_value(f.max_connection_age, "--max-connection-age", parse_duration,
+                    t.max_connection_age));
   ST_TRY(flag_value(f.max_connections, "--max-connections", parse_max_connections,
                     t.max_connections));
   ST_TRY(flag_value(f.buffer_size, "--buffer-size", parse_buffer_size, t.buffer_size));

@@ -170,6 +170,7 @@ base::Result<Config> finalize(Config draft, const Overrides& o) {
   }
   for (TunnelConfig& t : draft.tunnels) {
     t.log_sessions = t.log_sessions.value_or(draft.log_sessions);
+    t.max_connection_age = t.max_connection_age.value_or(draft.max_connection_age);
   }
   if (auto st = validate(draft); !st) {
     return st.error();

@@ -263,6 +263,8 @@ Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::str
   ST_TRY(r.value(n["buffer_size"], "buffer_size", prefix, parse_buffer_size, t.buffer_size));
   ST_TRY(r.value(n["proxy_protocol"], "proxy_protocol", prefix, parse_proxy_protocol,
                  t.proxy_protocol));
+  ST_TRY(r.value(n["max_connection_age"], "max_connection_age", prefix, parse_duration,
+                 t.max_connection_age));
   if (const auto ls = n["log_sessions"]) {
     bool on = true;
     ST_TRY(read_bool(r, ls, ctx + ": log_sessions", on));
@@ -277,7 +279,8 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
   ST_TRY(r.only_keys(n,
                      {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
                       "timeouts", "max_connections", "buffer_size", "proxy_protocol",
-                      "log_sessions", "listen_mode", "listen_owner", "listen_group"},
+                      "log_sessions", "listen_mode", "listen_owner", "listen_group",
+                      "max_connection_age"},
                      "tunnel #" + std::to_string(index + 1)));
   t.name = "tunnel-" + std::to_string(index + 1);
   ST_TRY(r.optional_scalar(n["name"], "name", t.name));
@@ -365,7 +368,8 @@ Status read_identity(const Reader& r, const YAML::Node& root, IdentityConfig& ou
   return {};
 }
 
-// admin, log_level, threads, drain_timeout, busy_poll, log_format, log_sessions.
+// admin, log_level, threads, drain_timeout, busy_poll, log_format, log_sessions,
+// max_connection_age.
 Status read_globals(const Reader& r, const YAML::Node& root, Config& c) {
   if (const auto a = root["admin"]) {
     ST_TRY(r.only_keys(a, {"listen"}, "admin"));
@@ -381,6 +385,8 @@ Status read_globals(const Reader& r, const YAML::Node& root, Config& c) {
   ST_TRY(r.value(root["busy_poll"], "busy_poll", "busy_poll: ", parse_busy_poll, c.busy_poll));
   ST_TRY(r.value(root["log_format"], "log_format", "log_format: ", parse_log_format, c.log_format));
   ST_TRY(read_bool(r, root["log_sessions"], "log_sessions", c.log_sessions));
+  ST_TRY(read_duration(r, root["max_connection_age"], "max_connection_age",
+                       c.max_connection_age));
   return {};
 }
 
@@ -401,7 +407,7 @@ Result<Config> read_config(const Reader& r, const YAML::Node& root) {
   };
   note(r.only_keys(root,
                    {"identity", "tunnels", "admin", "log_level", "threads", "drain_timeout",
-                    "busy_poll", "log_format", "log_sessions"},
+                    "busy_poll", "log_format", "log_sessions", "max_connection_age"},
                    "the top level"));
   note(read_identity(r, root, c.identity));
   note(read_globals(r, root, c));

@@ -129,9 +129,9 @@ int TlsContext::verify_callback(X509_STORE_CTX* store_ctx, void* arg) {
   // for any later re-check of the same chain.
   outcome->verify_params = spiffe::VerifyParams::from(X509_STORE_CTX_get0_param(store_ctx));
   outcome->verify_params.security_level = SSL_get_security_level(ssl_of(store_ctx));
+  STACK_OF(X509)* untrusted = X509_STORE_CTX_get0_untrusted(store_ctx);
   spiffe::PeerVerification v = spiffe::verify_peer_chain(
-      leaf, X509_STORE_CTX_get0_untrusted(store_ctx), self->snapshot_->bundles,
-      self->clock_->now(), outcome->verify_params);
+      leaf, untrusted, self->snapshot_->bundles, self->clock_->now(), outcome->verify_params);
   outcome->peer_id = v.id;
   if (!v.ok()) {
     outcome->rejection = v.rejection;
@@ -150,6 +150,8 @@ int TlsContext::verify_callback(X509_STORE_CTX* store_ctx, void* arg) {
   }
   outcome->authorized_by = d.reason;
   outcome->verified = true;
+  outcome->chain =
+      VerifiedChain::capture(leaf, untrusted, outcome->verify_params, self->snapshot_->bundles);
   return 1;
 }
 

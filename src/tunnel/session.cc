@@ -42,6 +42,7 @@ Session::Session(std::shared_ptr<const TunnelContext> context, uint64_t id,
       target_(accepted_.get_executor()),
       deadline_(accepted_.get_executor()),
       idle_timer_(accepted_.get_executor()),
+      validity_timer_(accepted_.get_executor()),
       started_(std::chrono::steady_clock::now()),
       last_activity_(started_) {}
 
@@ -64,63 +65,6 @@ void Session::abort(std::string reason, std::string label) {
       self->close_all();
     }
   });
-}
-
-void Session::recheck(std::shared_ptr<const TunnelContext> next) {
-  asio::post(accepted_.get_executor(), [self = shared_from_this(), next = std::move(next)] {
-    if (self->finished_) {
-      return;
-    }
-    if (!self->authorized_) {
-      self->pending_policy_ = next;  // the newest policy wins
-      return;
-    }
-    self->apply_policy(next);
-  });
-}
-
-void Session::apply_policy(std::shared_ptr<const TunnelContext> next) {
-  const spiffe::SpiffeId& peer = *tls_->info().peer.peer_id;
-  const auto& authorizer = next->tls->options().authorizer;
-  if (authorizer) {
-    const policy::Decision d = authorizer->authorize(peer);
-    if (!d.allowed) {
-      end_by_policy(d.reason);
-      return;
-    }
-  }
-  if (next->opa) {
-    asio::co_spawn(accepted_.get_executor(),
-                   [self = shared_from_this(), next] { return self->ask_opa_again(next); },
-                   asio::detached);
-  }
-}
-
-asio::awaitable<void> Session::ask_opa_again(std::shared_ptr<const TunnelContext> next) {
-  policy::OpaInput input{next->name, std::string(next->mode_name()), *tls_->info().peer.peer_id,
-                         tls_->info().context->svid().id.str()};
-  const policy::OpaDecision d = co_await next->opa->decide(std::move(input));
-  if (finished_ || (d.allowed && !d.error)) {
-    co_return;
-  }
-  // Fail closed, as at the handshake: no answer from OPA is no permission.
-  end_by_policy(d.error ? "OPA unavailable: " + d.reason : "OPA: " + d.reason);
-}
-
-void Session::end_by_policy(const std::string& detail) {
-  if (finished_ || timed_out_ == "policy_changed") {
-    return;
-  }
-  using base::TextStyle;
-  const std::string peer = tls_->info().peer.peer_id->str();
-  const std::string why = "peer " + peer + " is no longer allowed: " + detail;
-  const base::LogField facts[] = {{"reason", "policy_changed"},
-                                  {"peer_id", peer, TextStyle::kHidden},
-                                  {"detail", why, TextStyle::kColon}};
-  base::log_line(spdlog::level::warn, {log_context(), "ending", facts});
-  timed_out_ = "policy_changed";
-  abort_label_ = "policy_changed";
-  close_all();
 }
 
 void Session::close_all() {
@@ -440,11 +384,14 @@ asio::awaitable<void> Session::run() {
   const bool opened = server ? co_await open_server() : co_await open_client();
   if (opened) {
     authorized_ = true;
+    context_->metrics->established.inc();
+    log_opened();
+    // The handshake verified against the snapshot current when it began; anything published
+    // since (or while OPA was asked) is checked here, before a byte moves.
+    check_validity();
     if (pending_policy_) {
       apply_policy(std::move(pending_policy_));
     }
-    context_->metrics->established.inc();
-    log_opened();
     pump::PumpOptions po;
     po.buffer_size = context_->limits.buffer_size;
     // No allow_splice decision here: a stream reports kernel_reads/kernel_writes only when the
@@ -460,6 +407,7 @@ asio::awaitable<void> Session::run() {
   finished_ = true;
   deadline_.cancel();
   idle_timer_.cancel();
+  validity_timer_.cancel();
   close_all();
   context_->metrics->active.add(-1);
   token_.release();

@@ -39,6 +39,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // its OPA step) and ends the session with reason policy_changed when that no longer allows the
   // peer. A session still in its handshake is checked once it has been authorized. Any thread.
   void recheck(std::shared_ptr<const TunnelContext> next);
+  // Checks an established session against the identity store's newest snapshot, on the
+  // session's thread: the peer's kept chain verified again against the current bundle of its
+  // trust domain (peer_untrusted, peer_expired), and the SVID this side presents still held
+  // (local_identity_lost). Any thread; cheap for the caller (one post).
+  void recheck_identity();
   uint64_t id() const { return id_; }
 
  private:
@@ -62,6 +67,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void apply_policy(std::shared_ptr<const TunnelContext> next);
   asio::awaitable<void> ask_opa_again(std::shared_ptr<const TunnelContext> next);
   void end_by_policy(const std::string& detail);
+  // The validity check (session_validity.h) at the clock's now: ends the session, or arms
+  // validity_timer_ for the next moment something runs out (a notAfter, max_connection_age).
+  void check_validity();
+  // Logs the "ending" line and closes the session; `label` becomes the close reason.
+  void end_session(std::string_view label, const std::string& detail);
   // The reason label of an established session that ended with `r`.
   std::string_view close_label(const pump::PumpResult& r) const;
 
@@ -101,6 +111,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unique_ptr<base::TcpStream> plain_;
   asio::steady_timer deadline_;
   asio::steady_timer idle_timer_;
+  asio::steady_timer validity_timer_;  // armed by check_validity() once established
   std::string timed_out_;  // what timed out, if anything
   std::string abort_label_;  // set with timed_out_ by abort() and the idle timer
   std::chrono::steady_clock::time_point started_;

@@ -134,6 +134,12 @@ void Tunnel::update_policy(std::unique_ptr<tls::ContextProvider> tls,
   }
 }
 
+void Tunnel::recheck_identity() {
+  for (const auto& s : live_sessions()) {
+    s->recheck_identity();
+  }
+}
+
 void Tunnel::set_log_sessions(bool on) {
   auto next = std::make_shared<TunnelContext>(*context());
   next->log_sessions = on;

@@ -63,3 +63,46 @@ TEST_CASE("the flags --log-format and --log-level win over the file") {
   REQUIRE_FALSE(bad.ok());
   CHECK_THAT(bad.error().message, StartsWith("flag --log-format: \"yaml\" is not a log format"));
 }
+
+TEST_CASE("max_connection_age is off by default, global, and a tunnel may set its own") {
+  using namespace std::chrono_literals;
+  const Config off = load_ok(std::string(kWorkloadApiIdentity) + kTunnels);
+  CHECK(off.tunnels[0].max_connection_age == 0ms);
+  const Config c = load_ok(std::string(kWorkloadApiIdentity) + "max_connection_age: 24h\n" +
+                           R"(tunnels:
+  - {name: a, mode: server, listen: ":1", target: ":2", allow: {any: true}}
+  - {name: b, mode: server, listen: ":3", target: ":4", allow: {any: true}, max_connection_age: 0}
+  - {name: c, mode: server, listen: ":5", target: ":6", allow: {any: true}, max_connection_age: 90s}
+)");
+  CHECK(c.tunnels[0].max_connection_age == 24h);  // the global value
+  CHECK(c.tunnels[1].max_connection_age == 0ms);  // turned off
+  CHECK(c.tunnels[2].max_connection_age == 90s);
+  CHECK_THAT(error_of(std::string(kWorkloadApiIdentity) + "max_connection_age: soon\n" + kTunnels),
+             StartsWith("test.yaml:3:21: max_connection_age: "));
+}
+
+TEST_CASE("the flag --max-connection-age sets the tunnel's limit in server and client mode") {
+  using namespace std::chrono_literals;
+  for (const Mode mode : {Mode::kServer, Mode::kClient}) {
+    TunnelFlags f;
+    f.listen = ":1";
+    f.target = ":2";
+    f.workload_api = "unix:///run/spire/agent.sock";
+    f.use_workload_api = true;
+    f.allow_any = true;
+    f.max_connection_age = "12h";
+    auto draft = read_tunnel_flags(f, mode);
+    REQUIRE(draft.ok());
+    auto c = finalize(*draft, {});
+    INFO((c.ok() ? "" : c.error().message));
+    REQUIRE(c.ok());
+    CHECK(c->tunnels[0].max_connection_age == 12h);
+  }
+  TunnelFlags bad;
+  bad.max_connection_age = "12 hours";
+  bad.listen = ":1";
+  bad.target = ":2";
+  auto refused = read_tunnel_flags(bad, Mode::kServer);
+  REQUIRE_FALSE(refused.ok());
+  CHECK_THAT(refused.error().message, StartsWith("flag --max-connection-age: "));
+}

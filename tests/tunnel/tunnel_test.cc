@@ -649,3 +649,92 @@ TEST_CASE("a tunnel built but never started closes its listener when destroyed")
   app.send("ok");
   CHECK(app.receive(2) == "ok");
 }
+
+// ---------------------------------------------------------------- what ends an established session
+
+namespace {
+
+// Both tunnels re-check their sessions on every publish, as the daemon wires them.
+void follow_stores(Tunnels& t) {
+  t.server_store.subscribe([&t](const auto&) { t.server->recheck_identity(); });
+  t.client_store.subscribe([&t](const auto&) { t.client->recheck_identity(); });
+}
+
+// One session app → out → in → echo that has carried bytes, with the stores followed.
+struct LiveSession {
+  Tunnels t;
+  App app;
+  explicit LiveSession(const std::function<void(tunnel::TunnelOptions&)>& tweak_server = {})
+      : t(tweak_server), app(t.entry_port()) {
+    follow_stores(t);
+    app.send("hello");
+    REQUIRE(app.receive(5) == "hello");
+  }
+};
+
+std::string closed(const std::string& tunnel, const std::string& reason) {
+  return "spiffe_tunnel_sessions_closed_total{tunnel=\"" + tunnel + "\",reason=\"" + reason +
+         "\"} ";
+}
+
+}  // namespace
+
+TEST_CASE("max_connection_age ends a busy session at that age") {
+  const auto start = std::chrono::steady_clock::now();
+  LiveSession s([](tunnel::TunnelOptions& o) { o.limits.max_connection_age = 400ms; });
+  Tunnels& t = s.t;
+  App& app = s.app;
+  CHECK(app.closed_by_peer());
+  const auto age = std::chrono::steady_clock::now() - start;
+  CHECK(age >= 350ms);
+  CHECK(age < 1500ms);
+  CHECK(wait_until([&] { return t.has_metric(closed("in", "max_connection_age"), 1); }));
+}
+
+TEST_CASE("a peer whose SVID reaches notAfter is cut then, not before") {
+  Tunnels t;
+  spiffe::CertSpec brief;
+  brief.not_before_offset = -1s;
+  brief.lifetime = 3s;  // from notBefore: notAfter is 2 s from now
+  auto short_lived = svid_of(t.root, "spiffe://example.org/backend", {}, brief);
+  const auto not_after = short_lived->not_after();
+  // Presented first; the renewal of the same ID held beside it keeps the server side's own
+  // identity valid, so only the client tunnel's check of its peer ends the session.
+  t.server_store.publish(
+      snapshot_of({short_lived, svid_of(t.root, "spiffe://example.org/backend")}, {&t.root}));
+  App app(t.entry_port());
+  app.send("hello");
+  REQUIRE(app.receive(5) == "hello");
+  CHECK(app.closed_by_peer());
+  const auto late = std::chrono::system_clock::now() - not_after;
+  CHECK(late >= -50ms);
+  CHECK(late < 1s);
+  // The client tunnel verified the backend's chain: it ends the session.
+  CHECK(wait_until([&] { return t.has_metric(closed("out", "peer_expired"), 1); }));
+}
+
+TEST_CASE("a bundle without the peer's CA ends its session with peer_untrusted") {
+  LiveSession s;
+  Tunnels& t = s.t;
+  App& app = s.app;
+  const spiffe::Issuer rotated = make_root("example.org");
+  // The client keeps its own SVID, but example.org's bundle now holds another CA only.
+  t.client_store.publish(snapshot_of({svid_of(t.root, "spiffe://example.org/app")}, {&rotated}));
+  CHECK(app.closed_by_peer());
+  CHECK(wait_until([&] { return t.has_metric(closed("out", "peer_untrusted"), 1); }));
+}
+
+TEST_CASE("rotations of either side's SVID to the same ID end nothing; a withdraw does") {
+  LiveSession s;
+  Tunnels& t = s.t;
+  App& app = s.app;
+  t.server_store.publish(snapshot_of({svid_of(t.root, "spiffe://example.org/backend")}, {&t.root}));
+  t.client_store.publish(snapshot_of({svid_of(t.root, "spiffe://example.org/app")}, {&t.root}));
+  std::this_thread::sleep_for(100ms);
+  app.send("still");
+  CHECK(app.receive(5) == "still");
+
+  t.server_store.withdraw();  // revoked: PermissionDenied, entry deleted
+  CHECK(app.closed_by_peer());
+  CHECK(wait_until([&] { return t.has_metric(closed("in", "local_identity_lost"), 1); }));
+}

@@ -135,6 +135,9 @@ struct TunnelConfig {
   std::chrono::milliseconds handshake_timeout{10000};
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds idle_timeout{0};  // 0: never
+  // Established sessions end this long after accept (reason max_connection_age); 0: never.
+  // Unset in a draft: finalize() gives it the global Config::max_connection_age.
+  std::optional<std::chrono::milliseconds> max_connection_age;
   std::size_t max_connections = 10000;
   // Userspace copy buffer per active direction (idle sessions hold none), also the splice pipe
   // size. This is the product default; the tunnel module's own default only serves its tests.
@@ -169,6 +172,7 @@ struct Config {
   LogLevel log_level = LogLevel::kInfo;
   LogFormat log_format = LogFormat::kText;
   bool log_sessions = true;  // default of every tunnel's log_sessions
+  std::chrono::milliseconds max_connection_age{0};  // default of every tunnel's; 0: off
   std::size_t threads = 0;  // 0 = number of cores
   std::chrono::milliseconds drain_timeout{15000};
   // How long a data-path thread keeps polling its sockets after its last event before it sleeps

@@ -21,6 +21,7 @@
 #include "spiffe_tunnel/identity/identity_store.h"
 #include "spiffe_tunnel/policy/authorizer.h"
 #include "spiffe_tunnel/spiffe/peer_verifier.h"
+#include "spiffe_tunnel/tls/verified_chain.h"
 
 namespace spiffe_tunnel::tls {
 
@@ -58,6 +59,9 @@ struct PeerOutcome {
   // The verification parameters the handshake applied (the SSL's security level and flags), so
   // that the chain can be verified again later without the SSL object.
   spiffe::VerifyParams verify_params;
+  // The chain the callback verified, kept so that the session can verify it again against
+  // later bundles; null unless verified.
+  std::shared_ptr<const VerifiedChain> chain;
 };
 
 // Per-connection state OpenSSL callbacks write into (SSL app data). Owned by whoever owns the SSL
@@ -82,6 +86,8 @@ class TlsContext {
   const spiffe::X509Svid& svid() const { return *svid_; }
   const identity::Snapshot& snapshot() const { return *snapshot_; }
   const TlsOptions& options() const { return *options_; }
+  // The clock handshakes with this context verify at.
+  const base::Clock& clock() const { return *clock_; }
 
  private:
   friend class ContextProvider;
@@ -109,6 +115,9 @@ class ContextProvider {
   base::Result<std::shared_ptr<const TlsContext>> current() const;
 
   const TlsOptions& options() const { return *options_; }
+  // The identity store's newest snapshot (null before the first and after a withdraw), for
+  // checks of established sessions against it.
+  std::shared_ptr<const identity::Snapshot> snapshot() const { return store_.current(); }
 
  private:
   base::Result<std::shared_ptr<const TlsContext>> build(

@@ -92,6 +92,11 @@ class Tunnel {
   void update_policy(std::unique_ptr<tls::ContextProvider> tls,
                      std::shared_ptr<policy::OpaClient> opa);
 
+  // Asks every open session to check itself against the identity store's newest snapshot (see
+  // Session::recheck_identity): call on every snapshot change. Returns at once; the checks run
+  // on the sessions' threads. Any thread.
+  void recheck_identity();
+
   // Whether new sessions log their opened/closed lines; open sessions keep theirs.
   void set_log_sessions(bool on);
 

@@ -43,10 +43,12 @@ struct TunnelMetrics {
   void closed(std::string_view reason);
 };
 
-// The reasons an established session ends for on its own (registered at 0 for every tunnel);
-// Session::abort() may name others (e.g. policy_changed). See docs/metrics.md.
+// The reasons an established session ends for (registered at 0 for every tunnel); see
+// docs/metrics.md. Session::abort() may name others.
 inline constexpr std::string_view kCloseReasons[] = {
-    "eof", "idle_timeout", "draining", "aborted", "peer_error", "plain_error"};
+    "eof",          "idle_timeout",   "draining",            "aborted",
+    "peer_error",   "plain_error",    "policy_changed",      "peer_expired",
+    "peer_untrusted", "local_identity_lost", "max_connection_age"};
 
 // Timeouts and limits of one tunnel's sessions. No defaults here: the configuration model
 // (config::TunnelConfig) owns them, and app fills every field; Tunnel::create refuses zeros
@@ -55,6 +57,7 @@ struct SessionLimits {
   std::chrono::milliseconds handshake_timeout{};
   std::chrono::milliseconds connect_timeout{};
   std::chrono::milliseconds idle_timeout{};  // 0: no idle limit
+  std::chrono::milliseconds max_connection_age{};  // from accept; 0: no limit
   std::size_t max_connections = 0;
   std::size_t buffer_size = 0;  // per direction of the userspace pump, and the splice pipe size
 };

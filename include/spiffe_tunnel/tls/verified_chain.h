@@ -1,0 +1,48 @@
+#pragma once
+// VerifiedChain: the peer's certificate chain exactly as the handshake verified it (the leaf and
+// the intermediates the peer sent, as X509 references) plus the verification parameters taken
+// from the SSL object, so that the same verifier can run over it again after the SSL object is
+// gone: on every identity snapshot change, against the bundle of the peer's trust domain that
+// is current then. Immutable once captured; shared across threads as shared_ptr<const ...>.
+
+#include <chrono>
+#include <memory>
+
+#include "spiffe_tunnel/base/openssl.h"
+#include "spiffe_tunnel/spiffe/bundle.h"
+#include "spiffe_tunnel/spiffe/peer_verifier.h"
+
+namespace spiffe_tunnel::tls {
+
+class VerifiedChain {
+ public:
+  // Takes references to `leaf` and `intermediates` (may be null) as the handshake verified them
+  // against `bundles`. `params` are those the handshake verified with (the SSL's security level,
+  // depth and flags: PeerOutcome::verify_params).
+  static std::shared_ptr<const VerifiedChain> capture(X509* leaf, STACK_OF(X509) * intermediates,
+                                                      const spiffe::VerifyParams& params,
+                                                      const spiffe::BundleSet& bundles);
+
+  // Runs the handshake's verifier over the kept chain against `bundles` at `now`.
+  spiffe::PeerVerification verify(const spiffe::BundleSet& bundles,
+                                  std::chrono::system_clock::time_point now) const;
+
+  // The earliest notAfter of the chain: the leaf, the intermediates, and the trust anchor of the
+  // bundle the handshake used that issued the top of the chain. The chain stops verifying then.
+  std::chrono::system_clock::time_point not_after() const { return not_after_; }
+  const spiffe::VerifyParams& params() const { return params_; }
+  X509* leaf() const { return leaf_.get(); }
+
+ private:
+  VerifiedChain() = default;
+
+  base::X509Ptr leaf_;
+  base::X509StackPtr intermediates_;
+  spiffe::VerifyParams params_;
+  std::chrono::system_clock::time_point not_after_;
+};
+
+// The notAfter of `cert` (the epoch when unreadable, so that it counts as expired).
+std::chrono::system_clock::time_point not_after_of(const X509* cert);
+
+}  // namespace spiffe_tunnel::tls

@@ -88,6 +88,8 @@ if ((!quick)); then
   unit_tests tsan
 fi
 integration_tests all tests/integration tests/scripts tests/deploy "${pytest_args[@]}"
+# What the deployment checks measured (image size, build times, four-site throughput).
+sed -n '/= deployment facts =/,/^=\{5,\}/p' build/pytest-all.log | sed '$d'
 if ((!quick)) && [[ -x build/asan/spiffe-tunnel ]]; then
   SPIFFE_TUNNEL_BIN=$PWD/build/asan/spiffe-tunnel ASAN_OPTIONS="detect_leaks=1" \
     integration_tests asan-daemon tests/integration/test_files_tunnels.py tests/integration/test_admin.py \

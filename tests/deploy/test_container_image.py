@@ -50,17 +50,18 @@ def build_image():
 
 
 @pytest.fixture(scope="module")
-def image():
+def image(report):
     if shutil.which("podman") is None or shutil.which("mmdebstrap") is None:
         pytest.skip("podman or mmdebstrap not installed (scripts/setup-deps.sh)")
     name = f"spiffe-tunnel:{project_version()}"
     had_layers = podman("image", "exists", "docker.io/library/debian:bookworm",
                         check=False).returncode == 0
     took, line = build_image()
-    print(f"\nimage build ({'base image present, layer cache as left' if had_layers else 'cold'}):"
-          f" {took:.1f} s\n{line}")
+    report("container image build",
+           f"{'base image present, layer cache as left' if had_layers else 'cold'}: {took:.1f} s"
+           f"\n{line}")
     took, _ = build_image()
-    print(f"image rebuild, sources unchanged (warm): {took:.1f} s")
+    report("container image rebuild, sources unchanged", f"{took:.1f} s")
     return name
 
 
@@ -79,11 +80,11 @@ def run(image, *args, extra=(), timeout=120):
         podman("rm", "--force", "--ignore", name, check=False)
 
 
-def test_image_size_and_metadata(image):
+def test_image_size_and_metadata(image, report):
     info = inspect(image)
     size = info["Size"]
-    print(f"\nimage {image}: {size} bytes ({size / 1048576:.1f} MiB), {len(info['RootFS']['Layers'])}"
-          f" layer(s)")
+    report("container image size", f"{image}: {size} bytes ({size / 1048576:.1f} MiB), "
+           f"{len(info['RootFS']['Layers'])} layer(s)")
     assert size < MAX_IMAGE_BYTES
     config = info["Config"]
     assert config["Entrypoint"] == ["/usr/bin/spiffe-tunnel"]

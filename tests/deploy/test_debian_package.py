@@ -239,12 +239,13 @@ class Machine:
         return run(["podman", "exec", self.name, "bash", "-c", script], check=check,
                    timeout=timeout)
 
-    def put(self, path: str, data: bytes | str, mode: int = 0o644, group: str = "root"):
+    def put(self, path: str, data: bytes | str, mode: int = 0o644, group: str = "root",
+            owner: str = "root"):
         with tempfile.NamedTemporaryFile() as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             run(["podman", "cp", f.name, f"{self.name}:{path}"])
-        self.sh(f"chown root:{group} {path} && chmod {mode:o} {path}")
+        self.sh(f"chown {owner}:{group} {path} && chmod {mode:o} {path}")
 
     def show(self, prop: str) -> str:
         return self.sh(f"systemctl show -p {prop} --value spiffe-tunnel").stdout.strip()
@@ -368,7 +369,8 @@ def test_unit_runs_under_systemd(machine, deb):
     ca = CA("vm.test")
     svid = ca.issue("spiffe://vm.test/tunnel")
     m.put("/etc/spiffe-tunnel/svid.pem", svid.cert_pem())
-    m.put("/etc/spiffe-tunnel/svid.key", svid.key_pem(), 0o640, group=USER)
+    # The service user's own key, readable by it alone (a group-readable key is refused).
+    m.put("/etc/spiffe-tunnel/svid.key", svid.key_pem(), 0o600, group=USER, owner=USER)
     m.put("/etc/spiffe-tunnel/vm.test.pem", ca.bundle_pem())
     m.put("/etc/spiffe-tunnel/config.yaml", tunnel_config())
     m.put("/etc/systemd/system/echo.socket", ECHO_SOCKET)

@@ -47,7 +47,7 @@ def _namespaces() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def run() -> subprocess.CompletedProcess:
+def run(report) -> subprocess.CompletedProcess:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces, tc, mounts)")
     missing = [t for t in ("ip", "tc", "unshare", "iperf3", "java", "mvn", "curl") if shutil.which(t) is None]
@@ -74,6 +74,9 @@ def run() -> subprocess.CompletedProcess:
     elapsed = time.monotonic() - start
     print(cp.stdout)
     print(f"four-sites.sh took {elapsed:.0f} s")
+    table = [line for line in cp.stdout.splitlines() if line.startswith(("link ", "hokkaido->"))]
+    report(f"four sites: throughput, iperf3 single stream (four-sites.sh, {elapsed:.0f} s in all)",
+           "\n".join(table) or "(no table printed)")
     # Torn down on exit, whatever happened.
     assert not (_namespaces() & set(SITES)), "namespaces left behind"
     if not had_run_spire:

@@ -67,6 +67,21 @@ TEST_CASE("the kept chain's notAfter includes the intermediates and the issuing 
   CHECK(chain->verify(held->bundles, Clock::now()).ok());
 }
 
+TEST_CASE("sessions of one peer share the kept chain; another chain or level gets its own") {
+  World w;
+  const auto again = chain_of(w.peer, w.now_held->bundles);
+  CHECK(again == w.chain);  // the same object: one copy however many sessions the peer opens
+  const spiffe::X509Svid other = make_svid(w.ca_a, "spiffe://a.test/bob");
+  const auto bob = chain_of(other, w.now_held->bundles);
+  CHECK(bob != w.chain);
+  CHECK(bob->verify(w.now_held->bundles, Clock::now()).id->str() == "spiffe://a.test/bob");
+  base::X509StackPtr none(sk_X509_new_null());
+  const auto stricter = tls::VerifiedChain::capture(
+      w.peer.leaf(), none.get(), spiffe::VerifyParams{.security_level = 3}, w.now_held->bundles);
+  CHECK(stricter != w.chain);
+  CHECK(stricter->params().security_level == 3);
+}
+
 TEST_CASE("a peer whose chain reaches notAfter ends with peer_expired") {
   World w;
   const auto v = tunnel::check_session(w.facts(), w.now_held.get(), w.chain->not_after());

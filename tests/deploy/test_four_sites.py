@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+# Not `from conftest import REPO`: with tests/integration in the same session, "conftest" may name
+# that directory's module.
+REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = REPO / "scripts" / "four-sites.sh"
 SITES = ("hokkaido", "osaka", "kyushu", "tokyo")

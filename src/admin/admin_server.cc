@@ -145,9 +145,12 @@ void AdminServer::pause_accepting(const asio::error_code& ec) {
   ++failed_accepts_;
   const auto delay = accept_delay_.next();
   if (const auto d = accept_log_.admit("accept"); d.log) {
-    spdlog::warn("admin: accept failed: {}; pausing accepts for {} ms ({} similar lines "
-                 "suppressed)",
-                 ec.message(), delay.count(), d.suppressed_before);
+    const std::string suppressed =
+        d.suppressed_before == 0
+            ? std::string()
+            : " (" + std::to_string(d.suppressed_before) + " similar lines suppressed)";
+    spdlog::warn("admin: accept failed: {}; pausing accepts for {} ms{}", ec.message(),
+                 delay.count(), suppressed);
   }
   accept_backoff_.expires_after(delay);
   accept_backoff_.async_wait([this](asio::error_code wec) {

@@ -132,18 +132,27 @@ void AdminServer::accept_next() {
       spdlog::info("admin: accepting again after {} failed accept(s)", failed_accepts_);
       failed_accepts_ = 0;
     }
+    accept_delay_.reset();
     on_accepted(std::move(socket));
     accept_next();
   });
 }
 
 // EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays readable, so accepting again at once would
-// spin on the same error. Pause; exchanges that end meanwhile free descriptors.
+// spin on the same error. Pause (10 ms doubling to 1 s); exchanges that end meanwhile free
+// descriptors. At most one warning a second.
 void AdminServer::pause_accepting(const asio::error_code& ec) {
-  if (failed_accepts_++ == 0) {
-    spdlog::warn("admin: accept failed: {}; retrying every 100 ms", ec.message());
+  ++failed_accepts_;
+  const auto delay = accept_delay_.next();
+  if (const auto d = accept_log_.admit("accept"); d.log) {
+    const std::string suppressed =
+        d.suppressed_before == 0
+            ? std::string()
+            : " (" + std::to_string(d.suppressed_before) + " similar lines suppressed)";
+    spdlog::warn("admin: accept failed: {}; pausing accepts for {} ms{}", ec.message(),
+                 delay.count(), suppressed);
   }
-  accept_backoff_.expires_after(std::chrono::milliseconds(100));
+  accept_backoff_.expires_after(delay);
   accept_backoff_.async_wait([this](asio::error_code wec) {
     if (!wec) {
       accept_next();

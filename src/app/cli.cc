@@ -74,8 +74,15 @@ void add_limit_flags(CLI::App* cmd, config::TunnelFlags& f) {
   cmd->add_option("--buffer-size", f.buffer_size,
                   "Bytes moved per step on the userspace path (also the splice pipe size)")
       ->default_str(std::to_string(d.buffer_size));
-  cmd->add_option("--max-connections", f.max_connections, "Open sessions at most")
+  cmd->add_option("--max-connections", f.max_connections,
+                  "Established sessions at most (handshakes count separately)")
       ->default_str(std::to_string(d.max_connections));
+  const config::Config globals;
+  cmd->add_option("--max-handshakes", f.max_handshakes, "Handshakes in flight at most")
+      ->default_str(std::to_string(globals.max_handshakes));
+  cmd->add_option("--max-handshakes-per-source", f.max_handshakes_per_source,
+                  "Handshakes in flight per IPv4 address or IPv6 /64 at most")
+      ->default_str(std::to_string(globals.max_handshakes_per_source));
 }
 
 // Shown on `server` only; `client` takes it too (hidden), so that validate() can say why not.

@@ -121,6 +121,8 @@ tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
               .idle_timeout = t.idle_timeout,
               .max_connection_age = t.max_connection_age.value_or(std::chrono::milliseconds(0)),
               .max_connections = t.max_connections,
+              .max_handshakes = t.max_handshakes.value_or(256),
+              .max_handshakes_per_source = t.max_handshakes_per_source.value_or(32),
               .buffer_size = t.buffer_size};
   o.opa = policy.opa;
   o.proxy_protocol = t.proxy_protocol == config::ProxyProtocol::kV2 ? tunnel::ProxyProtocol::kV2

@@ -112,6 +112,10 @@ Status read_tunnel_settings(const TunnelFlags& f, TunnelConfig& t) {
                     t.max_connection_age));
   ST_TRY(flag_value(f.max_connections, "--max-connections", parse_max_connections,
                     t.max_connections));
+  ST_TRY(flag_value(f.max_handshakes, "--max-handshakes", parse_max_handshakes,
+                    t.max_handshakes));
+  ST_TRY(flag_value(f.max_handshakes_per_source, "--max-handshakes-per-source",
+                    parse_max_handshakes, t.max_handshakes_per_source));
   ST_TRY(flag_value(f.buffer_size, "--buffer-size", parse_buffer_size, t.buffer_size));
   ST_TRY(flag_value(f.proxy_protocol, "--proxy-protocol", parse_proxy_protocol,
                     t.proxy_protocol));

@@ -171,6 +171,9 @@ base::Result<Config> finalize(Config draft, const Overrides& o) {
   for (TunnelConfig& t : draft.tunnels) {
     t.log_sessions = t.log_sessions.value_or(draft.log_sessions);
     t.max_connection_age = t.max_connection_age.value_or(draft.max_connection_age);
+    t.max_handshakes = t.max_handshakes.value_or(draft.max_handshakes);
+    t.max_handshakes_per_source =
+        t.max_handshakes_per_source.value_or(draft.max_handshakes_per_source);
   }
   if (auto st = validate(draft); !st) {
     return st.error();

@@ -326,6 +326,17 @@ Result<std::size_t> parse_max_connections(std::string_view text) {
   return static_cast<std::size_t>(*n);
 }
 
+Result<std::size_t> parse_max_handshakes(std::string_view text) {
+  const auto n = digits_value(text);
+  if (is_negative_number(text) || (n && *n == 0)) {
+    return make_error("must be positive");
+  }
+  if (!n || *n > 1000000) {
+    return make_error("must be a number up to 1000000");
+  }
+  return static_cast<std::size_t>(*n);
+}
+
 Result<std::size_t> parse_buffer_size(std::string_view text) {
   const auto n = digits_value(text);
   if (!n && !is_negative_number(text)) {

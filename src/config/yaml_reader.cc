@@ -260,6 +260,10 @@ Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::str
   const std::string prefix = ctx + ": ";
   ST_TRY(r.value(n["max_connections"], "max_connections", prefix, parse_max_connections,
                  t.max_connections));
+  ST_TRY(r.value(n["max_handshakes"], "max_handshakes", prefix, parse_max_handshakes,
+                 t.max_handshakes));
+  ST_TRY(r.value(n["max_handshakes_per_source"], "max_handshakes_per_source", prefix,
+                 parse_max_handshakes, t.max_handshakes_per_source));
   ST_TRY(r.value(n["buffer_size"], "buffer_size", prefix, parse_buffer_size, t.buffer_size));
   ST_TRY(r.value(n["proxy_protocol"], "proxy_protocol", prefix, parse_proxy_protocol,
                  t.proxy_protocol));
@@ -280,7 +284,7 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
                      {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
                       "timeouts", "max_connections", "buffer_size", "proxy_protocol",
                       "log_sessions", "listen_mode", "listen_owner", "listen_group",
-                      "max_connection_age"},
+                      "max_connection_age", "max_handshakes", "max_handshakes_per_source"},
                      "tunnel #" + std::to_string(index + 1)));
   t.name = "tunnel-" + std::to_string(index + 1);
   ST_TRY(r.optional_scalar(n["name"], "name", t.name));
@@ -369,7 +373,7 @@ Status read_identity(const Reader& r, const YAML::Node& root, IdentityConfig& ou
 }
 
 // admin, log_level, threads, drain_timeout, busy_poll, log_format, log_sessions,
-// max_connection_age.
+// max_connection_age, max_handshakes, max_handshakes_per_source.
 Status read_globals(const Reader& r, const YAML::Node& root, Config& c) {
   if (const auto a = root["admin"]) {
     ST_TRY(r.only_keys(a, {"listen"}, "admin"));
@@ -387,6 +391,11 @@ Status read_globals(const Reader& r, const YAML::Node& root, Config& c) {
   ST_TRY(read_bool(r, root["log_sessions"], "log_sessions", c.log_sessions));
   ST_TRY(read_duration(r, root["max_connection_age"], "max_connection_age",
                        c.max_connection_age));
+  ST_TRY(r.value(root["max_handshakes"], "max_handshakes", "max_handshakes: ",
+                 parse_max_handshakes, c.max_handshakes));
+  ST_TRY(r.value(root["max_handshakes_per_source"], "max_handshakes_per_source",
+                 "max_handshakes_per_source: ", parse_max_handshakes,
+                 c.max_handshakes_per_source));
   return {};
 }
 
@@ -407,7 +416,8 @@ Result<Config> read_config(const Reader& r, const YAML::Node& root) {
   };
   note(r.only_keys(root,
                    {"identity", "tunnels", "admin", "log_level", "threads", "drain_timeout",
-                    "busy_poll", "log_format", "log_sessions", "max_connection_age"},
+                    "busy_poll", "log_format", "log_sessions", "max_connection_age",
+                    "max_handshakes", "max_handshakes_per_source"},
                    "the top level"));
   note(read_identity(r, root, c.identity));
   note(read_globals(r, root, c));

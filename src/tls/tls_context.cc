@@ -181,6 +181,10 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::current() const
   return cached_;
 }
 
+namespace {
+constexpr long kMaxCertList = 32 * 1024;
+}  // namespace
+
 base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
     std::shared_ptr<const identity::Snapshot> snapshot) const {
   auto svid = options_->svid.select(*snapshot);
@@ -213,6 +217,11 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
   // RELEASE_BUFFERS: an idle session holds no 16 KiB read/write buffers (memory per connection).
   SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                           SSL_MODE_RELEASE_BUFFERS);
+  // The peer's Certificate message is buffered whole before it is verified, so its size is what
+  // an unauthenticated peer can pin per handshake (OpenSSL's default allows 100 KiB). A SPIFFE
+  // chain is a leaf and a few intermediates of 1-2 KiB each (RSA-4096: ~2 KiB, EC: <1 KiB);
+  // 32 KiB leaves room for a chain of ten large certificates.
+  SSL_CTX_set_max_cert_list(c, kMaxCertList);
   // The key log feeds the record layer after the handshake (see ConnectionState).
   SSL_CTX_set_keylog_callback(c, &TlsContext::keylog_callback);
   if (options_->ktls != KtlsMode::kOff) {

@@ -125,7 +125,7 @@ void Session::reject(std::string_view reason_label, const std::string& detail,
   const base::LogField facts[] = {{"reason", reason_label},
                                   {"peer_id", peer_id, base::TextStyle::kHidden},
                                   {"detail", detail, base::TextStyle::kColon}};
-  base::log_line(spdlog::level::warn, {who, "rejected", facts});
+  context_->metrics->log_rejection(reason_label, {who, "rejected", facts});
 }
 
 asio::awaitable<bool> Session::handshake(base::StreamSocket socket) {
@@ -144,6 +144,7 @@ asio::awaitable<bool> Session::handshake(base::StreamSocket socket) {
   const auto began = std::chrono::steady_clock::now();
   std::unique_ptr<tls::TlsStream> stream = co_await handshake_->run();
   disarm_deadline();
+  handshake_slot_.release();  // from here on the session counts against max_connections
   if (stream) {
     context_->metrics->handshake_seconds.observe(std::chrono::steady_clock::now() - began);
     tls_ = std::move(stream);

@@ -21,6 +21,7 @@
 #include "spiffe_tunnel/tls/handshake.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
 #include "spiffe_tunnel/tunnel/tunnel_context.h"
+#include "tunnel/handshake_limiter.h"
 
 namespace spiffe_tunnel::tunnel {
 
@@ -31,6 +32,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Runs the session on its socket's io_context; `token` is released when the session ends.
   void start(base::DrainToken token);
+  // The tunnel's handshake slot of this connection, given back when the handshake ends.
+  void hold_handshake_slot(HandshakeLimiter::Slot slot) { handshake_slot_ = std::move(slot); }
   // Aborts both ends from any thread; `reason` ends up in the session's closing line, and
   // `label` (a short snake_case word, e.g. "draining" or "policy_changed") in the reason label of
   // spiffe_tunnel_sessions_closed_total when the session was established.
@@ -101,6 +104,7 @@ class Session : public std::enable_shared_from_this<Session> {
   };
   std::unique_ptr<const Ends> proxy_ends_;
   base::StreamSocket accepted_;
+  HandshakeLimiter::Slot handshake_slot_;
   // The target while connect_target() runs (then moved into plain_ or the TLS stream), and the
   // resolver when the target is a name: both are closed or cancelled by a deadline or abort.
   base::StreamSocket target_;

@@ -8,7 +8,9 @@
 
 #include "session.h"
 #include "spiffe_tunnel/base/log.h"
+#include "tunnel/handshake_limiter.h"
 #include "tunnel/listener.h"
+#include "tunnel/socket_names.h"
 
 namespace spiffe_tunnel::tunnel {
 namespace {
@@ -37,12 +39,24 @@ std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
   return c;
 }
 
+// The per-source key of a peer (empty for unix sockets and peers already gone).
+std::string source_key(base::StreamSocket& socket) {
+  asio::error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  if (ec) {
+    return {};
+  }
+  const auto ip = ip_endpoint(remote);
+  return ip ? HandshakeLimiter::source_key(ip->address()) : std::string();
+}
+
 }  // namespace
 
 Tunnel::Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool)
     : name_(context->name),
       pool_(pool),
       accept_backoff_(pool.at(0)),
+      handshakes_(std::make_shared<HandshakeLimiter>()),
       context_(std::move(context)) {}
 
 Tunnel::~Tunnel() { stop(); }
@@ -168,44 +182,74 @@ void Tunnel::accept_next() {
   listener_->acceptor().async_accept(pool_.next(), [this](asio::error_code ec,
                                                            base::StreamSocket s) {
     if (!ec) {
+      accept_delay_.reset();
       start_session(std::move(s));
     } else if (ec == asio::error::operation_aborted || stopped_) {
       return;
     } else {
-      // EMFILE and friends: retrying at once would spin; pause, then accept again. Sessions
-      // that end meanwhile free descriptors.
-      const std::string detail = ec.message() + "; pausing accepts for 100 ms";
-      const base::LogField who[] = {{"tunnel", name_}};
-      const base::LogField facts[] = {{"detail", detail, base::TextStyle::kColon}};
-      base::log_line(spdlog::level::warn, {who, "accept failed", facts});
-      accept_backoff_.expires_after(std::chrono::milliseconds(100));
-      accept_backoff_.async_wait([this](asio::error_code wec) {
-        if (!wec) {
-          accept_next();
-        }
-      });
+      pause_accepting(ec);
       return;
     }
     accept_next();
   });
 }
 
+// EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays readable, so accepting again at once would
+// spin. Pause (10 ms doubling to 1 s), then accept again; sessions that end meanwhile free
+// descriptors. The warning is rate limited like rejections.
+void Tunnel::pause_accepting(const asio::error_code& ec) {
+  const auto delay = accept_delay_.next();
+  const std::string detail =
+      ec.message() + "; pausing accepts for " + std::to_string(delay.count()) + " ms";
+  const base::LogField who[] = {{"tunnel", name_}};
+  const base::LogField facts[] = {{"detail", detail, base::TextStyle::kColon}};
+  context()->metrics->log_rejection("accept_error", {who, "accept failed", facts});
+  accept_backoff_.expires_after(delay);
+  accept_backoff_.async_wait([this](asio::error_code wec) {
+    if (!wec) {
+      accept_next();
+    }
+  });
+}
+
+void Tunnel::refuse(base::StreamSocket& socket, const TunnelContext& c, std::string_view reason,
+                    const std::string& detail) {
+  c.metrics->reject(reason);
+  const std::string from = peer_name(socket);
+  const base::LogField who[] = {{"tunnel", name_}, {"from", from}};
+  const base::LogField facts[] = {{"detail", detail, base::TextStyle::kColon},
+                                  {"reason", reason, base::TextStyle::kParens}};
+  c.metrics->log_rejection(reason, {who, "refusing connection", facts});
+  asio::error_code ignored;
+  socket.close(ignored);
+}
+
 void Tunnel::start_session(base::StreamSocket socket) {
   auto c = context();
   TunnelMetrics& m = *c->metrics;
   m.accepted.inc();
-  if (drain_.held() >= c->limits.max_connections) {
-    m.reject("max_connections");
-    const std::string detail = std::to_string(drain_.held()) + " sessions open";
-    const base::LogField who[] = {{"tunnel", name_}};
-    const base::LogField facts[] = {{"detail", detail, base::TextStyle::kColon},
-                                    {"reason", "max_connections", base::TextStyle::kParens}};
-    base::log_line(spdlog::level::warn, {who, "refusing connection", facts});
-    asio::error_code ignored;
-    socket.close(ignored);
+  // Connections still in their handshake hold a handshake slot and do not count here.
+  const std::size_t held = drain_.held();
+  const std::size_t in_handshake = handshakes_->in_flight();
+  const std::size_t established = held > in_handshake ? held - in_handshake : 0;
+  if (established >= c->limits.max_connections) {
+    refuse(socket, *c, "max_connections", std::to_string(established) + " sessions open");
+    return;
+  }
+  const std::string source = source_key(socket);
+  auto admitted = handshakes_->try_acquire(
+      source, c->limits.max_handshakes == 0 ? SIZE_MAX : c->limits.max_handshakes,
+      c->limits.max_handshakes_per_source);
+  if (!admitted.slot) {
+    const bool global = admitted.refused == "global";
+    refuse(socket, *c, "handshake_limit",
+           global ? std::to_string(handshakes_->in_flight()) + " handshakes in flight"
+                  : std::to_string(handshakes_->in_flight(source)) +
+                        " handshakes in flight from this source");
     return;
   }
   auto session = std::make_shared<Session>(std::move(c), next_session_id_++, std::move(socket));
+  session->hold_handshake_slot(std::move(*admitted.slot));
   {
     // Registered before the token is taken, so that close_sessions() cannot miss a session
     // that holds one. Ended sessions leave expired entries; they are swept once they outnumber

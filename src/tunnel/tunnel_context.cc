@@ -59,6 +59,25 @@ void TunnelMetrics::reject(std::string_view reason) {
       .inc();
 }
 
+void TunnelMetrics::log_rejection(std::string_view reason, const base::LogLine& line) {
+  const auto d = reject_log->admit(reason);
+  if (!d.log) {
+    registry
+        .counter("spiffe_tunnel_log_lines_suppressed_total",
+                 "Rejection log lines left out by the per-tunnel, per-reason rate limit.",
+                 {{"tunnel", tunnel}, {"reason", std::string(reason)}})
+        .inc();
+    return;
+  }
+  if (d.suppressed_before > 0) {
+    const std::string count = std::to_string(d.suppressed_before);
+    const base::LogField who[] = {{"tunnel", tunnel}};
+    const base::LogField facts[] = {{"reason", reason}, {"suppressed", count}};
+    base::log_line(spdlog::level::warn, {who, "suppressed similar lines", facts});
+  }
+  base::log_line(spdlog::level::warn, line);
+}
+
 Target Target::unix_socket(std::string path) {
   Target t;
   t.unix_path = std::move(path);

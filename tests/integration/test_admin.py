@@ -162,12 +162,13 @@ def test_accept_backs_off_when_out_of_descriptors(pki):
         _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 2, hard))
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
-        d.wait_for(r"admin: accept failed: Too many open files; retrying every 100 ms")
+        d.wait_for(r"admin: accept failed: Too many open files; pausing accepts for \d+ ms")
         before = cpu_seconds(pid)
         time.sleep(2.0)
         used = cpu_seconds(pid) - before
         assert used < 0.5, f"admin thread spins on EMFILE: {used:.2f}s CPU in 2s"
-        assert d.count(r"admin: accept failed") == 1  # logged once per episode
+        # The pause doubles from 10 ms to 1 s; warnings are limited to one a second.
+        assert d.count(r"admin: accept failed") <= 4
         for s in held:
             s.close()
         d.wait_for(r"admin: accepting again after \d+ failed accept\(s\)", timeout=15)

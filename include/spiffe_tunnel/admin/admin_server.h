@@ -19,6 +19,7 @@
 #include <string>
 #include <thread>
 
+#include "spiffe_tunnel/base/log_limiter.h"
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/base/result.h"
 
@@ -75,6 +76,8 @@ class AdminServer {
   asio::io_context io_{1};
   asio::ip::tcp::acceptor acceptor_{io_};
   asio::steady_timer accept_backoff_{io_};
+  base::AcceptBackoff accept_delay_;
+  base::LogRateLimiter accept_log_{1};
   asio::ip::tcp::endpoint local_;
   std::thread thread_;
 };

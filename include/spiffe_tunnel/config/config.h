@@ -138,7 +138,11 @@ struct TunnelConfig {
   // Established sessions end this long after accept (reason max_connection_age); 0: never.
   // Unset in a draft: finalize() gives it the global Config::max_connection_age.
   std::optional<std::chrono::milliseconds> max_connection_age;
-  std::size_t max_connections = 10000;
+  std::size_t max_connections = 10000;  // established sessions
+  // Handshakes in flight (accepted, not yet verified): over either limit a connection is closed
+  // at once (reason handshake_limit). Unset in a draft: finalize() gives them the globals.
+  std::optional<std::size_t> max_handshakes;
+  std::optional<std::size_t> max_handshakes_per_source;  // per IPv4 address / IPv6 /64
   // Userspace copy buffer per active direction (idle sessions hold none), also the splice pipe
   // size. This is the product default; the tunnel module's own default only serves its tests.
   std::size_t buffer_size = 64 * 1024;
@@ -173,6 +177,8 @@ struct Config {
   LogFormat log_format = LogFormat::kText;
   bool log_sessions = true;  // default of every tunnel's log_sessions
   std::chrono::milliseconds max_connection_age{0};  // default of every tunnel's; 0: off
+  std::size_t max_handshakes = 256;            // default of every tunnel's
+  std::size_t max_handshakes_per_source = 32;  // default of every tunnel's
   std::size_t threads = 0;  // 0 = number of cores
   std::chrono::milliseconds drain_timeout{15000};
   // How long a data-path thread keeps polling its sockets after its last event before it sleeps

@@ -28,6 +28,7 @@ struct TunnelFlags {
   std::string tls_min, tls_max, cipher_suites, ciphers, ktls, server_name;
   std::string handshake_timeout, connect_timeout, idle_timeout;
   std::string max_connection_age;
+  std::string max_handshakes, max_handshakes_per_source;
   std::string max_connections, buffer_size;
   std::string proxy_protocol;
   std::string listen_mode, listen_owner, listen_group;  // a created unix: listen socket

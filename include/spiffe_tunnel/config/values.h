@@ -47,6 +47,8 @@ inline constexpr std::size_t kMaxThreads = 1024;
 base::Result<std::size_t> parse_threads(std::string_view text);
 // Open sessions per tunnel: a positive number.
 base::Result<std::size_t> parse_max_connections(std::string_view text);
+// max_handshakes, max_handshakes_per_source: 1 to 1000000.
+base::Result<std::size_t> parse_max_handshakes(std::string_view text);
 // Userspace copy buffer: kMinBufferSize to kMaxBufferSize bytes.
 inline constexpr std::size_t kMinBufferSize = 32 * 1024;
 inline constexpr std::size_t kMaxBufferSize = 16 * 1024 * 1024;

@@ -27,6 +27,7 @@
 
 #include "spiffe_tunnel/base/byte_stream.h"
 #include "spiffe_tunnel/base/drain.h"
+#include "spiffe_tunnel/base/log_limiter.h"
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/base/result.h"
 #include "spiffe_tunnel/policy/opa_client.h"
@@ -37,6 +38,7 @@
 
 namespace spiffe_tunnel::tunnel {
 
+class HandshakeLimiter;
 class Listener;
 class Session;
 
@@ -120,6 +122,10 @@ class Tunnel {
   Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool);
   void accept_next();
   void start_session(base::StreamSocket socket);
+  void pause_accepting(const asio::error_code& ec);
+  // Counts, logs (rate limited) and closes a connection refused before its handshake.
+  void refuse(base::StreamSocket& socket, const TunnelContext& c, std::string_view reason,
+              const std::string& detail);
   // Sessions still alive (expired entries are pruned on the way).
   std::vector<std::shared_ptr<Session>> live_sessions();
 
@@ -128,6 +134,10 @@ class Tunnel {
   // Set by create(); shared with the next version after release_listener().
   std::shared_ptr<Listener> listener_;
   asio::steady_timer accept_backoff_;
+  base::AcceptBackoff accept_delay_;  // used on the acceptor's thread
+  // Handshakes in flight (max_handshakes, max_handshakes_per_source); shared with the sessions'
+  // slots.
+  std::shared_ptr<HandshakeLimiter> handshakes_;
   std::atomic<bool> started_{false};
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_session_id_{1};

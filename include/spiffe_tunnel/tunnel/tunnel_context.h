@@ -14,6 +14,8 @@
 #include <string>
 #include <string_view>
 
+#include "spiffe_tunnel/base/log.h"
+#include "spiffe_tunnel/base/log_limiter.h"
 #include "spiffe_tunnel/base/metrics.h"
 #include "spiffe_tunnel/policy/opa_client.h"
 #include "spiffe_tunnel/tls/tls_context.h"
@@ -38,6 +40,14 @@ struct TunnelMetrics {
   std::string tunnel;
   // Counts a refused connection under st_connections_rejected_total{tunnel,reason}.
   void reject(std::string_view reason);
+  // Logs a rejection line of `reason` unless this tunnel logged kRejectLogsPerSecond of them in
+  // the last second; a left-out line counts under spiffe_tunnel_log_lines_suppressed_total
+  // {tunnel,reason}, and the next line that goes out is preceded by a "suppressed K similar
+  // lines" summary.
+  void log_rejection(std::string_view reason, const base::LogLine& line);
+  static constexpr std::size_t kRejectLogsPerSecond = 10;
+  std::shared_ptr<base::LogRateLimiter> reject_log =
+      std::make_shared<base::LogRateLimiter>(kRejectLogsPerSecond);
   // Counts an established session that ended under spiffe_tunnel_sessions_closed_total
   // {tunnel,reason}: one of kCloseReasons, or a reason given to Session::abort().
   void closed(std::string_view reason);
@@ -58,7 +68,9 @@ struct SessionLimits {
   std::chrono::milliseconds connect_timeout{};
   std::chrono::milliseconds idle_timeout{};  // 0: no idle limit
   std::chrono::milliseconds max_connection_age{};  // from accept; 0: no limit
-  std::size_t max_connections = 0;
+  std::size_t max_connections = 0;  // established sessions; handshakes count separately
+  std::size_t max_handshakes = 0;   // handshakes in flight, whole tunnel; 0: no limit
+  std::size_t max_handshakes_per_source = 0;  // per IPv4 address / IPv6 /64; 0: no limit
   std::size_t buffer_size = 0;  // per direction of the userspace pump, and the splice pipe size
 };
 

@@ -42,12 +42,12 @@ if ((build)); then
     >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; echo "fuzz.sh: build failed" >&2; exit 1; }
 fi
 ((run)) || exit 0
-mkdir -p "$out/crashes"
+mkdir -p "$out/crashes" "$out/logs"
 failed=0
 for t in "${targets[@]}"; do
   bin="$out/tests/fuzz/fuzz_$t"
   work="$out/corpus/$t"
-  log="$out/fuzz_$t.log"
+  log="$out/logs/$t.$$.log"  # one per run: runs may overlap
   mkdir -p "$work"
   # halt_on_error: the first sanitizer report ends the run with its reproducer written.
   ASAN_OPTIONS="${ASAN_OPTIONS:-halt_on_error=1:abort_on_error=1}" \
@@ -58,13 +58,13 @@ for t in "${targets[@]}"; do
   rc=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  cov=$(grep -ao 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  ft=$(grep -ao 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   status=ok
   if ((rc != 0)); then
-    status="FAILED (reproducer: $(grep -o "$out/crashes/$t-[^ ]*" "$log" | tail -1); log: $log)"
+    status="FAILED (reproducer: $(grep -ao "$out/crashes/$t-[^ ]*" "$log" | tail -1); log: $log)"
     failed=1
-    grep -m1 -A12 'ERROR: \|runtime error' "$log"
+    grep -a -m1 -A12 'ERROR: \|runtime error' "$log"
   fi
   printf '%-18s %4ss runs=%s exec/s=%s cov=%s ft=%s exit=%d %s\n' "$t" "$seconds" \
     "${runs:-0}" "${rate:-0}" "${cov:-0}" "${ft:-0}" "$rc" "$status"

@@ -139,7 +139,8 @@ Result<Bundle> Bundle::from_jwks(TrustDomain td, std::string_view json) {
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(json.begin(), json.end());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // Not only parse_error: a number beyond double's range ("1e999") throws out_of_range.
     return Error{name + " is not valid JSON: " + e.what()};
   }
   if (!doc.is_object()) {

@@ -45,4 +45,4 @@ def test_fuzz_target_finds_nothing(built, target):
     cov = int(re.search(r"cov=(\d+)", line).group(1))
     # The seeds alone reach well into the code under test; a target that runs nothing or
     # covers nothing is broken, not clean.
-    assert runs > 0 and cov > 50, line
+    assert runs > 0 and cov > 20, line

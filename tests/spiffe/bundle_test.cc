@@ -152,6 +152,22 @@ TEST_CASE("rejects a JWKS without keys") {
   CHECK_THAT(not_array.error().message, Contains("\"keys\" is not an array"));
 }
 
+// Found by tests/fuzz/bundle_fuzz.cc (reproducer in tests/fuzz/corpus/bundle/): nlohmann throws
+// out_of_range, not parse_error, for a number beyond double's range, and the exception used to
+// escape from_jwks -- a bundle file could end the daemon.
+TEST_CASE("rejects a JWKS with a number beyond double's range instead of throwing") {
+  for (const char* doc : {"1.8e888", R"({"keys": [], "spiffe_sequence": 1e999})",
+                          R"({"keys": [{"use": "x509-svid", "x5c": [-2e400]}]})"}) {
+    INFO(doc);
+    spiffe_tunnel::base::Result<Bundle> bundle = spiffe_tunnel::base::Error{"not run"};
+    REQUIRE_NOTHROW(bundle = Bundle::from_jwks(td_of("a.test"), doc));
+    REQUIRE_FALSE(bundle.ok());
+    CHECK_THAT(bundle.error().message, Contains("is not valid JSON"));
+    REQUIRE_NOTHROW(bundle = Bundle::parse(td_of("a.test"), std::string(" ") + doc));
+    REQUIRE_FALSE(bundle.ok());
+  }
+}
+
 TEST_CASE("rejects invalid JSON with the parser's message") {
   auto bundle = Bundle::from_jwks(td_of("a.test"), R"({"keys": [)");
   REQUIRE_FALSE(bundle.ok());

@@ -16,6 +16,8 @@ test_pkgs=(
   haproxy  # an independent PROXY protocol receiver (tests/integration/test_proxy_protocol.py)
   systemd  # systemd-socket-activate (works without systemd running)
 )
+# The libFuzzer targets (tests/fuzz, scripts/fuzz.sh): clang with libFuzzer and its sanitizers.
+test_pkgs+=(clang-14 libfuzzer-14-dev libclang-rt-14-dev)
 # Packaging and deployment checks (tests/deploy): the .deb, the container image built with
 # podman/buildah on a base image seeded by mmdebstrap, the four-site topology (iperf3).
 deploy_pkgs=(podman buildah runc mmdebstrap uidmap fuse-overlayfs iperf3)

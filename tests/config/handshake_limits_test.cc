@@ -52,6 +52,7 @@ TEST_CASE("the flags --max-handshakes and --max-handshakes-per-source set the tu
   TunnelFlags bad;
   bad.max_handshakes_per_source = "-1";
   bad.listen = ":1";
+  bad.target = ":2";
   auto refused = read_tunnel_flags(bad, Mode::kServer);
   REQUIRE_FALSE(refused.ok());
   CHECK_THAT(refused.error().message, Contains("--max-handshakes-per-source"));

@@ -340,8 +340,8 @@ Result<std::size_t> parse_buffer_size(std::string_view text) {
 
 Result<uint64_t> parse_key_update_records(std::string_view text) {
   const auto n = digits_value(text);
-  if (!n || *n == 0 || *n > kMaxKeyUpdateRecords) {
-    return make_error("key_update_records must be a number of records from 1 to " +
+  if (!n || *n < 2 || *n > kMaxKeyUpdateRecords) {
+    return make_error("key_update_records must be a number of records from 2 to " +
                       std::to_string(kMaxKeyUpdateRecords) +
                       " (2^24; RFC 8446 §5.5 allows AES-GCM about 2^24.5)");
   }

@@ -156,47 +156,46 @@ ssize_t send_record(int fd, uint8_t type, std::span<const char> data) {
 }
 
 base::Result<KeyState> key_state(int fd, bool transmit) {
-  // Large enough for every crypto_info we install; the kernel fills the one of its cipher.
-  union {
-    tls_crypto_info info;
-    tls12_crypto_info_aes_gcm_128 gcm128;
-    tls12_crypto_info_aes_gcm_256 gcm256;
-    tls12_crypto_info_chacha20_poly1305 chacha;
-  } u;
-  std::memset(&u, 0, sizeof(u));
-  socklen_t len = sizeof(u);
-  const int rc = ::getsockopt(fd, SOL_TLS, transmit ? TLS_TX : TLS_RX, &u, &len);
-  const int e = errno;
-  KeyState state;
-  const unsigned char* seq = nullptr;
-  if (rc == 0) {
-    switch (u.info.cipher_type) {
-      case TLS_CIPHER_AES_GCM_128:
-        state.aes_gcm = true;
-        seq = u.gcm128.rec_seq;
-        break;
-      case TLS_CIPHER_AES_GCM_256:
-        state.aes_gcm = true;
-        seq = u.gcm256.rec_seq;
-        break;
-      case TLS_CIPHER_CHACHA20_POLY1305:
-        seq = u.chacha.rec_seq;
-        break;
-      default:
-        break;
-    }
-  }
-  for (int i = 0; seq != nullptr && i < 8; ++i) {
-    state.records = state.records << 8 | seq[i];  // big-endian on the wire and here
-  }
-  const uint16_t cipher = u.info.cipher_type;
-  OPENSSL_cleanse(&u, sizeof(u));  // the call hands back the key as well
-  if (rc != 0) {
+  const int which = transmit ? TLS_TX : TLS_RX;
+  const auto failed = [transmit](int e) {
     return base::make_error(std::string("getsockopt(") + (transmit ? "TLS_TX" : "TLS_RX") +
                             "): " + errno_text(e));
+  };
+  // The kernel wants the exact size of its cipher's crypto_info (anything else is EINVAL), so
+  // the cipher comes first: the bare tls_crypto_info header.
+  tls_crypto_info header{};
+  socklen_t len = sizeof(header);
+  if (::getsockopt(fd, SOL_TLS, which, &header, &len) != 0) {
+    return failed(errno);
   }
-  if (seq == nullptr) {
-    return base::make_error("kernel TLS cipher " + std::to_string(cipher) + " is not known here");
+  KeyState state;
+  // The record sequence number of the cipher's crypto_info; the key and IV that come with it are
+  // wiped at once.
+  const auto read_seq = [&](auto info) -> base::Status {
+    len = sizeof(info);
+    const int rc = ::getsockopt(fd, SOL_TLS, which, &info, &len);
+    const int e = errno;
+    for (const unsigned char b : info.rec_seq) {
+      state.records = state.records << 8 | b;  // big-endian, as on the wire
+    }
+    OPENSSL_cleanse(&info, sizeof(info));
+    return rc == 0 ? base::Status{} : base::Status(failed(e));
+  };
+  base::Status st;
+  switch (header.cipher_type) {
+    case TLS_CIPHER_AES_GCM_128:
+      state.aes_gcm = true;
+      st = read_seq(tls12_crypto_info_aes_gcm_128{});
+      break;
+    case TLS_CIPHER_AES_GCM_256:
+      state.aes_gcm = true;
+      st = read_seq(tls12_crypto_info_aes_gcm_256{});
+      break;
+    default:
+      return state;  // ChaCha20-Poly1305 (and others): no practical limit, nothing to count
+  }
+  if (!st) {
+    return st.error();
   }
   return state;
 }

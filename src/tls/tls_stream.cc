@@ -1,5 +1,7 @@
 #include "spiffe_tunnel/tls/tls_stream.h"
 
+#include <sys/socket.h>
+
 #include <utility>
 
 #include "spiffe_tunnel/tls/ktls.h"
@@ -59,8 +61,10 @@ bool TlsStream::send_kernel_close_notify_now() {
   if (!kernel_writes() || !socket_.is_open()) {
     return false;
   }
-  return ktls::send_record(socket_.native_handle(), kAlert, kCloseNotifyAlert) ==
-         static_cast<ssize_t>(sizeof(kCloseNotifyAlert));
+  const bool sent = ktls::send_record(socket_.native_handle(), kAlert, kCloseNotifyAlert) ==
+                    static_cast<ssize_t>(sizeof(kCloseNotifyAlert));
+  ::shutdown(socket_.native_handle(), SHUT_WR);  // and a FIN right behind it
+  return sent;
 }
 
 void TlsStream::close() {

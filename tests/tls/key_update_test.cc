@@ -103,12 +103,9 @@ TEST_CASE("the userspace record layer re-keys every key_update_records records, 
   const bool we_are_server = GENERATE(true, false);
   const std::string suite = GENERATE(std::string("TLS_AES_128_GCM_SHA256"),
                                      std::string("TLS_CHACHA20_POLY1305_SHA256"));
-  INFO((we_are_server ? "spiffe-tunnel is the server" : "spiffe-tunnel is the client"));
-  INFO(suite);
-  auto options = options_for(we_are_server ? tls::Role::kServer : tls::Role::kClient,
-                             allow_any_verified());
-  options.tls13_ciphersuites = suite;
+  auto options = interop_options(we_are_server, suite);
   options.key_update_records = kLimit;
+  INFO((we_are_server ? "we are the server, " : "we are the client, ") << suite);
   Side side(options, snapshot_of({we_are_server ? pki.server : pki.client}, {&pki.example}));
   auto context = side.context();
 

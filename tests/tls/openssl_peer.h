@@ -9,6 +9,8 @@
 
 #include "spiffe_tunnel/base/openssl.h"
 #include "spiffe_tunnel/spiffe/x509_svid.h"
+#include "spiffe_tunnel/tls/tls_context.h"
+#include "tls/test_tls.h"
 
 namespace spiffe_tunnel::tls::testing {
 
@@ -18,6 +20,15 @@ inline std::string pattern(std::size_t n) {
     s[i] = static_cast<char>((i * 7919) ^ (i >> 8));
   }
   return s;
+}
+
+// Our end's TLS options facing an OpenSSL peer: one TLS 1.3 suite, any verified peer allowed.
+inline TlsOptions interop_options(bool we_are_server, const std::string& suite) {
+  TlsOptions o;
+  o.role = we_are_server ? Role::kServer : Role::kClient;
+  o.authorizer = allow_any_verified();
+  o.tls13_ciphersuites = suite;
+  return o;
 }
 
 inline int accept_any(int, X509_STORE_CTX*) { return 1; }

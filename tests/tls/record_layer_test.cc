@@ -317,10 +317,8 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
   INFO((we_are_server ? "spiffe-tunnel is the server" : "spiffe-tunnel is the client"));
   INFO(suite);
 
-  auto options = options_for(we_are_server ? tls::Role::kServer : tls::Role::kClient,
-                             allow_any_verified());
-  options.tls13_ciphersuites = suite;
-  Side side(options, snapshot_of({we_are_server ? pki.server : pki.client}, {&pki.example}));
+  Side side(interop_options(we_are_server, suite),
+            snapshot_of({we_are_server ? pki.server : pki.client}, {&pki.example}));
   auto context = side.context();  // before the peer thread starts: Catch2 is single-threaded
 
   asio::io_context io;

@@ -311,8 +311,8 @@ base::Result<std::size_t> RecordStream::seal_key_update(char* out) {
 }
 
 void RecordStream::send_key_update_now() {
-  if (writing_ || alert_sent_ || !pending_out_.empty() || !socket_.is_open()) {
-    return;  // the write under way (or the next) sends it
+  if (writing_ || alert_sent_ || write_closed_ || !pending_out_.empty() || !socket_.is_open()) {
+    return;  // the write under way (or the next) sends it; none after our close_notify
   }
   char record[kKeyUpdateRecord];
   auto n = seal_key_update(record);
@@ -396,6 +396,7 @@ asio::awaitable<void> RecordStream::shutdown_write(asio::error_code& ec) {
     co_return;
   }
   char record[sizeof(kCloseNotifyAlert) + kRecordOverhead];
+  write_closed_ = true;  // no record of ours follows close_notify, not even a KeyUpdate
   auto n = tx_->seal(kAlert, kCloseNotifyAlert, record);
   if (!n) {
     fail(n.error().message, ec, asio::error::connection_aborted);

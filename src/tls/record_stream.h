@@ -101,6 +101,7 @@ class RecordStream final : public TlsStream {
   bool request_update_ = false;      // the peer's key is spent: ask it to re-key
   std::optional<std::size_t> requested_for_;  // the peer generation we asked to re-key
   std::string pending_out_;          // the unsent rest of a KeyUpdate sent from a read
+  bool write_closed_ = false;        // our close_notify went out
   PostHandshakeReader handshake_;    // the peer's post-handshake messages, reassembled
   bool writing_ = false;             // write_all() is suspended in the middle of a send
   std::optional<uint8_t> alert_due_; // a fatal alert to send once that send has finished

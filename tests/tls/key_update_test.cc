@@ -271,3 +271,64 @@ TEST_CASE("a peer that never re-keys is asked to, once per key, and keeps its ke
   CHECK(requested <= received + 1);
   CHECK(r.seen.requested == requested);
 }
+
+TEST_CASE("no KeyUpdate follows our close_notify, however many records the peer sends after it") {
+  Pki pki;
+  auto options = interop_options(true, "TLS_AES_128_GCM_SHA256");
+  options.key_update_records = kLimit;
+  Side side(options, snapshot_of({pki.server}, {&pki.example}));
+  auto context = side.context();
+  asio::io_context io;
+  auto [a, b] = connected_pair(io);
+  const int peer_fd = b.release();
+  const std::string piece = pattern(16 * 1024);
+  constexpr int kRecords = 5 * kLimit;
+
+  auto peer_done = std::async(std::launch::async, [&, peer_fd] {
+    PeerResult r;
+    OpenSslPeer peer(false, *pki.client, peer_fd, "TLS_AES_128_GCM_SHA256");
+    r.handshake = peer.ssl && SSL_do_handshake(peer.ssl.get()) == 1;
+    if (r.handshake) {
+      char byte;
+      std::size_t k = 0;
+      // Our close_notify first (OpenSSL reads no further than that record) ...
+      const bool closed = SSL_read_ex(peer.ssl.get(), &byte, 1, &k) == 0 &&
+                          SSL_get_error(peer.ssl.get(), 0) == SSL_ERROR_ZERO_RETURN;
+      // ... then the peer's records, well past the point where we would ask it to re-key.
+      for (int i = 0; closed && i < kRecords; ++i) {
+        r.wrote = peer.write(piece);
+      }
+      // Nothing of ours after close_notify: the next bytes on the socket are its end.
+      char rest[64];
+      r.received = closed ? std::string(rest, std::max<ssize_t>(::recv(peer_fd, rest, 64, 0), 0))
+                          : "no close_notify";
+    }
+    ::close(peer_fd);
+    return r;
+  });
+
+  std::size_t got = 0;
+  std::vector<tls::KeyUpdateEvent> events;
+  auto ours = [&]() -> asio::awaitable<void> {
+    std::unique_ptr<tls::Handshake> h = handshake_on(std::move(a), context);
+    std::unique_ptr<tls::TlsStream> s = co_await h->run();
+    REQUIRE(s);
+    s->observe_key_updates([&](const tls::KeyUpdateEvent& e) { events.push_back(e); });
+    asio::error_code ec;
+    co_await s->shutdown_write(ec);
+    REQUIRE_FALSE(ec);
+    char buf[16384];
+    while (got < piece.size() * kRecords && !ec) {
+      got += co_await s->read_some({buf, sizeof(buf)}, ec);
+    }
+    s->close();  // the peer's recv() sees the end
+  };
+  asio::co_spawn(io, ours(), rethrow);
+  run_bounded(io, std::chrono::seconds(30));
+  const PeerResult r = peer_done.get();
+  REQUIRE(r.handshake);
+  CHECK(r.wrote);
+  CHECK(got == piece.size() * kRecords);
+  CHECK(r.received.empty());
+  CHECK(events.empty());
+}

@@ -253,15 +253,17 @@ AEAD_LIMIT = 128  # records per key: 2 MiB of full records
 
 
 def run_aead_limit(site: Site) -> dict:
-    """Kernel TLS cannot re-key on this kernel: an AES-GCM session ends with reason aead_limit
-    near key_update_records, while a sibling pair with the default limit (at the same time) and
+    """Kernel TLS cannot re-key on this kernel: an AES-GCM session (TLS 1.3, and TLS 1.2, which
+    has no KeyUpdate at all) ends with reason aead_limit near key_update_records, while a sibling pair with the default limit (at the same time) and
     a ChaCha20-Poly1305 pair with the same low limit carry all their bytes."""
     low = ["--cipher-suites", "TLS_AES_128_GCM_SHA256", "--key-update-records", str(AEAD_LIMIT)]
     chacha = ["--cipher-suites", "TLS_CHACHA20_POLY1305_SHA256",
               "--key-update-records", str(AEAD_LIMIT)]
+    tls12 = [*CASES["tls12-aes128gcm"], "--key-update-records", str(AEAD_LIMIT)]
     size = 8 * MIB  # 512 full records each way
     pairs = {}
-    for name, extra in (("limited", low), ("sibling", []), ("chacha", chacha)):
+    for name, extra in (("limited", low), ("sibling", []), ("chacha", chacha),
+                        ("tls12", tls12)):
         backend = Backend("echo")
         server, sport = site.server_tunnel(backend.port, extra)
         client, cport = site.client_tunnel(sport, extra)

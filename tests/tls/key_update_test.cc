@@ -96,6 +96,18 @@ asio::awaitable<void> exchange(tls::Handshake& handshake, const std::string& out
   co_await stream->shutdown_write(wec);
 }
 
+// Our end's handshake on `socket`; the stream reports its KeyUpdates into `events`.
+asio::awaitable<std::unique_ptr<tls::TlsStream>> establish(
+    asio::ip::tcp::socket socket, std::shared_ptr<const tls::TlsContext> context,
+    std::vector<tls::KeyUpdateEvent>& events) {
+  std::unique_ptr<tls::Handshake> h = handshake_on(std::move(socket), std::move(context));
+  std::unique_ptr<tls::TlsStream> s = co_await h->run();
+  INFO(h->failure().detail);
+  REQUIRE(s);
+  s->observe_key_updates([&events](const tls::KeyUpdateEvent& e) { events.push_back(e); });
+  co_return s;
+}
+
 }  // namespace
 
 TEST_CASE("the userspace record layer re-keys every key_update_records records, both ways") {
@@ -226,10 +238,7 @@ TEST_CASE("a peer that never re-keys is asked to, once per key, and keeps its ke
   std::vector<tls::KeyUpdateEvent> events;
   std::string in;
   auto ours = [&]() -> asio::awaitable<void> {
-    std::unique_ptr<tls::Handshake> h = handshake_on(std::move(a), context);
-    std::unique_ptr<tls::TlsStream> s = co_await h->run();
-    REQUIRE(s);
-    s->observe_key_updates([&](const tls::KeyUpdateEvent& e) { events.push_back(e); });
+    std::unique_ptr<tls::TlsStream> s = co_await establish(std::move(a), context, events);
     asio::error_code ec;
     char buf[4096];
     for (int i = 0; i < kRounds && !ec; ++i) {
@@ -310,10 +319,7 @@ TEST_CASE("no KeyUpdate follows our close_notify, however many records the peer 
   std::size_t got = 0;
   std::vector<tls::KeyUpdateEvent> events;
   auto ours = [&]() -> asio::awaitable<void> {
-    std::unique_ptr<tls::Handshake> h = handshake_on(std::move(a), context);
-    std::unique_ptr<tls::TlsStream> s = co_await h->run();
-    REQUIRE(s);
-    s->observe_key_updates([&](const tls::KeyUpdateEvent& e) { events.push_back(e); });
+    std::unique_ptr<tls::TlsStream> s = co_await establish(std::move(a), context, events);
     asio::error_code ec;
     co_await s->shutdown_write(ec);
     REQUIRE_FALSE(ec);

@@ -57,6 +57,10 @@ void add_tls_flags(CLI::App* cmd, config::TunnelFlags& f, bool server) {
   if (!server) {
     cmd->add_option("--server-name", f.server_name, "SNI to send to the remote");
   }
+  cmd->add_option("--key-update-records", f.key_update_records,
+                  "TLS 1.3 records per traffic key before a KeyUpdate; a kernel-offloaded "
+                  "AES-GCM direction ends the session there instead (low values: tests only)")
+      ->default_str(std::to_string(d.key_update_records));
 }
 
 void add_limit_flags(CLI::App* cmd, config::TunnelFlags& f) {

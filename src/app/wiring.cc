@@ -107,6 +107,7 @@ tls::TlsOptions make_tls_options(const config::TunnelConfig& t, const TunnelPoli
   }
   o.ktls = ktls_mode(t.tls.ktls);
   o.server_name = t.tls.server_name;
+  o.key_update_records = t.tls.key_update_records;
   return o;
 }
 

@@ -104,6 +104,8 @@ Status read_tunnel_settings(const TunnelFlags& f, TunnelConfig& t) {
   t.tls.tls12_ciphers = f.ciphers;
   ST_TRY(flag_value(f.ktls, "--ktls", parse_ktls, t.tls.ktls));
   t.tls.server_name = f.server_name;
+  ST_TRY(flag_value(f.key_update_records, "--key-update-records", parse_key_update_records,
+                    t.tls.key_update_records));
   ST_TRY(flag_value(f.handshake_timeout, "--handshake-timeout", parse_duration,
                     t.handshake_timeout));
   ST_TRY(flag_value(f.connect_timeout, "--connect-timeout", parse_duration, t.connect_timeout));

@@ -349,6 +349,16 @@ Result<std::size_t> parse_buffer_size(std::string_view text) {
   return static_cast<std::size_t>(*n);
 }
 
+Result<uint64_t> parse_key_update_records(std::string_view text) {
+  const auto n = digits_value(text);
+  if (!n || *n < 2 || *n > kMaxKeyUpdateRecords) {
+    return make_error("key_update_records must be a number of records from 2 to " +
+                      std::to_string(kMaxKeyUpdateRecords) +
+                      " (2^24; RFC 8446 §5.5 allows AES-GCM about 2^24.5)");
+  }
+  return *n;
+}
+
 Result<KtlsMode> parse_ktls(std::string_view text) {
   for (auto m : {KtlsMode::kAuto, KtlsMode::kOn, KtlsMode::kOff}) {
     if (text == ktls_name(m)) {

@@ -40,6 +40,9 @@ void moved(DirectionResult& out, std::size_t n, base::Counter* live, const PumpO
   if (options.on_activity) {
     options.on_activity();
   }
+  if (options.on_chunk) {
+    options.on_chunk(n);
+  }
 }
 
 // Moves one chunk read by read_some() (userspace) to `to`. Returns false when the direction ends.

@@ -191,7 +191,8 @@ std::unique_ptr<TlsStream> Handshake::start_own_records() {
     return nullptr;
   }
   return std::make_unique<RecordStream>(std::move(socket_), connection_info(RecordLayer::kUserspace),
-                                        std::move(rx).value(), std::move(tx).value());
+                                        std::move(rx).value(), std::move(tx).value(),
+                                        context_->options().key_update_records);
 }
 
 ConnectionInfo Handshake::connection_info(RecordLayer layer) const {

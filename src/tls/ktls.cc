@@ -155,4 +155,49 @@ ssize_t send_record(int fd, uint8_t type, std::span<const char> data) {
   return ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
+base::Result<KeyState> key_state(int fd, bool transmit) {
+  const int which = transmit ? TLS_TX : TLS_RX;
+  const auto failed = [transmit](int e) {
+    return base::make_error(std::string("getsockopt(") + (transmit ? "TLS_TX" : "TLS_RX") +
+                            "): " + errno_text(e));
+  };
+  // The kernel wants the exact size of its cipher's crypto_info (anything else is EINVAL), so
+  // the cipher comes first: the bare tls_crypto_info header.
+  tls_crypto_info header{};
+  socklen_t len = sizeof(header);
+  if (::getsockopt(fd, SOL_TLS, which, &header, &len) != 0) {
+    return failed(errno);
+  }
+  KeyState state;
+  // The record sequence number of the cipher's crypto_info; the key and IV that come with it are
+  // wiped at once.
+  const auto read_seq = [&](auto info) -> base::Status {
+    len = sizeof(info);
+    const int rc = ::getsockopt(fd, SOL_TLS, which, &info, &len);
+    const int e = errno;
+    for (const unsigned char b : info.rec_seq) {
+      state.records = state.records << 8 | b;  // big-endian, as on the wire
+    }
+    OPENSSL_cleanse(&info, sizeof(info));
+    return rc == 0 ? base::Status{} : base::Status(failed(e));
+  };
+  base::Status st;
+  switch (header.cipher_type) {
+    case TLS_CIPHER_AES_GCM_128:
+      state.aes_gcm = true;
+      st = read_seq(tls12_crypto_info_aes_gcm_128{});
+      break;
+    case TLS_CIPHER_AES_GCM_256:
+      state.aes_gcm = true;
+      st = read_seq(tls12_crypto_info_aes_gcm_256{});
+      break;
+    default:
+      return state;  // ChaCha20-Poly1305 (and others): no practical limit, nothing to count
+  }
+  if (!st) {
+    return st.error();
+  }
+  return state;
+}
+
 }  // namespace spiffe_tunnel::tls::ktls

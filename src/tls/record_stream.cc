@@ -21,12 +21,20 @@ constexpr std::size_t kInputBuffer = kReadChunk + kRecordHeader + kMaxCiphertext
 // on loopback, and four (64 KiB) lost 15-20 % on a 10 Gbit/s shaped veth, where each larger push
 // drags more of the receiver's softirq work into the sender's time slice.
 constexpr std::size_t kRecordsPerSend = 2;
-constexpr std::size_t kOutputBuffer = kRecordsPerSend * (kMaxPlaintext + kRecordOverhead);
+// A KeyUpdate message (type, 24-bit length, request_update) as a record.
+constexpr std::size_t kKeyUpdateRecord = 5 + kRecordOverhead;
+// Each record of a send may be preceded by a KeyUpdate (the smallest key_update_records is 2).
+constexpr std::size_t kOutputBuffer =
+    kRecordsPerSend * (kMaxPlaintext + kRecordOverhead + kKeyUpdateRecord);
 }  // namespace
 
 RecordStream::RecordStream(base::StreamSocket socket, ConnectionInfo info,
-                           std::unique_ptr<RecordCipher> rx, std::unique_ptr<RecordCipher> tx)
-    : TlsStream(std::move(socket), std::move(info)), rx_(std::move(rx)), tx_(std::move(tx)) {}
+                           std::unique_ptr<RecordCipher> rx, std::unique_ptr<RecordCipher> tx,
+                           uint64_t key_update_records)
+    : TlsStream(std::move(socket), std::move(info)),
+      rx_(std::move(rx)),
+      tx_(std::move(tx)),
+      key_limit_(std::max<uint64_t>(key_update_records, 2)) {}
 
 RecordStream::~RecordStream() = default;
 
@@ -64,6 +72,8 @@ std::size_t RecordStream::try_read(std::span<char> buf, asio::error_code& ec) {
   // way the error is latched: every later read reports it and reads nothing more.
   if (r.error && r.error != asio::error::would_block) {
     deferred_error_ = r.error;
+  } else if (key_update_needed()) {
+    send_key_update_now();
   }
   if (r.total == 0) {
     ec = r.error;
@@ -101,6 +111,7 @@ void RecordStream::open_record(Read& r) {
     return;
   }
   in_begin_ += kRecordHeader + body;
+  check_peer_key();
   auto event = classify_record(opened->type, {out, opened->size}, handshake_);
   if (!event) {
     stop(r, event.error().message, asio::error::connection_aborted);
@@ -138,10 +149,13 @@ void RecordStream::deliver(Read& r, char* plaintext, std::size_t size, bool in_c
 }
 
 void RecordStream::follow_key_update(Read& r, bool update_requested) {
+  const uint64_t records = rx_->sequence();
   if (auto st = rx_->next_generation(); !st) {
     stop(r, st.error().message, asio::error::connection_aborted);
     return;
   }
+  request_update_ = false;  // the peer has a fresh key
+  notify(false, update_requested, records, rx_->generation());
   if (update_requested) {
     key_update_due_ = true;  // answered before our next record
   }
@@ -206,6 +220,9 @@ void RecordStream::send_fatal_alert(const std::string& detail) {
 
 void RecordStream::send_alert_now(uint8_t alert) {
   alert_sent_ = true;
+  if (!pending_out_.empty()) {
+    return;  // not in the middle of a record
+  }
   const char body[] = {static_cast<char>(kAlertFatal), static_cast<char>(alert)};
   char record[sizeof(body) + kRecordOverhead];
   auto n = tx_->seal(kAlert, body, record);
@@ -259,17 +276,64 @@ void RecordStream::close() {
 
 // ---- Writing ---------------------------------------------------------------------------------
 
+void RecordStream::notify(bool sent, bool requested, uint64_t records, std::size_t generation) {
+  if (key_update_observer_) {
+    key_update_observer_(KeyUpdateEvent{sent, requested, records, generation});
+  }
+}
+
+bool RecordStream::key_update_needed() const {
+  return key_update_due_ || request_update_ || tx_->sequence() + 1 >= key_limit_;
+}
+
+void RecordStream::check_peer_key() {
+  if (rx_->sequence() >= key_limit_ && requested_for_ != rx_->generation()) {
+    requested_for_ = rx_->generation();  // asked once per peer key
+    request_update_ = true;
+  }
+}
+
 base::Result<std::size_t> RecordStream::seal_key_update(char* out) {
-  constexpr char kUpdateNotRequested[] = {kKeyUpdate, 0, 0, 1, 0};
-  auto n = tx_->seal(kHandshake, kUpdateNotRequested, out);
+  const bool requested = request_update_;
+  const char message[] = {kKeyUpdate, 0, 0, 1, static_cast<char>(requested ? 1 : 0)};
+  const uint64_t records = tx_->sequence() + 1;  // the KeyUpdate is the old key's last record
+  auto n = tx_->seal(kHandshake, message, out);
   if (!n) {
     return n;
   }
   if (auto st = tx_->next_generation(); !st) {
     return st.error();
   }
-  key_update_due_ = false;
+  key_update_due_ = false;  // one KeyUpdate answers the peer's request as well
+  request_update_ = false;
+  notify(true, requested, records, tx_->generation());
   return n;
+}
+
+void RecordStream::send_key_update_now() {
+  if (writing_ || alert_sent_ || write_closed_ || !pending_out_.empty() || !socket_.is_open()) {
+    return;  // the write under way (or the next) sends it; none after our close_notify
+  }
+  char record[kKeyUpdateRecord];
+  auto n = seal_key_update(record);
+  if (!n) {
+    return;  // the next write fails with the same error
+  }
+  const ssize_t sent =
+      ::send(socket_.native_handle(), record, *n, MSG_DONTWAIT | MSG_NOSIGNAL);
+  const std::size_t done = sent > 0 ? static_cast<std::size_t>(sent) : 0;
+  // A full socket buffer: the rest goes first with the next write (the peer is not reading).
+  pending_out_.assign(record + done, *n - done);
+}
+
+asio::awaitable<void> RecordStream::flush_pending(asio::error_code& ec) {
+  if (pending_out_.empty()) {
+    co_return;
+  }
+  const std::string out = std::exchange(pending_out_, {});
+  writing_ = true;
+  co_await send_all(socket_, out, ec, error_detail_);
+  writing_ = false;
 }
 
 asio::awaitable<void> RecordStream::write_all(std::span<const char> buf, asio::error_code& ec) {
@@ -278,22 +342,27 @@ asio::awaitable<void> RecordStream::write_all(std::span<const char> buf, asio::e
     ec = asio::error::connection_aborted;  // the connection ended with our fatal alert
     co_return;
   }
+  co_await flush_pending(ec);
+  if (ec) {
+    co_return;
+  }
   std::size_t done = 0;
   std::unique_ptr<char[]> out;
-  while (done < buf.size() || key_update_due_) {
+  while (done < buf.size()) {
     if (!out) {
       out = std::make_unique_for_overwrite<char[]>(kOutputBuffer);
     }
     std::size_t fill = 0;
-    if (key_update_due_) {
-      auto n = seal_key_update(out.get());
-      if (!n) {
-        fail(n.error().message, ec, asio::error::connection_aborted);
-        co_return;
+    while (done < buf.size() &&
+           fill + kKeyUpdateRecord + kMaxPlaintext + kRecordOverhead <= kOutputBuffer) {
+      if (key_update_needed()) {
+        auto n = seal_key_update(out.get() + fill);
+        if (!n) {
+          fail(n.error().message, ec, asio::error::connection_aborted);
+          co_return;
+        }
+        fill += *n;
       }
-      fill += *n;
-    }
-    while (done < buf.size() && fill + kMaxPlaintext + kRecordOverhead <= kOutputBuffer) {
       const std::size_t chunk = std::min(kMaxPlaintext, buf.size() - done);
       auto n = tx_->seal(kApplicationData, buf.subspan(done, chunk), out.get() + fill);
       if (!n) {
@@ -322,7 +391,12 @@ asio::awaitable<void> RecordStream::shutdown_write(asio::error_code& ec) {
     ec = asio::error::connection_aborted;  // no close_notify after a fatal alert
     co_return;
   }
+  co_await flush_pending(ec);
+  if (ec) {
+    co_return;
+  }
   char record[sizeof(kCloseNotifyAlert) + kRecordOverhead];
+  write_closed_ = true;  // no record of ours follows close_notify, not even a KeyUpdate
   auto n = tx_->seal(kAlert, kCloseNotifyAlert, record);
   if (!n) {
     fail(n.error().message, ec, asio::error::connection_aborted);

@@ -6,6 +6,11 @@
 // across records). A fatal error is latched -- no read continues past it -- and answered with the
 // alert RFC 8446 names for it (bad_record_mac, record_overflow, unexpected_message, decode_error)
 // before the session closes. Made by Handshake.
+//
+// AEAD usage limits (RFC 8446 §5.5): our key is replaced with a KeyUpdate before it has sealed
+// `key_update_records` records (the KeyUpdate being the last of them), and once the peer's key
+// has opened that many records without the peer re-keying, one KeyUpdate with update_requested
+// asks it to (once per peer key generation). Replaced secrets and keys are wiped (RecordCipher).
 
 #include <memory>
 #include <optional>
@@ -20,8 +25,10 @@ class RecordStream final : public TlsStream {
  public:
   // Takes a TLS 1.3 connection at record sequence 0 in both directions: `rx` opens the peer's
   // records, `tx` seals ours.
+  // `key_update_records` (at least 2) bounds the records each traffic key protects.
   RecordStream(base::StreamSocket socket, ConnectionInfo info,
-               std::unique_ptr<RecordCipher> rx, std::unique_ptr<RecordCipher> tx);
+               std::unique_ptr<RecordCipher> rx, std::unique_ptr<RecordCipher> tx,
+               uint64_t key_update_records = uint64_t{1} << 23);
   ~RecordStream() override;
 
   // base::ByteStream
@@ -60,8 +67,19 @@ class RecordStream final : public TlsStream {
   std::size_t take_plaintext(std::span<char> buf);
   // try_read() can make progress without the socket: plaintext, a whole record, an end or error.
   bool record_ready() const;
-  // Seals our KeyUpdate (update_not_requested) into `out` and moves to our next key.
+  // Seals our KeyUpdate into `out` and moves to our next key: update_requested when the peer's
+  // key is spent, else update_not_requested (an answer, or our own key spent).
   base::Result<std::size_t> seal_key_update(char* out);
+  // A KeyUpdate must precede our next record: owed to the peer, asked of it, or our key spent.
+  bool key_update_needed() const;
+  // After a record was opened: asks for the peer's KeyUpdate once its key is spent.
+  void check_peer_key();
+  // Sends a needed KeyUpdate at once when no write is under way (a reading-only session must
+  // still ask the peer to re-key); what the socket does not take waits in pending_out_.
+  void send_key_update_now();
+  // Sends pending_out_ (the rest of a KeyUpdate sent from a read) before anything else.
+  asio::awaitable<void> flush_pending(asio::error_code& ec);
+  void notify(bool sent, bool requested, uint64_t records, std::size_t generation);
   void release_input();
   // Sends the fatal alert `detail` deserves, if any: at once when no write is under way, else
   // after it (an alert between the bytes of a half-sent record would be garbage to the peer).
@@ -79,6 +97,11 @@ class RecordStream final : public TlsStream {
   asio::error_code deferred_error_;  // reported by the next read (data came first)
   bool peer_closed_ = false;         // close_notify received
   bool key_update_due_ = false;      // the peer asked for our KeyUpdate before our next record
+  const uint64_t key_limit_;         // records per traffic key (key_update_records)
+  bool request_update_ = false;      // the peer's key is spent: ask it to re-key
+  std::optional<std::size_t> requested_for_;  // the peer generation we asked to re-key
+  std::string pending_out_;          // the unsent rest of a KeyUpdate sent from a read
+  bool write_closed_ = false;        // our close_notify went out
   PostHandshakeReader handshake_;    // the peer's post-handshake messages, reassembled
   bool writing_ = false;             // write_all() is suspended in the middle of a send
   std::optional<uint8_t> alert_due_; // a fatal alert to send once that send has finished

@@ -398,6 +398,10 @@ asio::awaitable<void> Session::run() {
     // No allow_splice decision here: a stream reports kernel_reads/kernel_writes only when the
     // kernel holds its record layer, which `ktls: off` never allows.
     po.on_activity = [this] { last_activity_ = std::chrono::steady_clock::now(); };
+    tls_->observe_key_updates([this](const tls::KeyUpdateEvent& e) { note_key_update(e); });
+    if (tls_->kernel_writes() || tls_->kernel_reads()) {
+      po.on_chunk = [this](std::size_t n) { watch_kernel_keys(n); };
+    }
     po.a_to_b_bytes = &context_->metrics->bytes_in;
     po.b_to_a_bytes = &context_->metrics->bytes_out;
     arm_idle();

@@ -75,6 +75,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void check_validity();
   // Logs the "ending" line and closes the session; `label` becomes the close reason.
   void end_session(std::string_view label, const std::string& detail);
+  // Counts and logs a KeyUpdate of the own record layer.
+  void note_key_update(const tls::KeyUpdateEvent& e);
+  // After `bytes` moved: every KeyCheckCadence, ends the session (aead_limit) when a kernel TLS
+  // direction's key has protected key_update_records records.
+  void watch_kernel_keys(std::size_t bytes);
   // The reason label of an established session that ended with `r`.
   std::string_view close_label(const pump::PumpResult& r) const;
 
@@ -122,6 +127,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::chrono::steady_clock::time_point last_activity_;
   bool finished_ = false;
   bool authorized_ = false;  // the peer passed this session's policy; pumping may start
+  // Bytes and pump steps since the kernel's record counters were last read.
+  std::size_t key_check_bytes_ = 0;
+  std::size_t key_check_chunks_ = 0;
   // A policy that arrived while the peer was not yet authorized; applied right after.
   std::shared_ptr<const TunnelContext> pending_policy_;
 };

@@ -99,6 +99,36 @@ void Session::end_session(std::string_view label, const std::string& detail) {
   close_all();
 }
 
+void Session::note_key_update(const tls::KeyUpdateEvent& e) {
+  (e.sent ? context_->metrics->key_updates_sent : context_->metrics->key_updates_received).inc();
+  if (!spdlog::should_log(spdlog::level::debug)) {
+    return;
+  }
+  using base::TextStyle;
+  const base::LogField facts[] = {{"direction", e.sent ? "sent" : "received"},
+                                  {"update_requested", e.update_requested ? "yes" : "no"},
+                                  {"records", e.records},
+                                  {"generation", e.generation}};
+  base::log_line(spdlog::level::debug, {log_context(), "key update", facts});
+}
+
+void Session::watch_kernel_keys(std::size_t bytes) {
+  const KeyCheckCadence every = key_check_cadence(tls_->info().context->options().key_update_records);
+  key_check_bytes_ += bytes;
+  ++key_check_chunks_;
+  if (key_check_bytes_ < every.bytes && key_check_chunks_ < every.chunks) {
+    return;
+  }
+  key_check_bytes_ = key_check_chunks_ = 0;
+  const uint64_t limit = tls_->info().context->options().key_update_records;
+  if (auto spent = tls_->kernel_key_spent(limit); spent && timed_out_.empty() && !finished_) {
+    // A clean end for the peer: close_notify before the close (the kernel frames it between
+    // whatever records are in flight).
+    tls_->send_kernel_close_notify_now();
+    end_session("aead_limit", *spent);
+  }
+}
+
 void Session::apply_policy(std::shared_ptr<const TunnelContext> next) {
   const spiffe::SpiffeId& peer = *tls_->info().peer.peer_id;
   const auto& authorizer = next->tls->options().authorizer;

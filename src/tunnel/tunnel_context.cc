@@ -1,5 +1,6 @@
 #include "spiffe_tunnel/tunnel/tunnel_context.h"
 
+#include <algorithm>
 #include <charconv>
 
 namespace spiffe_tunnel::tunnel {
@@ -40,6 +41,12 @@ TunnelMetrics::TunnelMetrics(base::MetricsRegistry& r, const std::string& t)
       session_seconds(r.histogram("spiffe_tunnel_session_duration_seconds",
                                   "Lifetime of established sessions, from accept to close.",
                                   base::session_duration_buckets(), {{"tunnel", t}})),
+      key_updates_sent(r.counter("spiffe_tunnel_tls_key_updates_total",
+                                 "TLS 1.3 KeyUpdates of the userspace record layer, by direction "
+                                 "(sent: our key replaced; received: the peer's).",
+                                 {{"tunnel", t}, {"direction", "sent"}})),
+      key_updates_received(r.counter("spiffe_tunnel_tls_key_updates_total", "",
+                                     {{"tunnel", t}, {"direction", "received"}})),
       registry(r),
       tunnel(t) {
   for (std::string_view reason : kCloseReasons) {
@@ -76,6 +83,13 @@ void TunnelMetrics::log_rejection(std::string_view reason, const base::LogLine& 
     base::log_line(spdlog::level::warn, {who, "suppressed similar lines", facts});
   }
   base::log_line(spdlog::level::warn, line);
+}
+
+KeyCheckCadence key_check_cadence(uint64_t key_update_records) {
+  constexpr std::size_t kFullRecord = 16 * 1024;
+  const uint64_t records = std::clamp<uint64_t>(key_update_records / 16, 1, 256);
+  return {static_cast<std::size_t>(records) * kFullRecord,
+          static_cast<std::size_t>(std::min<uint64_t>(records, 64))};
 }
 
 Target Target::unix_socket(std::string path) {

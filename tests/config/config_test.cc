@@ -122,6 +122,7 @@ tunnels:
   CHECK(db.tls.min_version == TlsVersion::k1_3);
   CHECK(db.tls.ktls == KtlsMode::kAuto);
   CHECK(db.buffer_size == 64 * 1024);
+  CHECK(db.tls.key_update_records == 8388608);  // 2^23
   CHECK_FALSE(db.opa);
   CHECK(db.handshake_timeout == 10s);
   CHECK(db.idle_timeout == 0ms);
@@ -362,6 +363,18 @@ TEST_CASE("every error names the file, line and column of the bad value") {
        kWebServer + R"(    buffer_size: 1024
 )",
        "test.yaml:8:18", "tunnel \"web\": buffer_size must be between 32768 and 16777216"},
+      {"key_update_records below the minimum",
+       kWebServer + R"(    tls: {key_update_records: 1}
+)",
+       "test.yaml:8:31",
+       "tunnel \"web\": key_update_records must be a number of records from 2 to 16777216 (2^24; "
+       "RFC 8446 §5.5 allows AES-GCM about 2^24.5)"},
+      {"key_update_records above RFC 8446's limit",
+       kWebServer + R"(    tls: {key_update_records: 33554432}
+)",
+       "test.yaml:8:31",
+       "tunnel \"web\": key_update_records must be a number of records from 2 to 16777216 (2^24; "
+       "RFC 8446 §5.5 allows AES-GCM about 2^24.5)"},
       {"buffer_size not a number",
        kWebServer + R"(    buffer_size: big
 )",

@@ -63,6 +63,7 @@ TEST_CASE("flags and YAML build the same model for the same tunnel") {
   f.tls_min = "1.2";
   f.cipher_suites = "TLS_AES_256_GCM_SHA384";
   f.ktls = "off";
+  f.key_update_records = "1000";
   f.handshake_timeout = "5s";
   f.idle_timeout = "5m";
   f.max_connections = "100";
@@ -85,7 +86,8 @@ tunnels:
       trust_domains: [partner.example]
       patterns: ["spiffe://example.org/ns/*/sa/consumer-*"]
     opa: {url: "http://127.0.0.1:8181/v1/data/tunnels/authz/allow", timeout: 500ms}
-    tls: {min_version: "1.2", cipher_suites: TLS_AES_256_GCM_SHA384, ktls: "off"}
+    tls: {min_version: "1.2", cipher_suites: TLS_AES_256_GCM_SHA384, ktls: "off",
+          key_update_records: 1000}
     timeouts: {handshake: 5s, idle: 5m}
     max_connections: 100
     buffer_size: 131072
@@ -101,6 +103,7 @@ tunnels:
   CHECK(from_flags == from_yaml);
   CHECK(from_flags.tunnels[0].opa->endpoint.port == 8181);
   CHECK(from_flags.tunnels[0].tls.ktls == KtlsMode::kOff);
+  CHECK(from_flags.tunnels[0].tls.key_update_records == 1000);
 }
 
 TEST_CASE("flags not given take the model's defaults") {

@@ -3,7 +3,8 @@ backend on the guest's loopback, for one TLS configuration per case. Prints one 
 case on stdout; the host-side test asserts on them.
 
 Usage: python3 ktls_scenario.py CASE [CASE...]   where CASE is a name from CASES or a special
-scenario: halfclose, reset, s_server_nst_keyupdate, ktls_on_without_module, idle_memory.
+scenario: halfclose, reset, s_server_nst_keyupdate, ktls_on_without_module, idle_memory,
+aead_limit.
 """
 
 from __future__ import annotations
@@ -223,6 +224,70 @@ def run_s_server(site: Site, root: Path) -> dict:
     return out
 
 
+def transfer(port: int, size: int) -> dict:
+    """Like bulk(), but a transfer the tunnel cuts is a result, not an error."""
+    block = os.urandom(MIB)
+    n, got = 0, hashlib.sha256()
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        def send():
+            try:
+                for _ in range(size // MIB):
+                    s.sendall(block)
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        t = threading.Thread(target=send)
+        t.start()
+        try:
+            while data := s.recv(MIB):
+                got.update(data)
+                n += len(data)
+        except OSError:
+            pass
+        t.join()
+    want = hashlib.sha256(block * (size // MIB)).hexdigest()
+    return {"bytes_back": n, "intact": n == size and got.hexdigest() == want}
+
+
+AEAD_LIMIT = 128  # records per key: 2 MiB of full records
+
+
+def run_aead_limit(site: Site) -> dict:
+    """Kernel TLS cannot re-key on this kernel: an AES-GCM session (TLS 1.3, and TLS 1.2, which
+    has no KeyUpdate at all) ends with reason aead_limit near key_update_records, while a sibling pair with the default limit (at the same time) and
+    a ChaCha20-Poly1305 pair with the same low limit carry all their bytes."""
+    low = ["--cipher-suites", "TLS_AES_128_GCM_SHA256", "--key-update-records", str(AEAD_LIMIT)]
+    chacha = ["--cipher-suites", "TLS_CHACHA20_POLY1305_SHA256",
+              "--key-update-records", str(AEAD_LIMIT)]
+    tls12 = [*CASES["tls12-aes128gcm"], "--key-update-records", str(AEAD_LIMIT)]
+    size = 8 * MIB  # 512 full records each way
+    pairs = {}
+    for name, extra in (("limited", low), ("sibling", []), ("chacha", chacha),
+                        ("tls12", tls12)):
+        backend = Backend("echo")
+        server, sport = site.server_tunnel(backend.port, extra)
+        client, cport = site.client_tunnel(sport, extra)
+        pairs[name] = (server, client, cport, backend)
+    results: dict = {}
+    threads = [threading.Thread(target=lambda n=n: results.update({n: transfer(pairs[n][2], size)}))
+               for n in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out: dict = {"case": "aead_limit", "limit": AEAD_LIMIT, "size": size}
+    for name, (server, client, _, backend) in pairs.items():
+        for end, d in (("server", server), ("client", client)):
+            d.wait_for(r" closed peer=", timeout=30)
+            out[f"{name}_{end}_closed"] = re.findall(
+                r" closed .*bytes_from_peer=(\d+) bytes_to_peer=(\d+) .* path=(\S+)", d.log)
+            out[f"{name}_{end}_ending"] = re.findall(r" ending reason=(\w+): (.*)", d.log)
+            out[f"{name}_{end}_tls"] = paths(d)
+        out[name] = results.get(name)
+        client.stop(), server.stop(), backend.close()
+    return out
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -307,6 +372,8 @@ def main() -> None:
                 r = run_ktls_on(site)
             elif case == "idle_memory":
                 r = run_idle_memory(site)
+            elif case == "aead_limit":
+                r = run_aead_limit(site)
             else:
                 r = {"case": case, "error": "unknown case"}
         except Exception as e:  # reported to the host-side test, which fails on it

@@ -5,13 +5,15 @@ One guest boot runs every case of ktls_scenario.py; the assertions here read its
 ends, both directions on kTLS + splice; the same with --ktls off and without the tls module on
 the userspace path; close_notify, half-close and reset on both paths; a third-party
 openssl s_server's session tickets dropped and its KeyUpdate closing the session cleanly; and
-the memory an idle connection costs on the kernel path, beside the userspace record layer.
+the memory an idle connection costs on the kernel path, beside the userspace record layer; and
+the AEAD usage limit of a kernel direction this kernel cannot re-key (reason aead_limit).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -54,7 +56,7 @@ def _run(cases, tls_module=True, timeout=900):
 @pytest.fixture(scope="module")
 def with_module():
     return _run(OFFLOAD_CASES + ["ktls-off", "halfclose", "reset", "reset-userspace",
-                                 "s_server_nst_keyupdate", "idle_memory"])
+                                 "s_server_nst_keyupdate", "idle_memory", "aead_limit"])
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +141,28 @@ def test_idle_kernel_tls_connection_costs_no_more_than_userspace_one(with_module
           f"{r['userspace']['rss_kib']} KiB)")
     assert 0 < ktls <= 24, r
     assert 0 < user <= 24, r
+
+
+def test_kernel_aes_gcm_session_ends_at_the_aead_limit_and_others_go_on(with_module):
+    """key_update_records 128 on kernel AES-GCM pairs (TLS 1.3 and 1.2): the kernel (6.1) cannot
+    re-key, so the session ends with reason aead_limit once a kernel key has protected 128 records (read with
+    getsockopt(SOL_TLS)); a sibling pair with the default limit, running at the same time, and a
+    ChaCha20-Poly1305 pair with the same low limit (not capped) carry all 8 MiB each way."""
+    r = with_module["aead_limit"]
+    limit = r["limit"]
+    spent = []
+    for name in ("limited", "tls12"):  # TLS 1.3 and TLS 1.2, AES-128-GCM
+        assert r[f"{name}_server_tls"] == [["ktls", "ktls"]], r
+        endings = r[f"{name}_server_ending"] + r[f"{name}_client_ending"]
+        assert endings and all(reason == "aead_limit" for reason, _ in endings), r
+        spent += [int(m.group(1)) for _, detail in endings
+                  if (m := re.search(r"has protected (\d+) records", detail))]
+        assert not r[name]["intact"] and r[name]["bytes_back"] < r["size"], r
+    # Read every 8 records' worth of pump steps: the session ends near the limit, not far past.
+    assert spent and all(limit <= n <= 2 * limit for n in spent), r
+    for name in ("sibling", "chacha"):
+        assert r[name]["intact"], r
+        assert not r[f"{name}_server_ending"] and not r[f"{name}_client_ending"], r
+        assert r[f"{name}_server_tls"] == [["ktls", "ktls"]], r
+    print(f"aead_limit: ended after {spent} records (limit {limit}), "
+          f"{r['limited']['bytes_back']} of {r['size']} bytes back; sibling and ChaCha20 intact")

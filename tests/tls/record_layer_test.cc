@@ -27,6 +27,7 @@
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
 #include "tls/test_tls.h"
+#include "tls/openssl_peer.h"
 #include "tls/tls_pair.h"
 
 using namespace spiffe_tunnel;
@@ -76,13 +77,6 @@ struct Direction {
   }
 };
 
-std::string pattern(std::size_t n) {
-  std::string s(n, '\0');
-  for (std::size_t i = 0; i < n; ++i) {
-    s[i] = static_cast<char>((i * 7919) ^ (i >> 8));
-  }
-  return s;
-}
 
 }  // namespace
 
@@ -237,56 +231,6 @@ TEST_CASE("unsupported suites and wrong secret sizes are named") {
 
 namespace {
 
-int accept_any(int, X509_STORE_CTX*) { return 1; }
-
-// A plain OpenSSL endpoint on a blocking socket in its own thread: presents `svid`, asks for (and
-// does not check) the other side's certificate, and sends OpenSSL's default two session tickets
-// when it is the server. It makes no Catch2 assertions (they are not thread-safe): a setup
-// failure leaves `ssl` empty and the test's thread checks the report.
-struct OpenSslPeer {
-  base::SslCtxPtr ctx;
-  base::SslPtr ssl;
-
-  OpenSslPeer(bool server, const spiffe::X509Svid& svid, int fd, const std::string& suite) {
-    ctx.reset(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
-    if (!ctx || SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION) != 1 ||
-        SSL_CTX_set_ciphersuites(ctx.get(), suite.c_str()) != 1 ||
-        SSL_CTX_use_certificate(ctx.get(), svid.leaf()) != 1 ||
-        SSL_CTX_use_PrivateKey(ctx.get(), svid.key.get()) != 1) {
-      return;
-    }
-    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, accept_any);
-    ssl.reset(SSL_new(ctx.get()));
-    if (!ssl || SSL_set_fd(ssl.get(), fd) != 1) {
-      ssl.reset();
-      return;
-    }
-    if (server) {
-      SSL_set_accept_state(ssl.get());
-    } else {
-      SSL_set_connect_state(ssl.get());
-    }
-  }
-
-  std::string read_exactly(std::size_t n) {
-    std::string out(n, '\0');
-    std::size_t got = 0;
-    while (got < n) {
-      std::size_t k = 0;
-      if (SSL_read_ex(ssl.get(), out.data() + got, n - got, &k) != 1) {
-        break;
-      }
-      got += k;
-    }
-    out.resize(got);
-    return out;
-  }
-  bool write(std::string_view s) {
-    std::size_t k = 0;
-    return SSL_write_ex(ssl.get(), s.data(), s.size(), &k) == 1 && k == s.size();
-  }
-};
-
 asio::awaitable<void> read_once(tls::TlsStream& s, std::size_t& n, asio::error_code& ec) {
   char buf[256];
   n = co_await s.read_some({buf, sizeof(buf)}, ec);
@@ -373,10 +317,8 @@ TEST_CASE("the userspace record layer interoperates with OpenSSL's, KeyUpdate in
   INFO((we_are_server ? "spiffe-tunnel is the server" : "spiffe-tunnel is the client"));
   INFO(suite);
 
-  auto options = options_for(we_are_server ? tls::Role::kServer : tls::Role::kClient,
-                             allow_any_verified());
-  options.tls13_ciphersuites = suite;
-  Side side(options, snapshot_of({we_are_server ? pki.server : pki.client}, {&pki.example}));
+  Side side(interop_options(we_are_server, suite),
+            snapshot_of({we_are_server ? pki.server : pki.client}, {&pki.example}));
   auto context = side.context();  // before the peer thread starts: Catch2 is single-threaded
 
   asio::io_context io;

@@ -112,6 +112,11 @@ struct TlsConfig {
   std::string tls12_ciphers;       // "" = the tls module's default
   KtlsMode ktls = KtlsMode::kAuto;
   std::string server_name;  // client: SNI, "" = none
+  // TLS 1.3 AEAD usage limit (RFC 8446 §5.5): records one traffic key protects before the own
+  // record layer sends a KeyUpdate, and the point where a kernel-offloaded AES-GCM direction,
+  // which cannot re-key, ends the session (reason aead_limit). 2^23 records = 128 GiB of full
+  // records, half of what the RFC allows; low values are for tests.
+  uint64_t key_update_records = uint64_t{1} << 23;
   friend bool operator==(const TlsConfig&, const TlsConfig&) = default;
 };
 

@@ -26,6 +26,7 @@ struct TunnelFlags {
   bool allow_any = false;
   std::string opa_url, opa_timeout;
   std::string tls_min, tls_max, cipher_suites, ciphers, ktls, server_name;
+  std::string key_update_records;
   std::string handshake_timeout, connect_timeout, idle_timeout;
   std::string max_connection_age;
   std::string max_handshakes, max_handshakes_per_source;

@@ -53,6 +53,9 @@ base::Result<std::size_t> parse_max_handshakes(std::string_view text);
 inline constexpr std::size_t kMinBufferSize = 32 * 1024;
 inline constexpr std::size_t kMaxBufferSize = 16 * 1024 * 1024;
 base::Result<std::size_t> parse_buffer_size(std::string_view text);
+// Records per TLS 1.3 traffic key: 2 (the KeyUpdate and one more) to kMaxKeyUpdateRecords (2^24, under RFC 8446's 2^24.5).
+inline constexpr uint64_t kMaxKeyUpdateRecords = uint64_t{1} << 24;
+base::Result<uint64_t> parse_key_update_records(std::string_view text);
 
 // "auto", "on", "off".
 base::Result<KtlsMode> parse_ktls(std::string_view text);

@@ -46,6 +46,10 @@ struct PumpOptions {
   bool allow_splice = true;
   // Called after every chunk moved, for idle tracking. May be empty.
   std::function<void()> on_activity;
+  // Called with the size of every chunk moved, either direction, after on_activity (e.g. to
+  // read a kernel TLS socket's record counters every few MiB). May be empty; may close both
+  // ends, which ends the pump as an abort does.
+  std::function<void(std::size_t)> on_chunk;
   // Raised by the bytes moved, as they move (one relaxed add per chunk or splice call), so that
   // byte counters rise while a session is open. May be null. The result's byte counts are kept
   // as well.

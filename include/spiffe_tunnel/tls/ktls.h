@@ -49,4 +49,15 @@ int read_record(int fd, std::span<char> buf, Record& out);
 // the bytes sent, or -1 with errno set (EAGAIN when the socket buffer is full).
 ssize_t send_record(int fd, uint8_t type, std::span<const char> data);
 
+// One offloaded direction as the kernel reports it.
+struct KeyState {
+  bool aes_gcm = false;  // AES-128-GCM or AES-256-GCM (the ciphers with a practical AEAD limit)
+  uint64_t records = 0;  // the record sequence number (AES-GCM only; 0 for other ciphers)
+};
+// Reads the state of the transmit (`transmit`) or receive direction of `fd` with
+// getsockopt(SOL_TLS, TLS_TX / TLS_RX). The key material that call returns along with the
+// sequence number is wiped at once. Fails when the direction is not offloaded, or for a cipher
+// this build does not know.
+base::Result<KeyState> key_state(int fd, bool transmit);
+
 }  // namespace spiffe_tunnel::tls::ktls

@@ -46,6 +46,9 @@ struct TlsOptions {
       "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
   KtlsMode ktls = KtlsMode::kAuto;
   std::string server_name;  // client role: SNI to send, "" for none
+  // Records per TLS 1.3 traffic key (config TlsConfig::key_update_records): the own record
+  // layer re-keys there; a kernel AES-GCM direction ends the session there.
+  uint64_t key_update_records = uint64_t{1} << 23;
 };
 
 // What the verify callback concluded about one peer. Kept by the connection's Handshake, then

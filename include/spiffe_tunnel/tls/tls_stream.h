@@ -7,7 +7,10 @@
 //   - kKernel: kernel TLS both ways, the SSL object freed.
 // Owned by one session and used from its thread only.
 
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -35,6 +38,14 @@ struct ConnectionInfo {
   std::string server_name;    // the SNI the client sent (server role), "" when none
 };
 
+// A TLS 1.3 KeyUpdate the own record layer sent or followed (RFC 8446 §4.6.3, §5.5).
+struct KeyUpdateEvent {
+  bool sent = false;              // ours (true) or the peer's (false)
+  bool update_requested = false;  // the message asked the other side to update too
+  uint64_t records = 0;           // records the key that was replaced had protected
+  std::size_t generation = 0;     // the direction's traffic secret generation now in use
+};
+
 class TlsStream : public base::ByteStream {
  public:
   ~TlsStream() override;
@@ -50,12 +61,30 @@ class TlsStream : public base::ByteStream {
   base::StreamSocket& socket() final { return socket_; }
   std::string last_error() const final { return error_detail_; }
 
+  // Called for every KeyUpdate sent or followed (only the own record layer re-keys), on the
+  // stream's thread. May be left empty.
+  void observe_key_updates(std::function<void(const KeyUpdateEvent&)> observer) {
+    key_update_observer_ = std::move(observer);
+  }
+
+  // The AEAD usage limit of the directions the kernel protects, which Linux before 6.14 cannot
+  // re-key: a sentence naming the direction whose record sequence number (read from the kernel
+  // with getsockopt(SOL_TLS, TLS_TX/TLS_RX)) reached `limit`, or nullopt. AES-GCM only: for
+  // ChaCha20-Poly1305 the limit is far beyond any record sequence reachable (RFC 8446 §5.5).
+  // One getsockopt per kernel direction; nothing for the own record layer, which re-keys.
+  std::optional<std::string> kernel_key_spent(uint64_t limit) const;
+  // Sends close_notify as a kernel TLS control record without waiting, when the kernel holds
+  // transmit (it frames records itself, so this is safe between any two writes); best effort,
+  // for a session ended on our side. False when it could not.
+  bool send_kernel_close_notify_now();
+
  protected:
   TlsStream(base::StreamSocket socket, ConnectionInfo info);
 
   base::StreamSocket socket_;
   const ConnectionInfo info_;
   std::string error_detail_;  // the last TLS-level error as a sentence, "" if none
+  std::function<void(const KeyUpdateEvent&)> key_update_observer_;
 };
 
 }  // namespace spiffe_tunnel::tls

@@ -36,6 +36,8 @@ struct TunnelMetrics {
   base::Counter& path_splice;
   base::Histogram& handshake_seconds;  // successful handshakes
   base::Histogram& session_seconds;    // established sessions, accept to close
+  base::Counter& key_updates_sent;      // TLS 1.3 KeyUpdates of the own record layer
+  base::Counter& key_updates_received;
   base::MetricsRegistry& registry;
   std::string tunnel;
   // Counts a refused connection under st_connections_rejected_total{tunnel,reason}.
@@ -58,7 +60,7 @@ struct TunnelMetrics {
 inline constexpr std::string_view kCloseReasons[] = {
     "eof",          "idle_timeout",   "draining",            "aborted",
     "peer_error",   "plain_error",    "policy_changed",      "peer_expired",
-    "peer_untrusted", "local_identity_lost", "max_connection_age"};
+    "peer_untrusted", "local_identity_lost", "max_connection_age", "aead_limit"};
 
 // Timeouts and limits of one tunnel's sessions. No defaults here: the configuration model
 // (config::TunnelConfig) owns them, and app fills every field; Tunnel::create refuses zeros
@@ -73,6 +75,16 @@ struct SessionLimits {
   std::size_t max_handshakes_per_source = 0;  // per IPv4 address / IPv6 /64; 0: no limit
   std::size_t buffer_size = 0;  // per direction of the userspace pump, and the splice pipe size
 };
+
+// How often a session moving bytes through a kernel TLS direction reads the kernel's record
+// sequence numbers (TlsStream::kernel_key_spent): after `bytes` bytes or `chunks` pump steps,
+// whichever comes first -- 4 MiB or 64 steps at the default key_update_records (2^23), scaled
+// down with lower limits so that a session ends near the limit, not far past it.
+struct KeyCheckCadence {
+  std::size_t bytes;
+  std::size_t chunks;
+};
+KeyCheckCadence key_check_cadence(uint64_t key_update_records);
 
 // The end the tunnel connects to: TCP host:port, or a unix socket when unix_path is set.
 struct Target {

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <stdlib.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -286,6 +287,26 @@ TEST_CASE("keeps retrying while the agent is down and resumes when it is back") 
   REQUIRE(rec.wait_updates(2));
   source->stop();
   CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
+}
+
+TEST_CASE("every reconnect attempt connects afresh: gRPC's connection backoff does not delay it") {
+  TempDir dir;
+  std::atomic<int> attempts{0};
+  // No agent: every attempt is refused at once. Our backoff is 20-100 ms; gRPC's own connection
+  // backoff (1 s, 1.6 s, 2.56 s, ...) would allow only a handful of attempts in 2 s if the
+  // channels of successive attempts shared one subchannel.
+  auto source = WorkloadApiSource::create(
+      {.address = "unix://" + agent_socket(dir),
+       .initial_backoff = milliseconds(20),
+       .max_backoff = milliseconds(100),
+       .observer = {.on_connection = {}, .on_reconnect = [&] { ++attempts; }}});
+  REQUIRE(source.ok());
+  Recorder rec;
+  (*source)->start(rec.callbacks());
+  std::this_thread::sleep_for(milliseconds(2000));
+  (*source)->stop();
+  INFO("attempts in 2 s: " << attempts.load());
+  CHECK(attempts.load() >= 10);
 }
 
 TEST_CASE_METHOD(SourceFixture<>, "PermissionDenied after identities were delivered revokes them") {

@@ -6,6 +6,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cassert>
 #include <condition_variable>
 #include <cstdint>
@@ -52,6 +53,24 @@ void scrub_keys(X509SVIDResponse& response) {
     OPENSSL_cleanse(key->data(), key->size());
   }
   response.Clear();
+}
+
+// The moment the first of a message's SVIDs expires: the reconnect backoff never waits past it.
+std::chrono::system_clock::time_point earliest_not_after(const X509SvidMessage& message) {
+  auto earliest = std::chrono::system_clock::time_point::max();
+  for (const auto& svid : message.svids) {
+    earliest = std::min(earliest, svid->not_after());
+  }
+  return earliest;
+}
+
+// Until `until`, 0 once it has passed; capped at a year so the cast cannot overflow.
+milliseconds time_left(std::chrono::system_clock::time_point until) {
+  const auto now = std::chrono::system_clock::now();
+  return until <= now ? milliseconds(0)
+                      : std::chrono::duration_cast<milliseconds>(
+                            std::min(until - now, std::chrono::system_clock::duration(
+                                                      std::chrono::hours(24 * 365))));
 }
 
 // A fresh channel per attempt: gRPC's own reconnect backoff (1 s growing 1.6x up to 120 s) would
@@ -239,6 +258,7 @@ void WorkloadApiSource::Streams::run_svid_stream() {
   Backoff backoff(options_.initial_backoff, options_.max_backoff);
   SvidStreamLog log(options_.address);
   bool holding = false;     // identities delivered and not revoked since
+  std::chrono::system_clock::time_point held_until;  // earliest notAfter of those identities
   std::string last_digest;  // of the response behind the identities we hold
   const WorkloadApiObserver& observer = options_.observer;
   for (bool first = true;; first = false) {
@@ -276,6 +296,7 @@ void WorkloadApiSource::Streams::run_svid_stream() {
         continue;
       }
       holding = true;
+      held_until = earliest_not_after(*message);
       last_digest = std::move(digest);
       streaming = true;
       backoff.reset();
@@ -293,7 +314,8 @@ void WorkloadApiSource::Streams::run_svid_stream() {
     const milliseconds delay = code == grpc::StatusCode::INVALID_ARGUMENT ||
                                        code == grpc::StatusCode::UNIMPLEMENTED
                                    ? backoff.at_cap()
-                                   : backoff.next();
+                                   : holding ? backoff.next_within(time_left(held_until))
+                                             : backoff.next();
     log.ended(status, streaming, revoked, delay);
     report_failure(status);
     if (revoked) {

@@ -136,6 +136,26 @@ TEST_CASE("backoff doubles with ±20% jitter up to the cap and starts over after
   CHECK(backoff.at_cap().count() >= 24000);
 }
 
+TEST_CASE("backoff never waits past the held identities' expiry, and about 1 s after it") {
+  workload::Backoff backoff(milliseconds(1000), milliseconds(30000), /*seed=*/7);
+  for (int i = 0; i < 5; ++i) {
+    backoff.next();  // base now at the 30 s cap
+  }
+  // 12 s of validity left: the next attempt comes at 12 s, not 24-36 s
+  CHECK(backoff.next_within(milliseconds(12000)).count() == 12000);
+  // expired (or about to): about the initial delay, jittered, however far the base has grown
+  for (int i = 0; i < 20; ++i) {
+    const auto d = backoff.next_within(milliseconds(0)).count();
+    CHECK(d >= 800);
+    CHECK(d <= 1200);
+  }
+  // plenty of time left: the ordinary schedule
+  backoff.reset();
+  const auto d = backoff.next_within(milliseconds(3600000)).count();
+  CHECK(d >= 800);
+  CHECK(d <= 1200);
+}
+
 // --- Against a fake agent ------------------------------------------------------------------------
 
 TEST_CASE_METHOD(SourceFixture<>,

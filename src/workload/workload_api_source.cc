@@ -73,13 +73,17 @@ milliseconds time_left(std::chrono::system_clock::time_point until) {
                                                       std::chrono::hours(24 * 365))));
 }
 
-// A fresh channel per attempt: gRPC's own reconnect backoff (1 s growing 1.6x up to 120 s) would
-// otherwise stack on ours and delay recovery after an agent restart. The channel gets a private
-// subchannel pool: channels to one address share a subchannel in gRPC's global pool, and with it
-// that backoff, so a new channel's call would wait out the backoff earned by earlier attempts.
-std::unique_ptr<SpiffeWorkloadAPI::Stub> new_stub(const std::string& target) {
+// A fresh channel per attempt. Channels to one address share a subchannel in gRPC's global pool,
+// and with it gRPC's connection backoff (1 s growing 1.6x up to 120 s), so a new channel's call
+// would wait out the backoff earned by earlier refused connects, up to minutes after the agent is
+// back. gRPC's backoff is therefore held at our first delay; ours governs the schedule. (A private
+// subchannel pool per channel instead leaks one socket per agent restart.)
+std::unique_ptr<SpiffeWorkloadAPI::Stub> new_stub(const std::string& target,
+                                                  milliseconds connect_backoff) {
   grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  const int ms = static_cast<int>(std::min<int64_t>(connect_backoff.count(), 60000));
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, ms);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, ms);
   return SpiffeWorkloadAPI::NewStub(
       grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
 }
@@ -265,7 +269,7 @@ void WorkloadApiSource::Streams::run_svid_stream() {
     if (!first && observer.on_reconnect) {
       observer.on_reconnect();
     }
-    auto stub = new_stub(target_);
+    auto stub = new_stub(target_, options_.initial_backoff);
     grpc::ClientContext call;  // no deadline: the first message may take a while (SPIFFE.md §6)
     call.AddMetadata(kSecurityHeader, "true");
     if (!begin_svid_call(&call)) {
@@ -335,7 +339,7 @@ void WorkloadApiSource::Streams::run_bundles_stream() {
   Backoff backoff(options_.initial_backoff, options_.max_backoff);
   BundlesStreamLog log(options_.address);
   for (;;) {
-    auto stub = new_stub(target_);
+    auto stub = new_stub(target_, options_.initial_backoff);
     grpc::ClientContext call;
     call.AddMetadata(kSecurityHeader, "true");
     const std::optional<uint64_t> epoch = begin_bundles_call(&call);

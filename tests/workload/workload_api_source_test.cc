@@ -309,12 +309,12 @@ TEST_CASE("keeps retrying while the agent is down and resumes when it is back") 
   CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
 }
 
-TEST_CASE("every reconnect attempt connects afresh: gRPC's connection backoff does not delay it") {
+TEST_CASE("every reconnect attempt connects at once: gRPC's connection backoff does not delay it") {
   TempDir dir;
   std::atomic<int> attempts{0};
-  // No agent: every attempt is refused at once. Our backoff is 20-100 ms; gRPC's own connection
-  // backoff (1 s, 1.6 s, 2.56 s, ...) would allow only a handful of attempts in 2 s if the
-  // channels of successive attempts shared one subchannel.
+  // No agent: every attempt is refused at once. Our backoff is 20-100 ms; the channels of
+  // successive attempts share one subchannel, and gRPC's default connection backoff on it (1 s,
+  // 1.6 s, 2.56 s, ...) would allow only one or two attempts in 2 s.
   auto source = WorkloadApiSource::create(
       {.address = "unix://" + agent_socket(dir),
        .initial_backoff = milliseconds(20),

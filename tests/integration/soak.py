@@ -63,7 +63,7 @@ class Settings:
     minutes: float = 3.0
     # 20 s: lifetime 30 s (SPIRE backdates notBefore by 10 s), rotation ~5 s after issuance, so a
     # handshake always sees >= ~15 s of validity and an agent outage has ~15 s before anything
-    # expires. 15 s would rotate every ~1.5-3.5 s, close to the 1 s sync tick (SPIRE.md §5.1).
+    # expires. 15 s would rotate every ~1.5-3.5 s, close to the agent's 1 s sync tick.
     svid_ttl: int = 20
     agent_restart: tuple[float, float] = (60.0, 120.0)
     # the agent stays down this long (s) before it is started again; the daemons keep serving

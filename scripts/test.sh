@@ -87,9 +87,12 @@ if ((!quick)); then
   unit_tests asan
   unit_tests tsan
 fi
+rm -f build/soak-summary.txt
 integration_tests all tests/integration tests/scripts tests/deploy "${pytest_args[@]}"
 # What the deployment checks measured (image size, build times, four-site throughput).
 sed -n '/= deployment facts =/,/^=\{5,\}/p' build/pytest-all.log | sed '$d'
+# What the 3-minute soak under rotation measured (tests/integration/test_soak.py).
+[[ -f build/soak-summary.txt ]] && { note "soak under rotation"; cat build/soak-summary.txt; }
 if ((!quick)) && [[ -x build/asan/spiffe-tunnel ]]; then
   SPIFFE_TUNNEL_BIN=$PWD/build/asan/spiffe-tunnel ASAN_OPTIONS="detect_leaks=1" \
     integration_tests asan-daemon tests/integration/test_files_tunnels.py tests/integration/test_admin.py \

@@ -25,6 +25,13 @@ class Backoff {
     current_ = std::min(current_ * 2, max_);
     return d;
   }
+  // next(), but no later than `left` (the time until the identities held expire) and, once they
+  // have expired, about `initial`: an agent that comes back is reached before the last SVID
+  // expires, or within about one initial delay after, not up to `max` later.
+  std::chrono::milliseconds next_within(std::chrono::milliseconds left) {
+    const auto d = next();
+    return std::min(d, std::max(left, jitter(initial_)));
+  }
   // A delay at the cap (jittered), for errors that retrying soon will not fix.
   std::chrono::milliseconds at_cap() { return jitter(max_); }
   // Starts over from `initial` (after a good message).

@@ -6,6 +6,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cassert>
 #include <condition_variable>
 #include <cstdint>
@@ -54,11 +55,37 @@ void scrub_keys(X509SVIDResponse& response) {
   response.Clear();
 }
 
-// A fresh channel per attempt: gRPC's own reconnect backoff (up to 120s) would otherwise stack on
-// ours and delay recovery after an agent restart.
-std::unique_ptr<SpiffeWorkloadAPI::Stub> new_stub(const std::string& target) {
+// The moment the first of a message's SVIDs expires: the reconnect backoff never waits past it.
+std::chrono::system_clock::time_point earliest_not_after(const X509SvidMessage& message) {
+  auto earliest = std::chrono::system_clock::time_point::max();
+  for (const auto& svid : message.svids) {
+    earliest = std::min(earliest, svid->not_after());
+  }
+  return earliest;
+}
+
+// Until `until`, 0 once it has passed; capped at a year so the cast cannot overflow.
+milliseconds time_left(std::chrono::system_clock::time_point until) {
+  const auto now = std::chrono::system_clock::now();
+  return until <= now ? milliseconds(0)
+                      : std::chrono::duration_cast<milliseconds>(
+                            std::min(until - now, std::chrono::system_clock::duration(
+                                                      std::chrono::hours(24 * 365))));
+}
+
+// A fresh channel per attempt. Channels to one address share a subchannel in gRPC's global pool,
+// and with it gRPC's connection backoff (1 s growing 1.6x up to 120 s), so a new channel's call
+// would wait out the backoff earned by earlier refused connects, up to minutes after the agent is
+// back. gRPC's backoff is therefore held at our first delay; ours governs the schedule. (A private
+// subchannel pool per channel instead leaks one socket per agent restart.)
+std::unique_ptr<SpiffeWorkloadAPI::Stub> new_stub(const std::string& target,
+                                                  milliseconds connect_backoff) {
+  grpc::ChannelArguments args;
+  const int ms = static_cast<int>(std::min<int64_t>(connect_backoff.count(), 60000));
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, ms);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, ms);
   return SpiffeWorkloadAPI::NewStub(
-      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
 }
 
 }  // namespace
@@ -235,13 +262,14 @@ void WorkloadApiSource::Streams::run_svid_stream() {
   Backoff backoff(options_.initial_backoff, options_.max_backoff);
   SvidStreamLog log(options_.address);
   bool holding = false;     // identities delivered and not revoked since
+  std::chrono::system_clock::time_point held_until;  // earliest notAfter of those identities
   std::string last_digest;  // of the response behind the identities we hold
   const WorkloadApiObserver& observer = options_.observer;
   for (bool first = true;; first = false) {
     if (!first && observer.on_reconnect) {
       observer.on_reconnect();
     }
-    auto stub = new_stub(target_);
+    auto stub = new_stub(target_, options_.initial_backoff);
     grpc::ClientContext call;  // no deadline: the first message may take a while (SPIFFE.md §6)
     call.AddMetadata(kSecurityHeader, "true");
     if (!begin_svid_call(&call)) {
@@ -272,6 +300,7 @@ void WorkloadApiSource::Streams::run_svid_stream() {
         continue;
       }
       holding = true;
+      held_until = earliest_not_after(*message);
       last_digest = std::move(digest);
       streaming = true;
       backoff.reset();
@@ -289,7 +318,8 @@ void WorkloadApiSource::Streams::run_svid_stream() {
     const milliseconds delay = code == grpc::StatusCode::INVALID_ARGUMENT ||
                                        code == grpc::StatusCode::UNIMPLEMENTED
                                    ? backoff.at_cap()
-                                   : backoff.next();
+                                   : holding ? backoff.next_within(time_left(held_until))
+                                             : backoff.next();
     log.ended(status, streaming, revoked, delay);
     report_failure(status);
     if (revoked) {
@@ -309,7 +339,7 @@ void WorkloadApiSource::Streams::run_bundles_stream() {
   Backoff backoff(options_.initial_backoff, options_.max_backoff);
   BundlesStreamLog log(options_.address);
   for (;;) {
-    auto stub = new_stub(target_);
+    auto stub = new_stub(target_, options_.initial_backoff);
     grpc::ClientContext call;
     call.AddMetadata(kSecurityHeader, "true");
     const std::optional<uint64_t> epoch = begin_bundles_call(&call);

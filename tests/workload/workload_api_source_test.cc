@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <stdlib.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -133,6 +134,26 @@ TEST_CASE("backoff doubles with ±20% jitter up to the cap and starts over after
   CHECK(d >= 800);
   CHECK(d <= 1200);
   CHECK(backoff.at_cap().count() >= 24000);
+}
+
+TEST_CASE("backoff never waits past the held identities' expiry, and about 1 s after it") {
+  workload::Backoff backoff(milliseconds(1000), milliseconds(30000), /*seed=*/7);
+  for (int i = 0; i < 5; ++i) {
+    backoff.next();  // base now at the 30 s cap
+  }
+  // 12 s of validity left: the next attempt comes at 12 s, not 24-36 s
+  CHECK(backoff.next_within(milliseconds(12000)).count() == 12000);
+  // expired (or about to): about the initial delay, jittered, however far the base has grown
+  for (int i = 0; i < 20; ++i) {
+    const auto d = backoff.next_within(milliseconds(0)).count();
+    CHECK(d >= 800);
+    CHECK(d <= 1200);
+  }
+  // plenty of time left: the ordinary schedule
+  backoff.reset();
+  const auto d = backoff.next_within(milliseconds(3600000)).count();
+  CHECK(d >= 800);
+  CHECK(d <= 1200);
 }
 
 // --- Against a fake agent ------------------------------------------------------------------------
@@ -286,6 +307,26 @@ TEST_CASE("keeps retrying while the agent is down and resumes when it is back") 
   REQUIRE(rec.wait_updates(2));
   source->stop();
   CHECK(leaf_id(rec.update(1)) == "spiffe://a.test/db");
+}
+
+TEST_CASE("every reconnect attempt connects at once: gRPC's connection backoff does not delay it") {
+  TempDir dir;
+  std::atomic<int> attempts{0};
+  // No agent: every attempt is refused at once. Our backoff is 20-100 ms; the channels of
+  // successive attempts share one subchannel, and gRPC's default connection backoff on it (1 s,
+  // 1.6 s, 2.56 s, ...) would allow only one or two attempts in 2 s.
+  auto source = WorkloadApiSource::create(
+      {.address = "unix://" + agent_socket(dir),
+       .initial_backoff = milliseconds(20),
+       .max_backoff = milliseconds(100),
+       .observer = {.on_connection = {}, .on_reconnect = [&] { ++attempts; }}});
+  REQUIRE(source.ok());
+  Recorder rec;
+  (*source)->start(rec.callbacks());
+  std::this_thread::sleep_for(milliseconds(2000));
+  (*source)->stop();
+  INFO("attempts in 2 s: " << attempts.load());
+  CHECK(attempts.load() >= 10);
 }
 
 TEST_CASE_METHOD(SourceFixture<>, "PermissionDenied after identities were delivered revokes them") {

@@ -10,7 +10,9 @@
 //
 // A stream that ends reconnects with jittered exponential backoff, on its own schedule; while
 // disconnected the source keeps the last state, so the last identity keeps serving (expiry is
-// the identity layer's concern). PermissionDenied on FetchX509SVID after identities were
+// the identity layer's concern). FetchX509SVID never waits past the notAfter of the SVIDs it
+// holds, and retries about every initial_backoff once they have expired, so an agent that comes
+// back is used within about a second. PermissionDenied on FetchX509SVID after identities were
 // delivered means they were revoked: on_revoked, both streams' state is forgotten and
 // FetchX509Bundles restarts for a fresh snapshot. PermissionDenied on FetchX509Bundles revokes
 // nothing; Unimplemented there (an agent without it) leaves FetchX509SVID as the only stream.

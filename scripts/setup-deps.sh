@@ -10,10 +10,12 @@ build_pkgs=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   catch2 libcli11-dev libsystemd-dev nlohmann-json3-dev
   ccache
+  libnghttp2-dev  # HTTP/2 for multiplexed tunnels (src/mux)
 )
 test_pkgs=(
   python3 python3-pytest python3-prometheus-client iproute2 socat user-mode-linux kmod procps psmisc
   haproxy  # an independent PROXY protocol receiver (tests/integration/test_proxy_protocol.py)
+  nghttp2-client  # h2load/nghttp: HTTP/2 tools for multiplexing checks
   systemd  # systemd-socket-activate (works without systemd running)
 )
 # Packaging and deployment checks (tests/deploy): the .deb, the container image built with

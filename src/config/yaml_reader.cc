@@ -237,6 +237,30 @@ Status read_listen_socket(const Reader& r, const YAML::Node& n, const std::strin
   return {};
 }
 
+Status read_multiplex(const Reader& r, const YAML::Node& n, const std::string& ctx,
+                      TunnelConfig& t) {
+  const std::string where = ctx + " multiplex";
+  ST_TRY(r.only_keys(n, {"connections", "max_streams", "authority", "stream_window",
+                         "connection_window"}, where));
+  MultiplexConfig m;
+  const std::string prefix = where + ": ";
+  const auto count = [](std::string_view what) {
+    return [what](std::string_view v) { return parse_mux_count(v, what); };
+  };
+  const auto window = [](std::string_view what) {
+    return [what](std::string_view v) { return parse_mux_window(v, what); };
+  };
+  ST_TRY(r.value(n["connections"], "connections", prefix, count("connections"), m.connections));
+  ST_TRY(r.value(n["max_streams"], "max_streams", prefix, count("max_streams"), m.max_streams));
+  ST_TRY(r.value(n["stream_window"], "stream_window", prefix, window("stream_window"),
+                 m.stream_window));
+  ST_TRY(r.value(n["connection_window"], "connection_window", prefix,
+                 window("connection_window"), m.connection_window));
+  ST_TRY(r.optional_scalar(n["authority"], "authority", m.authority));
+  t.multiplex = std::move(m);
+  return {};
+}
+
 // The sections after the addresses and peers: tls, opa, timeouts and limits.
 Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::string& ctx,
                             TunnelConfig& t) {
@@ -270,6 +294,9 @@ Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::str
     ST_TRY(read_bool(r, ls, ctx + ": log_sessions", on));
     t.log_sessions = on;
   }
+  if (const auto mx = n["multiplex"]) {
+    ST_TRY(read_multiplex(r, mx, ctx, t));
+  }
   return {};
 }
 
@@ -280,7 +307,7 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
                      {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
                       "timeouts", "max_connections", "buffer_size", "proxy_protocol",
                       "log_sessions", "listen_mode", "listen_owner", "listen_group",
-                      "max_connection_age"},
+                      "max_connection_age", "multiplex"},
                      "tunnel #" + std::to_string(index + 1)));
   t.name = "tunnel-" + std::to_string(index + 1);
   ST_TRY(r.optional_scalar(n["name"], "name", t.name));

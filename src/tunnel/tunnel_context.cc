@@ -41,7 +41,15 @@ TunnelMetrics::TunnelMetrics(base::MetricsRegistry& r, const std::string& t)
                                   "Lifetime of established sessions, from accept to close.",
                                   base::session_duration_buckets(), {{"tunnel", t}})),
       registry(r),
-      tunnel(t) {
+      tunnel(t),
+      mux_connections(r.gauge("spiffe_tunnel_mux_connections",
+                              "Carrying connections (HTTP/2 over mTLS) open now.",
+                              {{"tunnel", t}})),
+      streams_opened(r.counter("spiffe_tunnel_streams_opened_total",
+                               "CONNECT streams established on carrying connections.",
+                               {{"tunnel", t}})),
+      streams_active(r.gauge("spiffe_tunnel_streams_active",
+                             "CONNECT streams open now.", {{"tunnel", t}})) {
   for (std::string_view reason : kCloseReasons) {
     closed_counter(r, t, reason);
   }
@@ -55,6 +63,14 @@ void TunnelMetrics::reject(std::string_view reason) {
   registry
       .counter("spiffe_tunnel_connections_rejected_total",
                "Connections refused, by reason (see docs/metrics.md).",
+               {{"tunnel", tunnel}, {"reason", std::string(reason)}})
+      .inc();
+}
+
+void TunnelMetrics::refuse_stream(std::string_view reason) {
+  registry
+      .counter("spiffe_tunnel_streams_refused_total",
+               "CONNECT streams refused or failed before they were established, by reason.",
                {{"tunnel", tunnel}, {"reason", std::string(reason)}})
       .inc();
 }

@@ -51,6 +51,10 @@ base::Result<std::size_t> parse_max_connections(std::string_view text);
 inline constexpr std::size_t kMinBufferSize = 32 * 1024;
 inline constexpr std::size_t kMaxBufferSize = 16 * 1024 * 1024;
 base::Result<std::size_t> parse_buffer_size(std::string_view text);
+// multiplex: a count in [1, 1000] (connections, max_streams), named by `what` in the error.
+base::Result<std::size_t> parse_mux_count(std::string_view text, std::string_view what);
+// multiplex: a window in bytes, 64 KiB to 1 GiB - 1 (HTTP/2's limit is 2^31 - 1).
+base::Result<std::size_t> parse_mux_window(std::string_view text, std::string_view what);
 
 // "auto", "on", "off".
 base::Result<KtlsMode> parse_ktls(std::string_view text);

@@ -46,6 +46,10 @@ struct TlsOptions {
       "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
   KtlsMode ktls = KtlsMode::kAuto;
   std::string server_name;  // client role: SNI to send, "" for none
+  // ALPN protocol this side speaks besides plain bytes, "" for none. Client role: offered (and
+  // the only one); server role: selected when the client offers it, and a client that offers
+  // nothing gets the dedicated connection. "h2" carries multiplexed streams (docs/multiplexing.md).
+  std::string alpn;
 };
 
 // What the verify callback concluded about one peer. Kept by the connection's Handshake, then
@@ -93,6 +97,8 @@ class TlsContext {
   friend class ContextProvider;
   static int verify_callback(X509_STORE_CTX* store_ctx, void* arg);
   static void keylog_callback(const SSL* ssl, const char* line);
+  static int alpn_select_callback(SSL* ssl, const unsigned char** out, unsigned char* outlen,
+                                  const unsigned char* in, unsigned inlen, void* arg);
   static void msg_callback(int write_p, int version, int content_type, const void* buf,
                            size_t len, SSL* ssl, void* arg);
 

@@ -55,6 +55,9 @@ struct TunnelOptions {
   // Server mode only: announce the peer to the target with a PROXY protocol header.
   ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
   bool log_sessions = true;  // the opened/closed line of each session; rejections are always logged
+  // Set: the tunnel multiplexes (TunnelContext::mux, docs/multiplexing.md); TLS options must
+  // carry ALPN "h2" then.
+  std::optional<MuxOptions> mux;
 };
 
 class Tunnel {
@@ -120,6 +123,8 @@ class Tunnel {
   Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool);
   void accept_next();
   void start_session(base::StreamSocket socket);
+  // Starts one carrying connection of a multiplexing client tunnel on `ex` (CarrierPool::Starter).
+  bool start_carrier(const asio::any_io_executor& ex);
   // Sessions still alive (expired entries are pruned on the way).
   std::vector<std::shared_ptr<Session>> live_sessions();
 

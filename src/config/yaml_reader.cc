@@ -239,26 +239,18 @@ Status read_listen_socket(const Reader& r, const YAML::Node& n, const std::strin
 
 Status read_multiplex(const Reader& r, const YAML::Node& n, const std::string& ctx,
                       TunnelConfig& t) {
-  const std::string where = ctx + " multiplex";
+  const std::string prefix = ctx + " multiplex: ";
   ST_TRY(r.only_keys(n, {"connections", "max_streams", "authority", "stream_window",
-                         "connection_window"}, where));
-  MultiplexConfig m;
-  const std::string prefix = where + ": ";
-  const auto count = [](std::string_view what) {
-    return [what](std::string_view v) { return parse_mux_count(v, what); };
+                         "connection_window"}, ctx + " multiplex"));
+  MultiplexConfig& m = t.multiplex.emplace();
+  const auto read = [&](const char* key, auto parse, std::size_t& out) {
+    return r.value(n[key], key, prefix, [&](std::string_view v) { return parse(v, key); }, out);
   };
-  const auto window = [](std::string_view what) {
-    return [what](std::string_view v) { return parse_mux_window(v, what); };
-  };
-  ST_TRY(r.value(n["connections"], "connections", prefix, count("connections"), m.connections));
-  ST_TRY(r.value(n["max_streams"], "max_streams", prefix, count("max_streams"), m.max_streams));
-  ST_TRY(r.value(n["stream_window"], "stream_window", prefix, window("stream_window"),
-                 m.stream_window));
-  ST_TRY(r.value(n["connection_window"], "connection_window", prefix,
-                 window("connection_window"), m.connection_window));
-  ST_TRY(r.optional_scalar(n["authority"], "authority", m.authority));
-  t.multiplex = std::move(m);
-  return {};
+  ST_TRY(read("connections", parse_mux_count, m.connections));
+  ST_TRY(read("max_streams", parse_mux_count, m.max_streams));
+  ST_TRY(read("stream_window", parse_mux_window, m.stream_window));
+  ST_TRY(read("connection_window", parse_mux_window, m.connection_window));
+  return r.optional_scalar(n["authority"], "authority", m.authority);
 }
 
 // The sections after the addresses and peers: tls, opa, timeouts and limits.

@@ -117,8 +117,10 @@ asio::awaitable<void> Session::run_stream() {
   m.streams_active.add(1);
   pump::PumpOptions po;
   po.buffer_size = context_->limits.buffer_size;
+  po.on_activity = [this] { last_activity_ = std::chrono::steady_clock::now(); };
   po.a_to_b_bytes = &m.bytes_in;
   po.b_to_a_bytes = &m.bytes_out;
+  arm_idle();  // timeouts.idle applies to each stream of a client tunnel
   // a = the stream (the peer's side), b = the application's connection.
   const pump::PumpResult r = co_await pump::pump_both(*stream_, *plain_, po);
   m.streams_active.add(-1);

@@ -5,9 +5,11 @@ http2 in the go-spiffe test peer) in both directions. Runs as any user, on loopb
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
+import signal
 import socket
 import struct
 import threading
@@ -204,6 +206,61 @@ def test_drain_ends_the_carrying_connection_after_its_streams(pair):
     assert client.stop() == 0
     # The client's carrying connection ended cleanly (GOAWAY, close_notify), not by abort.
     server.wait_for(r"closed peer=spiffe://a.test/client carrying=h2", start=mark, timeout=15)
+
+
+def open_echo_stream(port: int) -> socket.socket:
+    """A long-lived connection through the pair, proven to carry bytes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    s.sendall(b"ping")
+    assert s.recv(16) == b"ping"
+    return s
+
+
+def cut(s: socket.socket, timeout: float = 15.0) -> bool:
+    """True when the connection ends (EOF or reset) within `timeout`."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(16) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_reload_that_no_longer_allows_the_peer_ends_the_carrier_and_its_streams(pki,
+                                                                                   tmp_path):
+    echo = Backend("echo")
+    server, sport = start_server(pki, tmp_path, echo.port)
+    client, cport = start_client(pki, tmp_path, sport, f"127.0.0.1:{echo.port}", threads=1)
+    try:
+        streams = [open_echo_stream(cport) for _ in range(3)]
+        config = tmp_path / "server.yaml"
+        config.write_text(config.read_text().replace(CLIENT_ID, f"spiffe://{A}/someone-else"))
+        mark = server.mark()
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for(r"ending .*policy_changed|policy_changed", start=mark, timeout=15)
+        assert all(cut(s) for s in streams)
+        server.wait_for(r"closed peer=spiffe://a.test/client carrying=h2", start=mark)
+    finally:
+        client.stop()
+        server.stop()
+        echo.close()
+
+
+def test_a_peer_certificate_reaching_not_after_ends_the_carrier_and_its_streams(pki, tmp_path):
+    short = dict(pki)
+    ca = pki["ca"][A]
+    not_after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=4)
+    short["client"] = ca.issue(CLIENT_ID, not_after=not_after).write(tmp_path, "short-client")
+    echo = Backend("echo")
+    server, sport = start_server(pki, tmp_path, echo.port)
+    client, cport = start_client(short, tmp_path, sport, f"127.0.0.1:{echo.port}", threads=1)
+    try:
+        s = open_echo_stream(cport)
+        assert cut(s, timeout=20)
+        server.wait_for(r"peer_expired", timeout=10)
+    finally:
+        client.stop()
+        server.stop()
+        echo.close()
 
 
 # --------------------------------------------------------------------------- Go's HTTP/2 stack

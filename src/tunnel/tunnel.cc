@@ -132,7 +132,12 @@ std::shared_ptr<Listener> Tunnel::release_listener() {
     }
     released.set_value(std::move(handed));
   });
-  return released.get_future().get();
+  std::shared_ptr<Listener> handed = released.get_future().get();
+  // The next version opens its own carrying connections: these end with their last stream.
+  for (const auto& s : live_sessions()) {
+    s->retire();
+  }
+  return handed;
 }
 
 void Tunnel::update_policy(std::unique_ptr<tls::ContextProvider> tls,

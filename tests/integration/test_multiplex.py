@@ -245,6 +245,18 @@ def test_a_reload_that_no_longer_allows_the_peer_ends_the_carrier_and_its_stream
         echo.close()
 
 
+def test_a_reload_that_replaces_the_client_tunnel_retires_its_carrier(pair, tmp_path):
+    backend, server, client, cport = pair
+    assert exchange(cport, b"before") == digest_line(b"before")
+    config = tmp_path / "client.yaml"
+    config.write_text(config.read_text().replace('authority: "', 'max_streams: 50, authority: "'))
+    mark = client.mark()
+    client.proc.send_signal(signal.SIGHUP)
+    # The old version's idle carrier ends at once (no streams left), cleanly.
+    client.wait_for(r"closed peer=spiffe://b.test/server carrying=h2 .*\(closed\)", start=mark)
+    assert exchange(cport, b"after") == digest_line(b"after")
+
+
 def test_a_peer_certificate_reaching_not_after_ends_the_carrier_and_its_streams(pki, tmp_path):
     short = dict(pki)
     ca = pki["ca"][A]

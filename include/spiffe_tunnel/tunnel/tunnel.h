@@ -86,7 +86,8 @@ class Tunnel {
   // Stops accepting and hands over the listener (with the unix socket file it created), so that
   // a new version of this tunnel can take it over (TunnelOptions::listener) without the address
   // ever refusing a connection: connections wait in the backlog meanwhile. Open sessions are not
-  // touched. Null when the tunnel was stopped already. App thread, while the pool runs.
+  // touched, except that carrying connections (multiplexing) are retired: they take no new
+  // streams and end with their last. Null when the tunnel was stopped already. App thread, while the pool runs.
   std::shared_ptr<Listener> release_listener();
 
   // New sessions are authorized by `tls` (its options carry the allow-list) and `opa`; the open

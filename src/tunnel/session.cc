@@ -379,6 +379,18 @@ std::string_view Session::close_label(const pump::PumpResult& r) const {
   return "eof";
 }
 
+void Session::mark_established() {
+  authorized_ = true;
+  context_->metrics->established.inc();
+  log_opened();
+  // The handshake verified against the snapshot current when it began; anything published
+  // since (or while OPA was asked) is checked here, before a byte moves.
+  check_validity();
+  if (pending_policy_) {
+    apply_policy(std::move(pending_policy_));
+  }
+}
+
 // Bytes were counted while they moved (PumpOptions); the rest is counted when the session ends.
 void Session::count_and_log(const pump::PumpResult& r) const {
   TunnelMetrics& m = *context_->metrics;
@@ -405,26 +417,12 @@ asio::awaitable<void> Session::run() {
   if (streams) {
     co_await run_stream();
   } else if (opened && mux_wanted()) {
-    authorized_ = true;
-    context_->metrics->established.inc();
-    log_opened();
-    check_validity();
-    if (pending_policy_) {
-      apply_policy(std::move(pending_policy_));
-    }
+    mark_established();
     co_await carry_streams();
   } else if (carrier_) {
     context_->carriers->failed(accepted_.get_executor(), last_rejection_);
   } else if (opened) {
-    authorized_ = true;
-    context_->metrics->established.inc();
-    log_opened();
-    // The handshake verified against the snapshot current when it began; anything published
-    // since (or while OPA was asked) is checked here, before a byte moves.
-    check_validity();
-    if (pending_policy_) {
-      apply_policy(std::move(pending_policy_));
-    }
+    mark_established();
     pump::PumpOptions po;
     po.buffer_size = context_->limits.buffer_size;
     // No allow_splice decision here: a stream reports kernel_reads/kernel_writes only when the

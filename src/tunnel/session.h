@@ -70,6 +70,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // The tunnel's OPA decision for the verified peer; true when there is none to ask.
   asio::awaitable<bool> ask_opa();
   void count_and_log(const pump::PumpResult& r) const;
+  // The peer is verified and authorized: count, log, check validity and a pending policy.
+  void mark_established();
   // Multiplexing (session_mux.cc). A carrying connection, either side: HTTP/2 over tls_ until
   // it ends; the server side serves each CONNECT stream.
   asio::awaitable<void> carry_streams();

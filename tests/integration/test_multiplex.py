@@ -12,16 +12,15 @@ import re
 import signal
 import socket
 import struct
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from daemon import Backend, Daemon, exchange
-from helpers import ManagedProcess, free_port, wait_for
-from spire import ToolsUnavailable, locate_peer
+from daemon import Backend, Daemon, echo_roundtrip, exchange
+from helpers import ManagedProcess, wait_for
 from test_files_tunnels import A, B, CLIENT_ID, SERVER_ID, pki  # noqa: F401 (fixture)
+from test_proxy_protocol import peer_bin  # noqa: F401 (fixture: the Go peer, or a skip)
 
 
 def identity_yaml(pki, who: str) -> str:
@@ -164,7 +163,7 @@ def test_reset_and_stalled_streams_do_not_stall_a_bulk_sibling(pki, tmp_path):
         # The bulk sibling: 64 MiB through the echo, read while written.
         payload = os.urandom(64 << 20)
         started = time.monotonic()
-        reply = echo_all(cport, payload)
+        reply = echo_roundtrip(cport, payload, timeout=60)
         took = time.monotonic() - started
         assert reply == payload
         assert took < 30, f"bulk stream took {took:.1f}s next to a stalled one"
@@ -176,27 +175,6 @@ def test_reset_and_stalled_streams_do_not_stall_a_bulk_sibling(pki, tmp_path):
         client.stop()
         server.stop()
         echo.close()
-
-
-def echo_all(port: int, payload: bytes) -> bytes:
-    """Sends payload while reading the echo; returns what came back until EOF."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    got = []
-
-    def send():
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-
-    t = threading.Thread(target=send, daemon=True)
-    t.start()
-    while True:
-        data = s.recv(1 << 20)
-        if not data:
-            break
-        got.append(data)
-    t.join(timeout=5)
-    s.close()
-    return b"".join(got)
 
 
 def test_drain_ends_the_carrying_connection_after_its_streams(pair):
@@ -276,14 +254,6 @@ def test_a_peer_certificate_reaching_not_after_ends_the_carrier_and_its_streams(
 
 
 # --------------------------------------------------------------------------- Go's HTTP/2 stack
-
-@pytest.fixture(scope="module")
-def peer_bin():
-    try:
-        return locate_peer()
-    except ToolsUnavailable as exc:
-        pytest.skip(f"the Go HTTP/2 peer needs the Go toolchain: {exc}")
-
 
 def go_files(pki, who: str) -> list[str]:
     cert, key = pki[who]

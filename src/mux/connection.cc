@@ -7,6 +7,7 @@
 #include <asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <cassert>
 #include <cctype>
 
 #include "mux/stream_state.h"
@@ -147,6 +148,17 @@ struct Callbacks {
     return 0;
   }
 
+  // NO_COPY DATA frames (read_stream_data): the frame goes into the write batch. No padding is
+  // ever asked for, so a frame is its header and its data.
+  static int send_data(nghttp2_session*, nghttp2_frame* frame, const uint8_t* frame_header,
+                       size_t length, nghttp2_data_source* source, void* p) {
+    assert(frame->data.padlen == 0);
+    (void)frame;
+    append_stream_data(*static_cast<StreamState*>(source->ptr), frame_header, length,
+                       of(p).out_);
+    return 0;
+  }
+
   static ssize_t data_length(nghttp2_session*, uint8_t, int32_t, int32_t connection_window,
                              int32_t stream_window, uint32_t remote_max_frame, void*) {
     const int32_t window = std::max(std::min(connection_window, stream_window), 1);
@@ -189,6 +201,7 @@ base::Result<void> Connection::start_session() {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, &Callbacks::data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &Callbacks::stream_close);
   nghttp2_session_callbacks_set_data_source_read_length_callback(cbs, &Callbacks::data_length);
+  nghttp2_session_callbacks_set_send_data_callback(cbs, &Callbacks::send_data);
   nghttp2_option* opt = nullptr;
   nghttp2_option_new(&opt);
   // Window updates follow what each stream's reader consumed (see Callbacks::data_chunk).
@@ -257,25 +270,27 @@ asio::awaitable<void> Connection::read_loop() {
 }
 
 asio::awaitable<void> Connection::write_loop() {
-  std::vector<char> out;
-  out.reserve(kWriteBatch + kMaxDataFrame);
+  out_.reserve(kWriteBatch + kMaxDataFrame + 64);
   while (!ended_) {
-    out.clear();
-    while (out.size() < kWriteBatch) {
+    out_.clear();
+    while (out_.size() < kWriteBatch) {
+      const std::size_t before = out_.size();
       const uint8_t* data = nullptr;
       const ssize_t n = nghttp2_session_mem_send(session_, &data);
       if (n < 0) {
         finish(std::string("HTTP/2: ") + nghttp2_strerror(static_cast<int>(n)));
         co_return;
       }
-      if (n == 0) {
-        break;
+      // As chars: a uint8_t range would be inserted element by element, not with memcpy.
+      const char* bytes = reinterpret_cast<const char*>(data);
+      out_.insert(out_.end(), bytes, bytes + n);
+      if (out_.size() == before) {
+        break;  // nothing framed, not even a NO_COPY DATA frame (Callbacks::send_data)
       }
-      out.insert(out.end(), data, data + n);
     }
-    if (!out.empty()) {
+    if (!out_.empty()) {
       asio::error_code ec;
-      co_await carrier_.write_all(out, ec);
+      co_await carrier_.write_all(out_, ec);
       if (ec) {
         finish("carrying connection write: " + ec.message());
         co_return;

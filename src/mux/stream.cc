@@ -7,7 +7,7 @@
 
 namespace spiffe_tunnel::mux {
 
-ssize_t read_stream_data(nghttp2_session*, int32_t, uint8_t* buf, std::size_t length,
+ssize_t read_stream_data(nghttp2_session*, int32_t, uint8_t*, std::size_t length,
                          uint32_t* data_flags, nghttp2_data_source* source, void*) {
   auto* st = static_cast<StreamState*>(source->ptr);
   const std::size_t n = std::min(st->queued(), length);
@@ -15,22 +15,31 @@ ssize_t read_stream_data(nghttp2_session*, int32_t, uint8_t* buf, std::size_t le
     st->deferred = true;
     return NGHTTP2_ERR_DEFERRED;
   }
-  std::memcpy(buf, st->send.data() + st->send_off, n);
-  st->send_off += n;
-  if (st->queued() == 0) {
-    st->send.clear();
-    st->send_off = 0;
-    if (st->send_eof) {
-      *data_flags |= NGHTTP2_DATA_FLAG_EOF;
-    }
-  } else if (st->send_off >= kStreamSendQueue) {
-    st->send.erase(0, st->send_off);
-    st->send_off = 0;
-  }
-  if (st->queued() < kStreamSendQueue) {
-    st->writable.cancel();
+  // The bytes go from the stream's queue straight into the connection's write batch
+  // (append_stream_data), not through nghttp2's frame buffer: one copy fewer per byte.
+  *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (n == st->queued() && st->send_eof) {
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
   }
   return static_cast<ssize_t>(n);
+}
+
+void append_stream_data(StreamState& st, const uint8_t* frame_header, std::size_t length,
+                        std::vector<char>& out) {
+  out.insert(out.end(), frame_header, frame_header + kFrameHeader);
+  const char* data = st.send.data() + st.send_off;
+  out.insert(out.end(), data, data + length);
+  st.send_off += length;
+  if (st.queued() == 0) {
+    st.send.clear();
+    st.send_off = 0;
+  } else if (st.send_off >= kStreamSendQueue) {
+    st.send.erase(0, st.send_off);
+    st.send_off = 0;
+  }
+  if (st.queued() < kStreamSendQueue) {
+    st.writable.cancel();
+  }
 }
 
 Stream::Stream(std::shared_ptr<Connection> connection, std::shared_ptr<StreamState> state)

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "spiffe_tunnel/mux/connection.h"
 
@@ -58,8 +59,17 @@ struct StreamState {
 // Waits until `t` is cancelled (the wake-up of one waiter). Callers re-check their condition.
 asio::awaitable<void> wait_for_wake(asio::steady_timer& t);
 
-// The nghttp2 data source of a stream: hands out queued bytes, END_STREAM after shutdown_write().
+// The nghttp2 data source of a stream: offers queued bytes (without copying them: NO_COPY),
+// END_STREAM after shutdown_write().
 ssize_t read_stream_data(nghttp2_session* session, int32_t id, uint8_t* buf, std::size_t length,
                          uint32_t* data_flags, nghttp2_data_source* source, void* user_data);
+
+// The size of an HTTP/2 frame header (RFC 9113 §4.1).
+inline constexpr std::size_t kFrameHeader = 9;
+
+// Appends one DATA frame -- nghttp2's 9-byte `frame_header`, then `length` queued bytes of `st`
+// -- to `out`, and takes those bytes off the queue.
+void append_stream_data(StreamState& st, const uint8_t* frame_header, std::size_t length,
+                        std::vector<char>& out);
 
 }  // namespace spiffe_tunnel::mux

@@ -115,6 +115,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   nghttp2_session* session_ = nullptr;
   std::unordered_map<int32_t, std::shared_ptr<StreamState>> streams_;
   asio::steady_timer writer_wake_;
+  std::vector<char> out_;  // the frames write_loop() gathers for one write to the carrier
   asio::steady_timer ping_timer_;
   std::chrono::steady_clock::time_point last_read_;
   std::string end_reason_;

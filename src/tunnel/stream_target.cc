@@ -74,6 +74,40 @@ asio::awaitable<void> connect_target(const TunnelContext& c, base::StreamSocket&
   }
 }
 
+// timeouts.idle for one stream: closes both ends when no byte moved for `limit`. The state is
+// shared with the timer's handler, which may run after the stream's coroutine went on.
+struct IdleWatch {
+  explicit IdleWatch(const asio::any_io_executor& ex) : timer(ex) {}
+  asio::steady_timer timer;
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  bool done = false;
+};
+
+void arm_idle(std::shared_ptr<IdleWatch> w, std::chrono::milliseconds limit, mux::Stream* stream,
+              base::TcpStream* target) {
+  w->timer.expires_at(w->last + limit);
+  w->timer.async_wait([w, limit, stream, target](asio::error_code ec) {
+    if (ec || w->done) {
+      return;  // cancelled: the stream ended, and the pointers with it
+    }
+    if (std::chrono::steady_clock::now() - w->last >= limit) {
+      stream->close();
+      target->close();
+    } else {
+      arm_idle(w, limit, stream, target);
+    }
+  });
+}
+
+std::shared_ptr<IdleWatch> watch_idle(std::chrono::milliseconds limit, mux::Stream& stream,
+                                      base::TcpStream& target) {
+  auto w = std::make_shared<IdleWatch>(target.socket().get_executor());
+  if (limit.count() > 0) {
+    arm_idle(w, limit, &stream, &target);
+  }
+  return w;
+}
+
 asio::awaitable<void> run_stream(std::shared_ptr<const TunnelContext> context, StreamWho who,
                                  mux::Request request, std::unique_ptr<mux::Stream> stream) {
   const TunnelContext& c = *context;
@@ -108,7 +142,11 @@ asio::awaitable<void> run_stream(std::shared_ptr<const TunnelContext> context, S
   po.buffer_size = c.limits.buffer_size;
   po.a_to_b_bytes = &m.bytes_in;
   po.b_to_a_bytes = &m.bytes_out;
+  auto idle = watch_idle(c.limits.idle_timeout, *stream, target);
+  po.on_activity = [idle] { idle->last = std::chrono::steady_clock::now(); };
   const pump::PumpResult r = co_await pump::pump_both(*stream, target, po);
+  idle->done = true;
+  idle->timer.cancel();
   m.streams_active.add(-1);
   log_stream_closed(c, who, r, started);
 }

@@ -37,11 +37,11 @@ def start_daemon(tmp_path, name: str, body: str, threads: int = 2) -> Daemon:
 
 
 def start_server(pki, tmp_path, target_port: int, allow: str = CLIENT_ID,
-                 multiplex: str = "{}") -> tuple[Daemon, int]:
+                 extra: str = "") -> tuple[Daemon, int]:
     d = start_daemon(tmp_path, "server", identity_yaml(pki, "server") + (
         "tunnels:\n  - name: hbone-in\n    mode: server\n    listen: 127.0.0.1:0\n"
         f"    target: 127.0.0.1:{target_port}\n    allow: {{ ids: [{allow}] }}\n"
-        f"    multiplex: {multiplex}\n"))
+        f"    multiplex: {{}}\n{extra}"))
     return d, d.wait_tunnel_port("hbone-in")
 
 
@@ -201,6 +201,23 @@ def cut(s: socket.socket, timeout: float = 15.0) -> bool:
         return s.recv(16) == b""
     except ConnectionResetError:
         return True
+
+
+def test_an_idle_stream_ends_after_the_idle_timeout_and_its_carrier_stays(pki, tmp_path):
+    echo = Backend("echo")
+    server, sport = start_server(pki, tmp_path, echo.port, extra="    timeouts: { idle: 1s }\n")
+    client, cport = start_client(pki, tmp_path, sport, f"127.0.0.1:{echo.port}", threads=1)
+    try:
+        s = open_echo_stream(cport)
+        started = time.monotonic()
+        assert cut(s, timeout=10)
+        assert 0.9 < time.monotonic() - started < 5
+        assert echo_roundtrip(cport, b"still carried") == b"still carried"
+        assert server.count(r"opened peer=") == 1, server.tail()
+    finally:
+        client.stop()
+        server.stop()
+        echo.close()
 
 
 def test_a_reload_that_no_longer_allows_the_peer_ends_the_carrier_and_its_streams(pki,

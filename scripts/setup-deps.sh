@@ -15,7 +15,6 @@ build_pkgs=(
 test_pkgs=(
   python3 python3-pytest python3-prometheus-client iproute2 socat user-mode-linux kmod procps psmisc
   haproxy  # an independent PROXY protocol receiver (tests/integration/test_proxy_protocol.py)
-  nghttp2-client  # h2load/nghttp: HTTP/2 tools for multiplexing checks
   systemd  # systemd-socket-activate (works without systemd running)
 )
 # Packaging and deployment checks (tests/deploy): the .deb, the container image built with

@@ -129,12 +129,7 @@ asio::awaitable<void> Stream::write_all(std::span<const char> buf, asio::error_c
   // `buf` stays valid while this waits; the connection frames it from there. Waiting until it is
   // framed is the back-pressure: the session reads its socket again only then.
   st.pending = buf;
-  Connection& c = *connection_;
-  if (st.deferred) {
-    st.deferred = false;
-    nghttp2_session_resume_data(c.session_, st.id);
-  }
-  c.wake_writer();
+  offer_data();
   while (!st.pending.empty() && !st.closed) {
     co_await wait_for_wake(st.writable);
   }
@@ -152,6 +147,11 @@ asio::awaitable<void> Stream::shutdown_write(asio::error_code& ec) {
     co_return;
   }
   st.send_eof = true;
+  offer_data();
+}
+
+void Stream::offer_data() {
+  StreamState& st = *state_;
   Connection& c = *connection_;
   if (st.deferred) {
     st.deferred = false;

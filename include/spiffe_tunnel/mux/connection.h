@@ -151,6 +151,9 @@ class Stream final : public base::ByteStream {
   std::string last_error() const override;
 
  private:
+  // Tells nghttp2 there is data (or END_STREAM) to frame, and wakes the connection's writer.
+  void offer_data();
+
   std::shared_ptr<Connection> connection_;
   std::shared_ptr<StreamState> state_;
 };

@@ -15,8 +15,8 @@ ssize_t read_stream_data(nghttp2_session*, int32_t, uint8_t*, std::size_t length
     st->deferred = true;
     return NGHTTP2_ERR_DEFERRED;
   }
-  // The bytes go from the writer's buffer straight into the connection's write batch
-  // (append_stream_data), not through nghttp2's frame buffer.
+  // The bytes go from the stream's queue straight into the connection's write batch
+  // (append_stream_data), not through nghttp2's frame buffer: one copy fewer per byte.
   *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
   if (n == st->queued() && st->send_eof) {
     *data_flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -27,9 +27,17 @@ ssize_t read_stream_data(nghttp2_session*, int32_t, uint8_t*, std::size_t length
 void append_stream_data(StreamState& st, const uint8_t* frame_header, std::size_t length,
                         std::vector<char>& out) {
   out.insert(out.end(), frame_header, frame_header + kFrameHeader);
-  out.insert(out.end(), st.pending.data(), st.pending.data() + length);
-  st.pending = st.pending.subspan(length);
-  if (st.pending.empty()) {
+  const char* data = st.send.data() + st.send_off;
+  out.insert(out.end(), data, data + length);
+  st.send_off += length;
+  if (st.queued() == 0) {
+    st.send.clear();
+    st.send_off = 0;
+  } else if (st.send_off >= kStreamSendQueue) {
+    st.send.erase(0, st.send_off);
+    st.send_off = 0;
+  }
+  if (st.queued() < kStreamSendQueue) {
     st.writable.cancel();
   }
 }
@@ -38,7 +46,6 @@ Stream::Stream(std::shared_ptr<Connection> connection, std::shared_ptr<StreamSta
     : connection_(std::move(connection)), state_(std::move(state)) {}
 
 Stream::~Stream() {
-  state_->pending = {};
   // A stream that ended both ways (its END_STREAM perhaps still queued) is left to finish;
   // anything else is reset, so the peer does not wait for it.
   const bool done = state_->refused || (state_->send_eof && state_->recv_eof);
@@ -123,20 +130,16 @@ asio::awaitable<void> Stream::write_all(std::span<const char> buf, asio::error_c
     ec = asio::error::broken_pipe;
     co_return;
   }
-  if (buf.empty()) {
-    co_return;
-  }
-  // `buf` stays valid while this waits; the connection frames it from there. Waiting until it is
-  // framed is the back-pressure: the session reads its socket again only then.
-  st.pending = buf;
+  st.send.append(buf.data(), buf.size());
   offer_data();
-  while (!st.pending.empty() && !st.closed) {
+  // Back-pressure: the session's next read from its socket waits until the peer's window (and
+  // the carrier) took most of what is queued.
+  while (st.queued() >= kStreamSendQueue && !st.closed) {
     co_await wait_for_wake(st.writable);
   }
-  if (!st.pending.empty() || (st.closed && !st.error.empty())) {
+  if (st.closed && !st.error.empty()) {
     ec = asio::error::connection_reset;
   }
-  st.pending = {};
 }
 
 asio::awaitable<void> Stream::shutdown_write(asio::error_code& ec) {

@@ -7,13 +7,15 @@
 #include <nghttp2/nghttp2.h>
 
 #include <cstdint>
-#include <span>
 #include <string>
 #include <vector>
 
 #include "spiffe_tunnel/mux/connection.h"
 
 namespace spiffe_tunnel::mux {
+
+// Bytes a writer may queue on one stream before write_all() waits for them to be framed.
+inline constexpr std::size_t kStreamSendQueue = 512 * 1024;
 
 struct StreamState {
   explicit StreamState(const asio::any_io_executor& ex) : readable(ex), writable(ex) {}
@@ -29,10 +31,9 @@ struct StreamState {
   std::size_t recv_off = 0;
   bool recv_eof = false;  // END_STREAM received
 
-  // The part of the buffer write_all() is waiting on that nghttp2 has not framed yet. The
-  // frames copy it straight into the connection's write batch, so the bytes are copied once on
-  // their way to TLS; write_all() returns when it is empty.
-  std::span<const char> pending;
+  // Bytes the session wrote that nghttp2 has not yet framed; send_off of them are framed.
+  std::string send;
+  std::size_t send_off = 0;
   bool send_eof = false;  // shutdown_write(): END_STREAM after the queued bytes
   bool deferred = false;  // the data source said DEFERRED; resume on the next write
 
@@ -42,7 +43,7 @@ struct StreamState {
   asio::steady_timer readable;  // cancelled to wake a reader (data, end, answer, close)
   asio::steady_timer writable;  // cancelled to wake a writer (queue drained, close)
 
-  std::size_t queued() const { return pending.size(); }
+  std::size_t queued() const { return send.size() - send_off; }
   std::size_t unread() const { return recv.size() - recv_off; }
   // Marks the stream over and wakes whoever waits on it.
   void end(std::string why) {
@@ -66,8 +67,8 @@ ssize_t read_stream_data(nghttp2_session* session, int32_t id, uint8_t* buf, std
 // The size of an HTTP/2 frame header (RFC 9113 §4.1).
 inline constexpr std::size_t kFrameHeader = 9;
 
-// Appends one DATA frame -- nghttp2's 9-byte `frame_header`, then the next `length` pending
-// bytes of `st` -- to `out`.
+// Appends one DATA frame -- nghttp2's 9-byte `frame_header`, then `length` queued bytes of `st`
+// -- to `out`, and takes those bytes off the queue.
 void append_stream_data(StreamState& st, const uint8_t* frame_header, std::size_t length,
                         std::vector<char>& out);
 

@@ -34,10 +34,11 @@ LAYERS = {
     "config": ("base", "spiffe"),
     "tls": ("base", "spiffe", "identity", "policy"),
     "pump": ("base",),
-    "tunnel": ("tls", "pump"),
+    "mux": ("base",),
+    "tunnel": ("tls", "pump", "mux"),
     "admin": ("identity", "tunnel"),
     "app": ("base", "spiffe", "proto", "workload", "identity", "policy", "config", "tls", "pump",
-            "tunnel", "admin"),
+            "mux", "tunnel", "admin"),
 }
 
 SOURCE_SUFFIXES = (".h", ".hh", ".hpp", ".cc", ".cpp", ".cxx", ".inc")

@@ -10,6 +10,7 @@ build_pkgs=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   catch2 libcli11-dev libsystemd-dev nlohmann-json3-dev
   ccache
+  libnghttp2-dev  # HTTP/2 for multiplexed tunnels (src/mux)
 )
 test_pkgs=(
   python3 python3-pytest python3-prometheus-client iproute2 socat user-mode-linux kmod procps psmisc

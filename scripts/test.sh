@@ -98,7 +98,8 @@ if ((!quick)) && [[ -x build/asan/spiffe-tunnel ]]; then
     integration_tests asan-daemon tests/integration/test_files_tunnels.py tests/integration/test_admin.py \
       tests/integration/test_cli_config.py tests/integration/test_opa.py \
       tests/integration/test_metrics.py tests/integration/test_reload.py \
-      tests/integration/test_proxy_protocol.py tests/integration/test_logs.py
+      tests/integration/test_proxy_protocol.py tests/integration/test_logs.py \
+      tests/integration/test_multiplex.py
 fi
 
 echo

@@ -108,6 +108,9 @@ tls::TlsOptions make_tls_options(const config::TunnelConfig& t, const TunnelPoli
   o.ktls = ktls_mode(t.tls.ktls);
   o.server_name = t.tls.server_name;
   o.key_update_records = t.tls.key_update_records;
+  if (t.multiplex) {
+    o.alpn = "h2";  // HTTP/2 CONNECT streams, as HBONE (docs/multiplexing.md)
+  }
   return o;
 }
 
@@ -129,6 +132,16 @@ tunnel::TunnelOptions make_tunnel_options(const config::TunnelConfig& t,
   o.proxy_protocol = t.proxy_protocol == config::ProxyProtocol::kV2 ? tunnel::ProxyProtocol::kV2
                                                                     : tunnel::ProxyProtocol::kOff;
   o.log_sessions = t.log_sessions.value_or(true);
+  if (t.multiplex) {
+    const config::MultiplexConfig& m = *t.multiplex;
+    tunnel::MuxOptions mux;
+    mux.settings.max_streams = static_cast<uint32_t>(m.max_streams);
+    mux.settings.stream_window = static_cast<uint32_t>(m.stream_window);
+    mux.settings.connection_window = static_cast<uint32_t>(m.connection_window);
+    mux.connections = m.connections;
+    mux.authority = m.authority;
+    o.mux = std::move(mux);
+  }
   return o;
 }
 

@@ -51,6 +51,32 @@ Status validate_identity(const IdentityConfig& id) {
 }
 
 // Which kinds of address go where, and the settings that depend on the kind.
+Status validate_multiplex(const TunnelConfig& t, const std::string& ctx) {
+  if (!t.multiplex) {
+    return {};
+  }
+  const MultiplexConfig& m = *t.multiplex;
+  if (t.mode == Mode::kClient && m.authority.empty()) {
+    return make_error(ctx + ": multiplex needs an authority on a client tunnel: the server "
+                            "tunnel's target as written there (host:port), which is what each "
+                            "stream asks it to connect");
+  }
+  if (t.mode == Mode::kServer && !m.authority.empty()) {
+    return make_error(ctx + ": multiplex authority is for client tunnels; a server tunnel "
+                            "accepts streams for its own target only");
+  }
+  if (t.proxy_protocol != ProxyProtocol::kOff) {
+    return make_error(ctx + ": proxy_protocol does not combine with multiplex yet");
+  }
+  if (m.connection_window < m.stream_window) {
+    return make_error(ctx + ": multiplex connection_window must be at least stream_window");
+  }
+  if (t.tls.max_version != TlsVersion::k1_3 && t.tls.min_version != TlsVersion::k1_3) {
+    return make_error(ctx + ": multiplex needs TLS 1.3");
+  }
+  return {};
+}
+
 Status validate_addresses(const TunnelConfig& t, const std::string& ctx) {
   if (t.target.systemd()) {
     return make_error(ctx + ": target " + t.target.str() +
@@ -99,6 +125,9 @@ Status validate_tunnel(const TunnelConfig& t, const std::string& ctx) {
     return make_error(ctx + ": proxy_protocol is for server tunnels, whose target is the "
                             "backend; a client tunnel's target is the remote spiffe-tunnel "
                             "(set it on that side's server tunnel)");
+  }
+  if (auto st = validate_multiplex(t, ctx); !st) {
+    return st;
   }
   if (auto st = validate_addresses(t, ctx); !st) {
     return st;

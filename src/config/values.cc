@@ -337,6 +337,24 @@ Result<std::size_t> parse_max_handshakes(std::string_view text) {
   return static_cast<std::size_t>(*n);
 }
 
+Result<std::size_t> parse_mux_count(std::string_view text, std::string_view what) {
+  const auto n = digits_value(text);
+  if (!n || *n < 1 || *n > 1000) {
+    return make_error(std::string(what) + " must be a number from 1 to 1000");
+  }
+  return static_cast<std::size_t>(*n);
+}
+
+Result<std::size_t> parse_mux_window(std::string_view text, std::string_view what) {
+  const auto n = digits_value(text);
+  constexpr uint64_t kMin = 64 * 1024, kMax = (1u << 30) - 1;
+  if (!n || *n < kMin || *n > kMax) {
+    return make_error(std::string(what) + " must be a number of bytes from " +
+                      std::to_string(kMin) + " to " + std::to_string(kMax));
+  }
+  return static_cast<std::size_t>(*n);
+}
+
 Result<std::size_t> parse_buffer_size(std::string_view text) {
   const auto n = digits_value(text);
   if (!n && !is_negative_number(text)) {

@@ -12,123 +12,10 @@
 #include "spiffe_tunnel/config/config.h"
 #include "spiffe_tunnel/config/values.h"
 #include "config/try.h"
+#include "config/yaml_node.h"
 
 namespace spiffe_tunnel::config {
 namespace {
-
-using base::Error;
-using base::make_error;
-using base::Result;
-using base::Status;
-
-// Where a node was written, "file:line:column", or the file alone when yaml-cpp does not know.
-std::string where_in(const std::string& origin, const YAML::Mark& m) {
-  if (m.is_null()) {
-    return origin;
-  }
-  return origin + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
-}
-
-// Carries the file name so that every error can say file:line:column.
-struct Reader {
-  std::string origin;
-
-  std::string where(const YAML::Node& n) const { return where_in(origin, n.Mark()); }
-  Error fail(const YAML::Node& n, const std::string& what) const {
-    return make_error(where(n) + ": " + what);
-  }
-
-  Result<std::string> scalar(const YAML::Node& n, const std::string& key) const {
-    if (!n.IsScalar()) {
-      return fail(n, "\"" + key + "\" must be a single value");
-    }
-    return n.Scalar();
-  }
-
-  // A single value or a list of them; each entry keeps where it was written, prefixed to
-  // `label`, so that an error points at the entry itself.
-  Result<std::vector<Sourced>> list(const YAML::Node& n, const std::string& key,
-                                    const std::string& label) const {
-    std::vector<Sourced> out;
-    if (n.IsScalar()) {
-      out.push_back({n.Scalar(), where(n) + ": " + label});
-      return out;
-    }
-    if (!n.IsSequence()) {
-      return fail(n, "\"" + key + "\" must be a list");
-    }
-    for (const auto& item : n) {
-      if (!item.IsScalar()) {
-        return fail(item, "entries of \"" + key + "\" must be single values");
-      }
-      out.push_back({item.Scalar(), where(item) + ": " + label});
-    }
-    return out;
-  }
-
-  // An optional single value: leaves `out` alone when the key is absent.
-  Status optional_scalar(const YAML::Node& n, const std::string& key, std::string& out) const {
-    if (!n) {
-      return {};
-    }
-    auto v = scalar(n, key);
-    if (!v) {
-      return v.error();
-    }
-    out = *v;
-    return {};
-  }
-
-  // An optional value read through one of the parsers of values.h; an error reads
-  // "<where>: <prefix><why>". Leaves `out` alone when the key is absent.
-  template <typename T, typename Parse>
-  Status value(const YAML::Node& n, const std::string& key, const std::string& prefix,
-               Parse&& parse, T& out) const {
-    if (!n) {
-      return {};
-    }
-    auto text = scalar(n, key);
-    if (!text) {
-      return text.error();
-    }
-    auto v = parse(*text);
-    if (!v) {
-      return fail(n, prefix + v.error().message);
-    }
-    out = std::move(*v);
-    return {};
-  }
-
-  // A file that must be readable now; the error points at where it was named.
-  Status readable_file(const YAML::Node& n, const std::string& what,
-                       const std::string& path) const {
-    if (::access(path.c_str(), R_OK) != 0) {
-      return fail(n, what + " " + path + ": " + std::strerror(errno));
-    }
-    return {};
-  }
-
-  Status only_keys(const YAML::Node& map, std::initializer_list<std::string_view> allowed,
-                   const std::string& section) const {
-    if (!map.IsMap()) {
-      return fail(map, "\"" + section + "\" must be a mapping");
-    }
-    for (const auto& kv : map) {
-      const std::string key = kv.first.Scalar();
-      bool known = false;
-      std::string list;
-      for (auto a : allowed) {
-        known = known || key == a;
-        list += (list.empty() ? "" : ", ") + std::string(a);
-      }
-      if (!known) {
-        return fail(kv.first, "unknown key \"" + key + "\" in " + section +
-                                  " (expected one of: " + list + ")");
-      }
-    }
-    return {};
-  }
-};
 
 Status read_duration(const Reader& r, const YAML::Node& n, const std::string& key,
                      std::chrono::milliseconds& out) {
@@ -240,6 +127,22 @@ Status read_listen_socket(const Reader& r, const YAML::Node& n, const std::strin
   return {};
 }
 
+Status read_multiplex(const Reader& r, const YAML::Node& n, const std::string& ctx,
+                      TunnelConfig& t) {
+  const std::string prefix = ctx + " multiplex: ";
+  ST_TRY(r.only_keys(n, {"connections", "max_streams", "authority", "stream_window",
+                         "connection_window"}, ctx + " multiplex"));
+  MultiplexConfig& m = t.multiplex.emplace();
+  const auto read = [&](const char* key, auto parse, std::size_t& out) {
+    return r.value(n[key], key, prefix, [&](std::string_view v) { return parse(v, key); }, out);
+  };
+  ST_TRY(read("connections", parse_mux_count, m.connections));
+  ST_TRY(read("max_streams", parse_mux_count, m.max_streams));
+  ST_TRY(read("stream_window", parse_mux_window, m.stream_window));
+  ST_TRY(read("connection_window", parse_mux_window, m.connection_window));
+  return r.optional_scalar(n["authority"], "authority", m.authority);
+}
+
 // The sections after the addresses and peers: tls, opa, timeouts and limits.
 Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::string& ctx,
                             TunnelConfig& t) {
@@ -277,6 +180,9 @@ Status read_tunnel_settings(const Reader& r, const YAML::Node& n, const std::str
     ST_TRY(read_bool(r, ls, ctx + ": log_sessions", on));
     t.log_sessions = on;
   }
+  if (const auto mx = n["multiplex"]) {
+    ST_TRY(read_multiplex(r, mx, ctx, t));
+  }
   return {};
 }
 
@@ -287,7 +193,8 @@ Result<TunnelConfig> read_tunnel(const Reader& r, const YAML::Node& n, size_t in
                      {"name", "mode", "listen", "target", "svid", "allow", "expect", "opa", "tls",
                       "timeouts", "max_connections", "buffer_size", "proxy_protocol",
                       "log_sessions", "listen_mode", "listen_owner", "listen_group",
-                      "max_connection_age", "max_handshakes", "max_handshakes_per_source"},
+                      "max_connection_age", "max_handshakes", "max_handshakes_per_source",
+                      "multiplex"},
                      "tunnel #" + std::to_string(index + 1)));
   t.name = "tunnel-" + std::to_string(index + 1);
   ST_TRY(r.optional_scalar(n["name"], "name", t.name));

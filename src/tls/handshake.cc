@@ -35,6 +35,11 @@ base::Result<std::unique_ptr<Handshake>> Handshake::create(
     if (!opts.server_name.empty()) {
       SSL_set_tlsext_host_name(h->ssl_.get(), opts.server_name.c_str());
     }
+    if (!opts.alpn.empty()) {
+      const std::string wire = std::string(1, static_cast<char>(opts.alpn.size())) + opts.alpn;
+      SSL_set_alpn_protos(h->ssl_.get(), reinterpret_cast<const unsigned char*>(wire.data()),
+                          static_cast<unsigned>(wire.size()));
+    }
   }
   return h;
 }
@@ -62,6 +67,10 @@ asio::awaitable<std::unique_ptr<TlsStream>> Handshake::run() {
   if (const char* sni = SSL_get_servername(ssl_.get(), TLSEXT_NAMETYPE_host_name)) {
     server_name_ = sni;
   }
+  const unsigned char* alpn = nullptr;
+  unsigned alpn_len = 0;
+  SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_len);
+  alpn_.assign(reinterpret_cast<const char*>(alpn), alpn_len);
   enable_kernel_offload();
   if (context_->options().ktls == KtlsMode::kOn && !(kernel_tx_ && kernel_rx_)) {
     failure_ = {"ktls_unavailable", "ktls is \"on\" but this connection (" +
@@ -196,7 +205,8 @@ std::unique_ptr<TlsStream> Handshake::start_own_records() {
 }
 
 ConnectionInfo Handshake::connection_info(RecordLayer layer) const {
-  return ConnectionInfo{outcome_, protocol_, cipher_, layer, ktls_detail_, context_, server_name_};
+  return ConnectionInfo{outcome_, protocol_, cipher_, layer, ktls_detail_, context_, server_name_,
+                        alpn_};
 }
 
 }  // namespace spiffe_tunnel::tls

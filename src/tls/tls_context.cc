@@ -71,6 +71,27 @@ bool decode_traffic_secret(std::string_view hex, std::vector<unsigned char>& sec
   return true;
 }
 
+// Selects the tunnel's ALPN protocol when the client offers it; a client that offers only others
+// (or none) is served as a dedicated connection, as if ALPN did not exist (RFC 7301 §3.2 allows
+// a server to ignore protocols it does not speak).
+int TlsContext::alpn_select_callback(SSL* /*ssl*/, const unsigned char** out, unsigned char* outlen,
+                                     const unsigned char* in, unsigned inlen, void* arg) {
+  const std::string& want = static_cast<const TlsContext*>(arg)->options_->alpn;
+  for (unsigned i = 0; i < inlen;) {
+    const unsigned len = in[i];
+    if (i + 1 + len > inlen) {
+      break;
+    }
+    if (std::string_view(reinterpret_cast<const char*>(in + i + 1), len) == want) {
+      *out = in + i + 1;
+      *outlen = static_cast<unsigned char>(len);
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + len;
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
 // Watches for a peer's TLS 1.3 KeyUpdate: OpenSSL 3.0 would re-key its own write context but not
 // the kernel's, so with kernel TX offload the connection would silently corrupt. The stream
 // closes the connection instead (see OpenSslStream::try_read).
@@ -254,6 +275,9 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
                      server ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER,
                      nullptr);
   SSL_CTX_set_cert_verify_callback(c, &TlsContext::verify_callback, out.get());
+  if (server && !options_->alpn.empty()) {
+    SSL_CTX_set_alpn_select_cb(c, &TlsContext::alpn_select_callback, out.get());
+  }
   out->ctx_ = std::move(ctx);
   return std::shared_ptr<const TlsContext>(std::move(out));
 }

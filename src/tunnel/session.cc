@@ -14,6 +14,7 @@
 
 #include "spiffe_tunnel/base/log.h"
 #include "spiffe_tunnel/pump/pump.h"
+#include "tunnel/carrier_pool.h"
 #include "tunnel/socket_names.h"
 
 namespace spiffe_tunnel::tunnel {
@@ -83,6 +84,12 @@ void Session::close_all() {
   if (plain_) {
     plain_->close();
   }
+  if (stream_) {
+    stream_->close();
+  }
+  if (mux_) {
+    mux_->close(timed_out_.empty() ? "closed" : timed_out_);
+  }
 }
 
 void Session::arm_deadline(std::chrono::milliseconds after, std::string what) {
@@ -120,6 +127,7 @@ void Session::arm_idle() {
 void Session::reject(std::string_view reason_label, const std::string& detail,
                      std::string_view peer_id) {
   context_->metrics->reject(reason_label);
+  last_rejection_ = detail;
   const auto who = log_context();
   // The detail names the peer for the text line; JSON and journald also get it as peer_id.
   const base::LogField facts[] = {{"reason", reason_label},
@@ -240,6 +248,9 @@ asio::awaitable<bool> Session::open_server() {
   if (!allowed) {
     co_return false;
   }
+  if (context_->mux && tls_->info().alpn == "h2") {
+    co_return true;  // a carrying connection: each stream connects the target (session_mux.cc)
+  }
   const bool connected = co_await connect_target();
   if (!connected) {
     co_return false;
@@ -280,7 +291,9 @@ asio::awaitable<bool> Session::open_client() {
   if (!connected) {
     co_return false;
   }
-  plain_ = std::make_unique<base::TcpStream>(std::move(accepted_));
+  if (!carrier_) {
+    plain_ = std::make_unique<base::TcpStream>(std::move(accepted_));
+  }
   const bool verified = co_await handshake(std::move(target_));
   if (!verified) {
     co_return false;
@@ -367,6 +380,18 @@ std::string_view Session::close_label(const pump::PumpResult& r) const {
   return "eof";
 }
 
+void Session::mark_established() {
+  authorized_ = true;
+  context_->metrics->established.inc();
+  log_opened();
+  // The handshake verified against the snapshot current when it began; anything published
+  // since (or while OPA was asked) is checked here, before a byte moves.
+  check_validity();
+  if (pending_policy_) {
+    apply_policy(std::move(pending_policy_));
+  }
+}
+
 // Bytes were counted while they moved (PumpOptions); the rest is counted when the session ends.
 void Session::count_and_log(const pump::PumpResult& r) const {
   TunnelMetrics& m = *context_->metrics;
@@ -382,17 +407,23 @@ asio::awaitable<void> Session::run() {
   accepted_.set_option(asio::ip::tcp::no_delay(true), ec);
 
   const bool server = context_->mode == tls::Role::kServer;
-  const bool opened = server ? co_await open_server() : co_await open_client();
-  if (opened) {
-    authorized_ = true;
-    context_->metrics->established.inc();
-    log_opened();
-    // The handshake verified against the snapshot current when it began; anything published
-    // since (or while OPA was asked) is checked here, before a byte moves.
-    check_validity();
-    if (pending_policy_) {
-      apply_policy(std::move(pending_policy_));
-    }
+  const bool streams = !server && context_->carriers && !carrier_;
+  // One co_await per statement: GCC 12 miscompiles co_await inside a conditional expression.
+  bool opened = false;
+  if (server) {
+    opened = co_await open_server();
+  } else if (!streams) {
+    opened = co_await open_client();
+  }
+  if (streams) {
+    co_await run_stream();
+  } else if (opened && mux_wanted()) {
+    mark_established();
+    co_await carry_streams();
+  } else if (carrier_) {
+    context_->carriers->failed(accepted_.get_executor(), last_rejection_);
+  } else if (opened) {
+    mark_established();
     pump::PumpOptions po;
     po.buffer_size = context_->limits.buffer_size;
     // No allow_splice decision here: a stream reports kernel_reads/kernel_writes only when the

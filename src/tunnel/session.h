@@ -17,6 +17,7 @@
 #include "spiffe_tunnel/base/byte_stream.h"
 #include "spiffe_tunnel/base/drain.h"
 #include "spiffe_tunnel/base/log.h"
+#include "spiffe_tunnel/mux/connection.h"
 #include "spiffe_tunnel/pump/pump.h"
 #include "spiffe_tunnel/tls/handshake.h"
 #include "spiffe_tunnel/tls/tls_stream.h"
@@ -48,6 +49,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // (local_identity_lost). Any thread; cheap for the caller (one post).
   void recheck_identity();
   uint64_t id() const { return id_; }
+  // Makes this session a carrying connection of a multiplexing client tunnel (before start()):
+  // it connects the target, runs the handshake and then carries the streams of `carriers`.
+  void set_carrier() { carrier_ = true; }
+  // A carrying connection takes no new streams and ends once its open ones have (GOAWAY on the
+  // server side); a dedicated session is not affected. Any thread.
+  void retire();
 
  private:
   asio::awaitable<void> run();
@@ -66,6 +73,17 @@ class Session : public std::enable_shared_from_this<Session> {
   // The tunnel's OPA decision for the verified peer; true when there is none to ask.
   asio::awaitable<bool> ask_opa();
   void count_and_log(const pump::PumpResult& r) const;
+  // The peer is verified and authorized: count, log, check validity and a pending policy.
+  void mark_established();
+  // Multiplexing (session_mux.cc). A carrying connection, either side: HTTP/2 over tls_ until
+  // it ends; the server side serves each CONNECT stream.
+  asio::awaitable<void> carry_streams();
+  // True once established when this session carries streams rather than one connection.
+  bool mux_wanted() const;
+  // Client mode, multiplexed: the accepted connection as one stream of a carrying connection.
+  asio::awaitable<void> run_stream();
+  // The carrier's "opened" facts are the dedicated session's; its closing line is its own.
+  void log_carrier_closed(const std::string& why) const;
   // recheck() on the session's thread, once the peer is authorized.
   void apply_policy(std::shared_ptr<const TunnelContext> next);
   asio::awaitable<void> ask_opa_again(std::shared_ptr<const TunnelContext> next);
@@ -118,6 +136,11 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unique_ptr<tls::Handshake> handshake_;
   std::unique_ptr<tls::TlsStream> tls_;
   std::unique_ptr<base::TcpStream> plain_;
+  // Multiplexing: the HTTP/2 connection this session carries, or the stream it is.
+  std::shared_ptr<mux::Connection> mux_;
+  std::unique_ptr<mux::Stream> stream_;
+  bool carrier_ = false;  // a client tunnel's carrying connection (set_carrier)
+  std::string last_rejection_;  // the detail of reject(), for the carrier pool
   asio::steady_timer deadline_;
   asio::steady_timer idle_timer_;
   asio::steady_timer validity_timer_;  // armed by check_validity() once established

@@ -9,6 +9,7 @@
 #include "session.h"
 #include "spiffe_tunnel/base/log.h"
 #include "tunnel/handshake_limiter.h"
+#include "tunnel/carrier_pool.h"
 #include "tunnel/listener.h"
 #include "tunnel/socket_names.h"
 
@@ -19,7 +20,7 @@ namespace {
 // thread and a few syscalls, so this only bounds a wedged thread.
 constexpr std::chrono::seconds kCloseGrace{2};
 
-std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
+std::shared_ptr<TunnelContext> make_context(TunnelOptions o,
                                                   std::unique_ptr<tls::ContextProvider> tls,
                                                   base::MetricsRegistry& metrics) {
   auto c = std::make_shared<TunnelContext>();
@@ -36,6 +37,7 @@ std::shared_ptr<const TunnelContext> make_context(TunnelOptions o,
   c->tls = std::move(tls);
   c->metrics = std::make_shared<TunnelMetrics>(metrics, o.name);
   c->log_sessions = o.log_sessions;
+  c->mux = o.mux;
   return c;
 }
 
@@ -59,7 +61,12 @@ Tunnel::Tunnel(std::shared_ptr<const TunnelContext> context, IoPool& pool)
       handshakes_(std::make_shared<HandshakeLimiter>()),
       context_(std::move(context)) {}
 
-Tunnel::~Tunnel() { stop(); }
+Tunnel::~Tunnel() {
+  if (const auto c = context(); c->carriers) {
+    c->carriers->detach();
+  }
+  stop();
+}
 
 base::Result<std::unique_ptr<Tunnel>> Tunnel::create(TunnelOptions options,
                                                      std::unique_ptr<tls::ContextProvider> tls,
@@ -81,8 +88,14 @@ base::Result<std::unique_ptr<Tunnel>> Tunnel::create(TunnelOptions options,
                            tls->options().ktls == tls::KtlsMode::kOn;
   const ListenAddress listen = options.listen;
   std::shared_ptr<Listener> handed_over = std::move(options.listener);
-  std::unique_ptr<Tunnel> t(
-      new Tunnel(make_context(std::move(options), std::move(tls), metrics), pool));
+  auto context = make_context(std::move(options), std::move(tls), metrics);
+  std::unique_ptr<Tunnel> t(new Tunnel(context, pool));
+  if (context->mux && context->mode == tls::Role::kClient) {
+    // Set before any thread sees the context; the pool is detached in ~Tunnel.
+    context->carriers = std::make_shared<CarrierPool>(
+        context->mux->connections,
+        [raw = t.get()](const asio::any_io_executor& ex) { return raw->start_carrier(ex); });
+  }
   if (handed_over) {
     t->listener_ = std::move(handed_over);
     return t;
@@ -133,7 +146,12 @@ std::shared_ptr<Listener> Tunnel::release_listener() {
     }
     released.set_value(std::move(handed));
   });
-  return released.get_future().get();
+  std::shared_ptr<Listener> handed = released.get_future().get();
+  // The next version opens its own carrying connections: these end with their last stream.
+  for (const auto& s : live_sessions()) {
+    s->retire();
+  }
+  return handed;
 }
 
 void Tunnel::update_policy(std::unique_ptr<tls::ContextProvider> tls,
@@ -268,10 +286,33 @@ void Tunnel::start_session(base::StreamSocket socket) {
   session->start(std::move(*token));
 }
 
+bool Tunnel::start_carrier(const asio::any_io_executor& ex) {
+  if (stopped_) {
+    return false;
+  }
+  auto session = std::make_shared<Session>(context(), next_session_id_++, base::StreamSocket(ex));
+  session->set_carrier();
+  {
+    std::lock_guard lock(sessions_mutex_);
+    sessions_.emplace(session->id(), session);
+  }
+  auto token = drain_.acquire();
+  if (!token) {
+    return false;
+  }
+  context()->metrics->active.add(1);
+  session->start(std::move(*token));
+  return true;
+}
+
 void Tunnel::stop() {
   drain_.begin();
   if (stopped_.exchange(true) || !listener_) {
     return;  // stopped already, or create() failed before a listener existed
+  }
+  // Carrying connections take no new streams and end with their last one (GOAWAY).
+  for (const auto& s : live_sessions()) {
+    s->retire();
   }
   // New clients of a unix socket find no file rather than a socket nobody accepts on.
   listener_->remove_socket_file();

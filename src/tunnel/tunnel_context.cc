@@ -48,7 +48,15 @@ TunnelMetrics::TunnelMetrics(base::MetricsRegistry& r, const std::string& t)
       key_updates_received(r.counter("spiffe_tunnel_tls_key_updates_total", "",
                                      {{"tunnel", t}, {"direction", "received"}})),
       registry(r),
-      tunnel(t) {
+      tunnel(t),
+      mux_connections(r.gauge("spiffe_tunnel_mux_connections",
+                              "Carrying connections (HTTP/2 over mTLS) open now.",
+                              {{"tunnel", t}})),
+      streams_opened(r.counter("spiffe_tunnel_streams_opened_total",
+                               "CONNECT streams established on carrying connections.",
+                               {{"tunnel", t}})),
+      streams_active(r.gauge("spiffe_tunnel_streams_active",
+                             "CONNECT streams open now.", {{"tunnel", t}})) {
   for (std::string_view reason : kCloseReasons) {
     closed_counter(r, t, reason);
   }
@@ -90,6 +98,14 @@ KeyCheckCadence key_check_cadence(uint64_t key_update_records) {
   const uint64_t records = std::clamp<uint64_t>(key_update_records / 16, 1, 256);
   return {static_cast<std::size_t>(records) * kFullRecord,
           static_cast<std::size_t>(std::min<uint64_t>(records, 64))};
+}
+
+void TunnelMetrics::refuse_stream(std::string_view reason) {
+  registry
+      .counter("spiffe_tunnel_streams_refused_total",
+               "CONNECT streams refused or failed before they were established, by reason.",
+               {{"tunnel", tunnel}, {"reason", std::string(reason)}})
+      .inc();
 }
 
 Target Target::unix_socket(std::string path) {

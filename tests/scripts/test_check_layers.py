@@ -21,7 +21,8 @@ spiffe_tunnel_module(tls DEPS spiffe_tunnel_identity spiffe_tunnel_policy)
 spiffe_tunnel_module(identity DEPS spiffe_tunnel_spiffe)
 spiffe_tunnel_module(policy DEPS spiffe_tunnel_spiffe)
 spiffe_tunnel_module(pump DEPS spiffe_tunnel_base)
-spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls spiffe_tunnel_pump)
+spiffe_tunnel_module(mux DEPS spiffe_tunnel_base)
+spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls spiffe_tunnel_pump spiffe_tunnel_mux)
 """
 
 # A clean miniature tree: every include points down the table.
@@ -137,8 +138,9 @@ def test_cmake_deps_beyond_the_table_fail(tree):
 
 def test_cmake_deps_short_of_the_table_fail(tree):
     replace_in(tree / "CMakeLists.txt",
-               "spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls spiffe_tunnel_pump)",
-               "spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls)")
+               "spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls spiffe_tunnel_pump "
+               "spiffe_tunnel_mux)",
+               "spiffe_tunnel_module(tunnel DEPS spiffe_tunnel_tls spiffe_tunnel_mux)")
     r = run(tree)
     assert r.returncode == 1
     assert "spiffe_tunnel_module(tunnel) DEPS reach" in r.stdout
@@ -152,7 +154,7 @@ def test_print_shows_the_table():
     rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
     assert rows["spiffe"].split()[1:] == ["base", "base"]
     assert "tls, pump" not in rows["tunnel"]  # sorted
-    assert rows["tunnel"].split(None, 1)[1].startswith("pump, tls")
+    assert rows["tunnel"].split(None, 1)[1].startswith("mux, pump, tls")
     assert rows["app"].split(None, 1)[1].startswith("every module")
 
 

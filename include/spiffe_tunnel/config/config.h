@@ -120,6 +120,22 @@ struct TlsConfig {
   friend bool operator==(const TlsConfig&, const TlsConfig&) = default;
 };
 
+// Multiplexing (docs/multiplexing.md): many TCP connections as HTTP/2 CONNECT streams over a few
+// mTLS connections, the way Istio's HBONE carries them.
+struct MultiplexConfig {
+  // Client: carrying connections each data-path thread keeps to the server tunnel at most.
+  std::size_t connections = 1;
+  // Concurrent streams per carrying connection (SETTINGS_MAX_CONCURRENT_STREAMS both ways).
+  std::size_t max_streams = 100;
+  // Client: the CONNECT authority, i.e. the server tunnel's target as written there
+  // ("host:port"); the server tunnel refuses any other.
+  std::string authority;
+  // Receive windows: per stream (what a slow reader may hold back) and per connection.
+  std::size_t stream_window = 4 * 1024 * 1024;
+  std::size_t connection_window = 16 * 1024 * 1024;
+  friend bool operator==(const MultiplexConfig&, const MultiplexConfig&) = default;
+};
+
 struct TunnelConfig {
   std::string name;
   Mode mode = Mode::kServer;
@@ -156,6 +172,9 @@ struct TunnelConfig {
   // The opened/closed line of each session (rejections are always logged). Unset in a draft:
   // finalize() gives it the global Config::log_sessions.
   std::optional<bool> log_sessions;
+  // Set: this tunnel multiplexes (server: also accepts carrying connections; client: sends every
+  // connection as a stream). Unset: dedicated connections only.
+  std::optional<MultiplexConfig> multiplex;
 
   friend bool operator==(const TunnelConfig&, const TunnelConfig&) = default;
 };

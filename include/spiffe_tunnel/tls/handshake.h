@@ -81,6 +81,7 @@ class Handshake {
   const char* cipher_ = "";
   std::string ktls_detail_;
   std::string server_name_;  // the SNI the client sent, "" when none
+  std::string alpn_;         // the agreed ALPN protocol, "" when none
   bool kernel_tx_ = false;
   bool kernel_rx_ = false;
   bool installed_rx_ = false;  // TLS 1.3 receive installed here: OpenSSL must not read again

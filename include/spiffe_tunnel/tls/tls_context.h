@@ -49,6 +49,10 @@ struct TlsOptions {
   // Records per TLS 1.3 traffic key (config TlsConfig::key_update_records): the own record
   // layer re-keys there; a kernel AES-GCM direction ends the session there.
   uint64_t key_update_records = uint64_t{1} << 23;
+  // ALPN protocol this side speaks besides plain bytes, "" for none. Client role: offered (and
+  // the only one); server role: selected when the client offers it, and a client that offers
+  // nothing gets the dedicated connection. "h2" carries multiplexed streams (docs/multiplexing.md).
+  std::string alpn;
 };
 
 // What the verify callback concluded about one peer. Kept by the connection's Handshake, then
@@ -96,6 +100,8 @@ class TlsContext {
   friend class ContextProvider;
   static int verify_callback(X509_STORE_CTX* store_ctx, void* arg);
   static void keylog_callback(const SSL* ssl, const char* line);
+  static int alpn_select_callback(SSL* ssl, const unsigned char** out, unsigned char* outlen,
+                                  const unsigned char* in, unsigned inlen, void* arg);
   static void msg_callback(int write_p, int version, int content_type, const void* buf,
                            size_t len, SSL* ssl, void* arg);
 

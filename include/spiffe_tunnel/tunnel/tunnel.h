@@ -57,6 +57,9 @@ struct TunnelOptions {
   // Server mode only: announce the peer to the target with a PROXY protocol header.
   ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
   bool log_sessions = true;  // the opened/closed line of each session; rejections are always logged
+  // Set: the tunnel multiplexes (TunnelContext::mux, docs/multiplexing.md); TLS options must
+  // carry ALPN "h2" then.
+  std::optional<MuxOptions> mux;
 };
 
 class Tunnel {
@@ -85,7 +88,8 @@ class Tunnel {
   // Stops accepting and hands over the listener (with the unix socket file it created), so that
   // a new version of this tunnel can take it over (TunnelOptions::listener) without the address
   // ever refusing a connection: connections wait in the backlog meanwhile. Open sessions are not
-  // touched. Null when the tunnel was stopped already. App thread, while the pool runs.
+  // touched, except that carrying connections (multiplexing) are retired: they take no new
+  // streams and end with their last. Null when the tunnel was stopped already. App thread, while the pool runs.
   std::shared_ptr<Listener> release_listener();
 
   // New sessions are authorized by `tls` (its options carry the allow-list) and `opa`; the open
@@ -126,6 +130,8 @@ class Tunnel {
   // Counts, logs (rate limited) and closes a connection refused before its handshake.
   void refuse(base::StreamSocket& socket, const TunnelContext& c, std::string_view reason,
               const std::string& detail);
+  // Starts one carrying connection of a multiplexing client tunnel on `ex` (CarrierPool::Starter).
+  bool start_carrier(const asio::any_io_executor& ex);
   // Sessions still alive (expired entries are pruned on the way).
   std::vector<std::shared_ptr<Session>> live_sessions();
 

@@ -17,6 +17,7 @@
 #include "spiffe_tunnel/base/log.h"
 #include "spiffe_tunnel/base/log_limiter.h"
 #include "spiffe_tunnel/base/metrics.h"
+#include "spiffe_tunnel/mux/connection.h"
 #include "spiffe_tunnel/policy/opa_client.h"
 #include "spiffe_tunnel/tls/tls_context.h"
 #include "spiffe_tunnel/tunnel/proxy_protocol.h"
@@ -53,6 +54,13 @@ struct TunnelMetrics {
   // Counts an established session that ended under spiffe_tunnel_sessions_closed_total
   // {tunnel,reason}: one of kCloseReasons, or a reason given to Session::abort().
   void closed(std::string_view reason);
+
+  // Multiplexing (docs/multiplexing.md): carrying connections open now, streams opened and open.
+  base::Gauge& mux_connections;
+  base::Counter& streams_opened;
+  base::Gauge& streams_active;
+  // Counts a refused stream under spiffe_tunnel_streams_refused_total{tunnel,reason}.
+  void refuse_stream(std::string_view reason);
 };
 
 // The reasons an established session ends for (registered at 0 for every tunnel); see
@@ -100,6 +108,17 @@ struct Target {
   std::string str() const { return unix_path.empty() ? host + ":" + port : "unix:" + unix_path; }
 };
 
+class CarrierPool;
+
+// Multiplexing of a tunnel (HTTP/2 CONNECT over its mTLS connections; docs/multiplexing.md).
+struct MuxOptions {
+  mux::Settings settings;
+  // Client mode: carrying connections each data-path thread keeps to the server tunnel at most,
+  // and the CONNECT authority (the server tunnel's target, "host:port").
+  std::size_t connections = 1;
+  std::string authority;
+};
+
 struct TunnelContext {
   std::string name;
   tls::Role mode = tls::Role::kServer;  // server: TLS in, plain out; client: the reverse
@@ -113,6 +132,11 @@ struct TunnelContext {
   // Server mode: a PROXY protocol header to the target before the peer's first byte.
   ProxyProtocol proxy_protocol = ProxyProtocol::kOff;
   bool log_sessions = true;  // log each session's opened/closed lines (rejections always)
+  // Set: the tunnel multiplexes. Server mode: connections that agreed on ALPN "h2" carry CONNECT
+  // streams to `target`; others stay dedicated. Client mode: every accepted connection becomes a
+  // stream on a carrying connection from `carriers` (never null then).
+  std::optional<MuxOptions> mux;
+  std::shared_ptr<CarrierPool> carriers;
 
   std::string_view mode_name() const { return mode == tls::Role::kServer ? "server" : "client"; }
 };

@@ -5,12 +5,12 @@ go 1.25.0
 require (
 	github.com/pires/go-proxyproto v0.15.0
 	github.com/spiffe/go-spiffe/v2 v2.9.0
+	golang.org/x/net v0.55.0
 )
 
 require (
 	github.com/Microsoft/go-winio v0.6.2 // indirect
 	github.com/go-jose/go-jose/v4 v4.1.5 // indirect
-	golang.org/x/net v0.55.0 // indirect
 	golang.org/x/sys v0.45.0 // indirect
 	golang.org/x/text v0.37.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20251202230838-ff82c1b0f217 // indirect

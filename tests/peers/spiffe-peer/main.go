@@ -21,6 +21,10 @@
 //	    Plain-TCP backend that decodes a PROXY protocol header with go-proxyproto and echoes
 //	    (see proxy_backend.go).
 //
+//	spiffe-peer h2-connect / h2-connect-server --cert C --key K --bundle td=path ...
+//	    HTTP/2 CONNECT streams over mTLS (HBONE) with golang.org/x/net/http2, identities from PEM
+//	    files (see h2_connect.go).
+//
 // Exit codes: 0 ok, 1 TLS/handshake/authorization/IO failure, 2 usage error,
 // 3 no SVID from the Workload API within --timeout.
 // The socket defaults to $SPIFFE_ENDPOINT_SOCKET; a bare absolute path is accepted too.
@@ -410,6 +414,10 @@ func main() {
 		code = cmdSvids(os.Args[2:])
 	case "proxy-backend":
 		code = cmdProxyBackend(os.Args[2:])
+	case "h2-connect":
+		code = cmdH2Connect(os.Args[2:])
+	case "h2-connect-server":
+		code = cmdH2ConnectServer(os.Args[2:])
 	default:
 		usage()
 	}

@@ -104,6 +104,9 @@ asio::awaitable<void> Session::run_stream() {
   std::vector<std::pair<std::string, std::string>> headers{
       {"forwarded", "for=\"" + peer_address_ + "\""}};
   auto opened = co_await (*connection)->open(context_->mux->authority, std::move(headers));
+  // Opening the stream is this connection's handshake: from here on it counts against
+  // max_connections, not against the handshake limits.
+  handshake_slot_.release();
   if (!opened) {
     m.refuse_stream("refused");
     reject("stream_refused", opened.error().message);

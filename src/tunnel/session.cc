@@ -431,7 +431,10 @@ asio::awaitable<void> Session::run() {
     po.on_activity = [this] { last_activity_ = std::chrono::steady_clock::now(); };
     tls_->observe_key_updates([this](const tls::KeyUpdateEvent& e) { note_key_update(e); });
     if (tls_->kernel_writes() || tls_->kernel_reads()) {
-      po.on_chunk = [this](std::size_t n) { watch_kernel_keys(n); };
+      const uint64_t limit = tls_->info().context->options().key_update_records;
+      po.on_chunk = [this, limit, every = key_check_cadence(limit)](std::size_t n) {
+        watch_kernel_keys(n, limit, every);
+      };
     }
     po.a_to_b_bytes = &context_->metrics->bytes_in;
     po.b_to_a_bytes = &context_->metrics->bytes_out;

@@ -95,9 +95,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void end_session(std::string_view label, const std::string& detail);
   // Counts and logs a KeyUpdate of the own record layer.
   void note_key_update(const tls::KeyUpdateEvent& e);
-  // After `bytes` moved: every KeyCheckCadence, ends the session (aead_limit) when a kernel TLS
-  // direction's key has protected key_update_records records.
-  void watch_kernel_keys(std::size_t bytes);
+  // After `bytes` moved: at every `every`, ends the session (aead_limit) when a kernel TLS
+  // direction's key has protected `limit` (key_update_records) records.
+  void watch_kernel_keys(std::size_t bytes, uint64_t limit, KeyCheckCadence every);
   // The reason label of an established session that ended with `r`.
   std::string_view close_label(const pump::PumpResult& r) const;
 

@@ -112,15 +112,13 @@ void Session::note_key_update(const tls::KeyUpdateEvent& e) {
   base::log_line(spdlog::level::debug, {log_context(), "key update", facts});
 }
 
-void Session::watch_kernel_keys(std::size_t bytes) {
-  const KeyCheckCadence every = key_check_cadence(tls_->info().context->options().key_update_records);
+void Session::watch_kernel_keys(std::size_t bytes, uint64_t limit, KeyCheckCadence every) {
   key_check_bytes_ += bytes;
   ++key_check_chunks_;
   if (key_check_bytes_ < every.bytes && key_check_chunks_ < every.chunks) {
     return;
   }
   key_check_bytes_ = key_check_chunks_ = 0;
-  const uint64_t limit = tls_->info().context->options().key_update_records;
   if (auto spent = tls_->kernel_key_spent(limit); spent && timed_out_.empty() && !finished_) {
     // A clean end for the peer: close_notify before the close (the kernel frames it between
     // whatever records are in flight).

@@ -25,6 +25,10 @@
 //	    HTTP/2 CONNECT streams over mTLS (HBONE) with golang.org/x/net/http2, identities from PEM
 //	    files (see h2_connect.go).
 //
+//	spiffe-peer resume-dial / resume-serve --cert C --key K --bundle td=path ...
+//	    TLS 1.3 session resumption with crypto/tls (a ClientSessionCache; session tickets),
+//	    identities from PEM files (see resume.go).
+//
 // Exit codes: 0 ok, 1 TLS/handshake/authorization/IO failure, 2 usage error,
 // 3 no SVID from the Workload API within --timeout.
 // The socket defaults to $SPIFFE_ENDPOINT_SOCKET; a bare absolute path is accepted too.
@@ -396,7 +400,7 @@ func hasID(svids []*x509svid.SVID, id string) bool {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: spiffe-peer serve|dial|svids|proxy-backend [flags]   (spiffe-peer <cmd> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: spiffe-peer serve|dial|svids|proxy-backend|h2-connect[-server]|resume-dial|resume-serve [flags]   (spiffe-peer <cmd> -h for flags)")
 	os.Exit(exitUsage)
 }
 
@@ -418,6 +422,10 @@ func main() {
 		code = cmdH2Connect(os.Args[2:])
 	case "h2-connect-server":
 		code = cmdH2ConnectServer(os.Args[2:])
+	case "resume-dial":
+		code = cmdResumeDial(os.Args[2:])
+	case "resume-serve":
+		code = cmdResumeServe(os.Args[2:])
 	default:
 		usage()
 	}

@@ -4,7 +4,7 @@ case on stdout; the host-side test asserts on them.
 
 Usage: python3 ktls_scenario.py CASE [CASE...]   where CASE is a name from CASES or a special
 scenario: halfclose, reset, s_server_nst_keyupdate, ktls_on_without_module, idle_memory,
-aead_limit.
+aead_limit, resumption.
 """
 
 from __future__ import annotations
@@ -345,6 +345,37 @@ def run_idle_memory(site: Site) -> dict:
             "userspace": user}
 
 
+def run_resumption(site: Site) -> dict:
+    """Both ends with --session-resumption and ktls auto: the first connection (full handshake;
+    the client waits for the server's NewSessionTicket before the kernel takes the receive
+    direction) and the second (resumed) both run on kTLS both ways; 8 MiB each way per
+    connection."""
+    backend = Backend("echo")
+    extra = ["--session-resumption", "--cipher-suites", "TLS_AES_128_GCM_SHA256"]
+    server, sport = site.server_tunnel(backend.port, extra)
+    client, cport = site.client_tunnel(sport, extra)
+    before = tls_stat()
+    conns = []
+    for _ in range(2):
+        marks = [d.mark() for d in (server, client)]
+        conns.append(bulk(cport, 8 * MIB))
+        for d, mark in zip((server, client), marks):
+            d.wait_for(r" closed peer=", timeout=30, start=mark)
+    after = tls_stat()
+    client.stop(), server.stop(), backend.close()
+
+    def resumed(d: Daemon) -> list:
+        return re.findall(r" opened .*resumed=(\w+)", d.log)
+
+    return {"case": "resumption", "conns": conns,
+            "tls_stat_delta": {k: after.get(k, 0) - before.get(k, 0) for k in after},
+            "server_resumed": resumed(server), "client_resumed": resumed(client),
+            "server_tls": paths(server), "client_tls": paths(client),
+            "server_closed": re.findall(r" closed .* path=(\S+) \((.*)\)", server.log),
+            "client_closed": re.findall(r" closed .* path=(\S+) \((.*)\)", client.log),
+            "backend_bytes": backend.bytes_received}
+
+
 def run_ktls_on(site: Site) -> dict:
     d = Daemon(["server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:1",
                 "--cert", site.server[0], "--key", site.server[1], *site.bundles(),
@@ -374,6 +405,8 @@ def main() -> None:
                 r = run_idle_memory(site)
             elif case == "aead_limit":
                 r = run_aead_limit(site)
+            elif case == "resumption":
+                r = run_resumption(site)
             else:
                 r = {"case": case, "error": "unknown case"}
         except Exception as e:  # reported to the host-side test, which fails on it

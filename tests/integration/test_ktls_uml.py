@@ -6,7 +6,8 @@ ends, both directions on kTLS + splice; the same with --ktls off and without the
 the userspace path; close_notify, half-close and reset on both paths; a third-party
 openssl s_server's session tickets dropped and its KeyUpdate closing the session cleanly; and
 the memory an idle connection costs on the kernel path, beside the userspace record layer; and
-the AEAD usage limit of a kernel direction this kernel cannot re-key (reason aead_limit).
+the AEAD usage limit of a kernel direction this kernel cannot re-key (reason aead_limit); and
+session resumption with kTLS: a full and a resumed connection, both offloaded both ways.
 """
 
 from __future__ import annotations
@@ -166,3 +167,27 @@ def test_kernel_aes_gcm_session_ends_at_the_aead_limit_and_others_go_on(with_mod
         assert r[f"{name}_server_tls"] == [["ktls", "ktls"]], r
     print(f"aead_limit: ended after {spent} records (limit {limit}), "
           f"{r['limited']['bytes_back']} of {r['size']} bytes back; sibling and ChaCha20 intact")
+
+
+@pytest.fixture(scope="module")
+def resumption():
+    return _run(["resumption"])["resumption"]
+
+
+def test_resumed_session_runs_on_ktls_both_ways(resumption):
+    """--session-resumption on both ends, ktls auto: the first connection (full handshake, the
+    client reads the server's NewSessionTicket before the kernel takes its receive direction) and
+    the second (resumed) are offloaded both ways at both ends, with every byte intact."""
+    r = resumption
+    assert r["server_resumed"] == ["false", "true"] and r["client_resumed"] == ["false", "true"], r
+    for conn in r["conns"]:
+        assert conn["intact"] and conn["bytes_back"] == 8 << 20, r
+    assert r["backend_bytes"] == 16 << 20
+    assert r["server_tls"] == [["ktls", "ktls"]] * 2 and r["client_tls"] == [["ktls", "ktls"]] * 2, r
+    # Two kernel sockets per direction per connection (client and server end).
+    assert r["tls_stat_delta"]["TlsTxSw"] >= 4 and r["tls_stat_delta"]["TlsRxSw"] >= 4, r
+    assert r["tls_stat_delta"]["TlsDecryptError"] == 0, r
+    assert r["server_closed"] == [["ktls+splice/ktls+splice", "closed"]] * 2, r
+    assert r["client_closed"] == [["ktls+splice/ktls+splice", "closed"]] * 2, r
+    print(f"full then resumed connection on kTLS: {[c['seconds'] for c in r['conns']]}s "
+          f"for 8 MiB each way inside UML")

@@ -99,7 +99,7 @@ if ((!quick)) && [[ -x build/asan/spiffe-tunnel ]]; then
       tests/integration/test_cli_config.py tests/integration/test_opa.py \
       tests/integration/test_metrics.py tests/integration/test_reload.py \
       tests/integration/test_proxy_protocol.py tests/integration/test_logs.py \
-      tests/integration/test_multiplex.py
+      tests/integration/test_multiplex.py tests/integration/test_resumption.py
 fi
 
 echo

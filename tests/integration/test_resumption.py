@@ -340,7 +340,7 @@ def cli_server(pki, target_port: int, *extra: str) -> tuple[Daemon, int, int]:
 def s_client(pki, port: int, cert_key, *extra: str) -> str:
     cert, key = cert_key
     out = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
          "-cert", str(cert), "-key", str(key), "-CAfile", str(pki[f"server:{B}"]),
          "-verify_return_error", "-ign_eof", *extra],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
@@ -353,7 +353,7 @@ def test_openssl_s_client_resumes_against_server_tunnel(pki, tmp_path):
                                       "--session-ticket-lifetime", "10m")
     sess = tmp_path / "sess.pem"
     try:
-        first = s_client(pki, sport, pki["client"], "-sess_out", str(sess))
+        first = s_client(pki, sport, pki["client"], "-tls1_3", "-sess_out", str(sess))
         assert "New, TLSv1.3" in first and "hello from the backend" in first, first
         second = s_client(pki, sport, pki["client"], "-sess_in", str(sess))
         assert "Reused, TLSv1.3" in second and "hello from the backend" in second, second
@@ -363,6 +363,28 @@ def test_openssl_s_client_resumes_against_server_tunnel(pki, tmp_path):
         assert re.search(r"Server Temp Key: \S+", third), third
         assert scrape(aport).value(RESUMED, tunnel="res-in") == 2
         assert server.count(r" opened .*resumed=true") == 2
+    finally:
+        server.stop()
+        backend.close()
+
+
+def test_tls12_never_resumes(pki, tmp_path):
+    """Resumption is TLS 1.3 only: a TLS 1.2 client gets neither a ticket nor a session-ID
+    resumption from a server tunnel that has resumption on and allows TLS 1.2."""
+    backend = Backend("greet")
+    server, sport, aport = cli_server(pki, backend.port, "--session-resumption",
+                                      "--tls-min-version", "1.2")
+    sess = tmp_path / "sess12.pem"
+    try:
+        tls12 = ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]
+        first = s_client(pki, sport, pki["client"], *tls12, "-sess_out", str(sess))
+        assert "New, TLSv1.2" in first and "hello from the backend" in first, first
+        assert "session ticket lifetime hint" not in first, first
+        # s_client saves a session only when it is resumable (a session ID or a ticket).
+        if sess.exists():
+            second = s_client(pki, sport, pki["client"], *tls12, "-sess_in", str(sess))
+            assert "New, TLSv1.2" in second and "hello from the backend" in second, second
+        assert (scrape(aport).value(RESUMED, tunnel="res-in") or 0) == 0
     finally:
         server.stop()
         backend.close()

@@ -351,7 +351,8 @@ def run_resumption(site: Site) -> dict:
     direction) and the second (resumed) both run on kTLS both ways; 8 MiB each way per
     connection."""
     backend = Backend("echo")
-    extra = ["--session-resumption", "--cipher-suites", "TLS_AES_128_GCM_SHA256"]
+    cipher = ["--cipher-suites", "TLS_AES_128_GCM_SHA256"]
+    extra = ["--session-resumption", *cipher]
     server, sport = site.server_tunnel(backend.port, extra)
     client, cport = site.client_tunnel(sport, extra)
     before = tls_stat()
@@ -367,7 +368,21 @@ def run_resumption(site: Site) -> dict:
     def resumed(d: Daemon) -> list:
         return re.findall(r" opened .*resumed=(\w+)", d.log)
 
-    return {"case": "resumption", "conns": conns,
+    # A server that sends no ticket: the client's wait for one is bounded, kTLS still takes over.
+    backend2 = Backend("echo")
+    server2, sport2 = site.server_tunnel(backend2.port, cipher)
+    client2, cport2 = site.client_tunnel(sport2, extra)
+    t0 = time.monotonic()
+    first_byte = exchange(cport2, b"x")
+    no_ticket = {"first_byte_s": round(time.monotonic() - t0, 3), "echo": first_byte == b"x",
+                 **bulk(cport2, 8 * MIB)}
+    deadline = time.monotonic() + 30  # both sessions (the echo and the bulk one) closed
+    while any(d.count(r" closed peer=") < 2 for d in (server2, client2)) and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    client2.stop(), server2.stop(), backend2.close()
+    no_ticket["client_tls"] = paths(client2)
+    return {"case": "resumption", "conns": conns, "no_ticket": no_ticket,
             "tls_stat_delta": {k: after.get(k, 0) - before.get(k, 0) for k in after},
             "server_resumed": resumed(server), "client_resumed": resumed(client),
             "server_tls": paths(server), "client_tls": paths(client),

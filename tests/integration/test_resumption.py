@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import Backend, Daemon, echo_roundtrip, exchange
+from daemon import Backend, Daemon, echo_roundtrip, exchange, run_once
 from helpers import ManagedProcess, free_port
 from pki import CA
 from prom import scrape
@@ -324,6 +324,24 @@ def test_ticket_not_used_after_its_lifetime(pair_factory):
     time.sleep(3.5)
     assert p.connect() == (True, "false")
     assert p.server.value(RESUMED, tunnel="res-in") == 1
+
+
+@pytest.mark.parametrize("args,tls,needle", [
+    (["--session-ticket-lifetime", "169h"], None, "session_ticket_lifetime"),
+    (["--session-ticket-lifetime", "500ms"], None, "session_ticket_lifetime"),
+    ([], "      max_version: \"1.2\"\n", "TLS 1.3 only"),
+], ids=["lifetime-above-7-days", "lifetime-below-1s", "tls12-only-tunnel"])
+def test_bad_resumption_settings_are_refused_at_start(pki, tmp_path, args, tls, needle):
+    if tls is None:  # as flags
+        cert, key = pki["server"]
+        r = run_once(["server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--cert",
+                      cert, "--key", key, "--bundle", f"{A}={pki[f'server:{A}']}",
+                      "--allow-id", CLIENT_ID, "--session-resumption", *args])
+    else:  # in the tunnel's tls block
+        path = tmp_path / "bad.yaml"
+        path.write_text(server_body(pki, free_port(), 9) + tls)
+        r = run_once(["run", "-c", path])
+    assert r.returncode != 0 and needle in r.stderr, r.stderr
 
 
 # --------------------------------------------------------------------------- openssl s_client

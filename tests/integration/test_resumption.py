@@ -335,7 +335,7 @@ def test_bad_resumption_settings_are_refused_at_start(pki, tmp_path, args, tls, 
     if tls is None:  # as flags
         cert, key = pki["server"]
         r = run_once(["server", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--cert",
-                      cert, "--key", key, "--bundle", f"{A}={pki[f'server:{A}']}",
+                      cert, "--key", key, *bundle_flags(pki, "server"),
                       "--allow-id", CLIENT_ID, "--session-resumption", *args])
     else:  # in the tunnel's tls block
         path = tmp_path / "bad.yaml"
@@ -346,12 +346,15 @@ def test_bad_resumption_settings_are_refused_at_start(pki, tmp_path, args, tls, 
 
 # --------------------------------------------------------------------------- openssl s_client
 
+def bundle_flags(pki, side: str) -> list[str]:
+    return [a for td in (A, B) for a in ("--bundle", f"{td}={pki[f'{side}:{td}']}")]
+
+
 def cli_server(pki, target_port: int, *extra: str) -> tuple[Daemon, int, int]:
     cert, key = pki["server"]
     d = Daemon(["server", "--name", "res-in", "--listen", "127.0.0.1:0",
                 "--target", f"127.0.0.1:{target_port}", "--cert", cert, "--key", key,
-                "--bundle", f"{A}={pki[f'server:{A}']}", "--bundle", f"{B}={pki[f'server:{B}']}",
-                "--allow-id", CLIENT_ID, "--admin", "127.0.0.1:0", *extra], name="server")
+                *bundle_flags(pki, "server"), "--allow-id", CLIENT_ID, "--admin", "127.0.0.1:0", *extra], name="server")
     return d, d.wait_listening(), admin_port(d)
 
 
@@ -440,8 +443,7 @@ def test_ticket_lifetime_is_capped_by_the_client_certificate(pki, tmp_path, cert
 
 def go_files(pki, side: str) -> list[str]:
     cert, key = pki[side]
-    return ["--cert", str(cert), "--key", str(key),
-            "--bundle", f"{A}={pki[f'{side}:{A}']}", "--bundle", f"{B}={pki[f'{side}:{B}']}"]
+    return ["--cert", str(cert), "--key", str(key), *bundle_flags(pki, side)]
 
 
 def test_go_client_resumes_against_server_tunnel(pki, tmp_path, peer_bin):

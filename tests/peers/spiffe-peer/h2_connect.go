@@ -71,6 +71,17 @@ func (f *fileIdentity) load() (*x509svid.SVID, *x509bundle.Set) {
 	return svid, set
 }
 
+// clientConfig is go-spiffe's mTLS client config with the loaded identity, accepting only a
+// server with the SPIFFE ID serverID.
+func (f *fileIdentity) clientConfig(serverID string) *tls.Config {
+	svid, bundles := f.load()
+	sid, err := spiffeid.FromString(serverID)
+	if err != nil {
+		die(exitUsage, "--server-id: %v", err)
+	}
+	return tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(sid))
+}
+
 func cmdH2Connect(args []string) int {
 	fs := flag.NewFlagSet("h2-connect", flag.ExitOnError)
 	var id fileIdentity
@@ -82,12 +93,7 @@ func cmdH2Connect(args []string) int {
 	size := fs.Int("size", 1000, "bytes per stream")
 	_ = fs.Parse(args)
 
-	svid, bundles := id.load()
-	sid, err := spiffeid.FromString(*serverID)
-	if err != nil {
-		die(exitUsage, "--server-id: %v", err)
-	}
-	cfg := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(sid))
+	cfg := id.clientConfig(*serverID)
 	// One connection for every stream: dial once, then give the transport that connection.
 	conn, err := tls.Dial("tcp", *addr, withALPN(cfg))
 	if err != nil {
@@ -165,23 +171,7 @@ func oneStream(cc *http2.ClientConn, addr, authority string, size int) bool {
 }
 
 func cmdH2ConnectServer(args []string) int {
-	fs := flag.NewFlagSet("h2-connect-server", flag.ExitOnError)
-	var id fileIdentity
-	id.register(fs)
-	listen := fs.String("listen", "127.0.0.1:0", "TCP address to listen on")
-	var allowIDs multiFlag
-	fs.Var(&allowIDs, "allow-id", "accept this client SPIFFE ID (repeatable)")
-	_ = fs.Parse(args)
-
-	svid, bundles := id.load()
-	auth, err := authorizer(allowIDs, "", false)
-	if err != nil {
-		die(exitUsage, "h2-connect-server: %v", err)
-	}
-	ln, err := tls.Listen("tcp", *listen, withALPN(tlsconfig.MTLSServerConfig(svid, bundles, auth)))
-	if err != nil {
-		die(exitFail, "listen %s: %v", *listen, err)
-	}
+	ln := fileServer("h2-connect-server", args, func(cfg *tls.Config) { withALPN(cfg) })
 	ctx, cancel := signalContext()
 	defer cancel()
 	srv := &http2.Server{}
@@ -196,6 +186,31 @@ func cmdH2ConnectServer(args []string) int {
 			Handler: connectHandler(peerID(conn.(*tls.Conn).ConnectionState()))})
 	})
 	return exitOK
+}
+
+// fileServer parses the flags of a server mode with PEM-file identities (--cert, --key, --bundle,
+// --listen, --allow-id) and listens with go-spiffe's mTLS server config, adjusted by tune.
+func fileServer(name string, args []string, tune func(*tls.Config)) net.Listener {
+	fs := flag.NewFlagSet(name, flag.ExitOnError)
+	var id fileIdentity
+	id.register(fs)
+	listen := fs.String("listen", "127.0.0.1:0", "TCP address to listen on")
+	var allowIDs multiFlag
+	fs.Var(&allowIDs, "allow-id", "accept this client SPIFFE ID (repeatable)")
+	_ = fs.Parse(args)
+
+	svid, bundles := id.load()
+	auth, err := authorizer(allowIDs, "", false)
+	if err != nil {
+		die(exitUsage, "%s: %v", name, err)
+	}
+	cfg := tlsconfig.MTLSServerConfig(svid, bundles, auth)
+	tune(cfg)
+	ln, err := tls.Listen("tcp", *listen, cfg)
+	if err != nil {
+		die(exitFail, "listen %s: %v", *listen, err)
+	}
+	return ln
 }
 
 // peerID is the SPIFFE ID of the connection's verified client, "?" if it has none.

@@ -208,7 +208,7 @@ func cmdServe(args []string) int {
 	if err != nil {
 		die(exitFail, "listen %s: %v", *listen, err)
 	}
-	serveAll(ctx, cancel, ln, *maxConns, func(conn net.Conn) { serveConn(conn.(*tls.Conn)) })
+	serveAll(ctx, cancel, ln, *maxConns, func(conn net.Conn) { serveConn(conn.(*tls.Conn), false) })
 	return exitOK
 }
 
@@ -248,7 +248,9 @@ func serveAll(ctx context.Context, cancel context.CancelFunc, ln net.Listener, m
 	wg.Wait()
 }
 
-func serveConn(conn *tls.Conn) {
+// serveConn echoes one connection. With details, "accepted" also says whether the client resumed
+// a session and the TLS version.
+func serveConn(conn *tls.Conn, details bool) {
 	defer conn.Close()
 	remote := conn.RemoteAddr().String()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
@@ -262,7 +264,12 @@ func serveConn(conn *tls.Conn) {
 		emit("rejected %s: %v", remote, err)
 		return
 	}
-	emit("accepted %s", id)
+	if details {
+		state := conn.ConnectionState()
+		emit("accepted %s resumed=%t version=%s", id, state.DidResume, versionName(state.Version))
+	} else {
+		emit("accepted %s", id)
+	}
 	n, err := io.Copy(conn, conn)
 	if err != nil {
 		logf("echo %s: %v", id, err)

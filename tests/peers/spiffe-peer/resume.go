@@ -22,9 +22,6 @@ import (
 	"net"
 	"strings"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 func cmdResumeDial(args []string) int {
@@ -38,12 +35,7 @@ func cmdResumeDial(args []string) int {
 	ioTimeout := fs.Duration("io-timeout", 15*time.Second, "deadline for each connection")
 	_ = fs.Parse(args)
 
-	svid, bundles := id.load()
-	sid, err := spiffeid.FromString(*serverID)
-	if err != nil {
-		die(exitUsage, "--server-id: %v", err)
-	}
-	cfg := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(sid))
+	cfg := id.clientConfig(*serverID)
 	cfg.MinVersion = tls.VersionTLS13
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
 	failed := false
@@ -91,48 +83,12 @@ func resumeOnce(cfg *tls.Config, addr, message string, timeout time.Duration, i 
 func versionName(v uint16) string { return strings.ReplaceAll(tls.VersionName(v), " ", "") }
 
 func cmdResumeServe(args []string) int {
-	fs := flag.NewFlagSet("resume-serve", flag.ExitOnError)
-	var id fileIdentity
-	id.register(fs)
-	listen := fs.String("listen", "127.0.0.1:0", "TCP address to listen on")
-	var allowIDs multiFlag
-	fs.Var(&allowIDs, "allow-id", "accept this client SPIFFE ID (repeatable)")
-	_ = fs.Parse(args)
-
-	svid, bundles := id.load()
-	auth, err := authorizer(allowIDs, "", false)
-	if err != nil {
-		die(exitUsage, "resume-serve: %v", err)
-	}
-	cfg := tlsconfig.MTLSServerConfig(svid, bundles, auth)
-	cfg.MinVersion = tls.VersionTLS13
-	cfg.SessionTicketsDisabled = false // Go issues tickets and resumes by default; say so
-	ln, err := tls.Listen("tcp", *listen, cfg)
-	if err != nil {
-		die(exitFail, "listen %s: %v", *listen, err)
-	}
+	ln := fileServer("resume-serve", args, func(cfg *tls.Config) {
+		cfg.MinVersion = tls.VersionTLS13
+		cfg.SessionTicketsDisabled = false // Go issues tickets and resumes by default; say so
+	})
 	ctx, cancel := signalContext()
 	defer cancel()
-	serveAll(ctx, cancel, ln, 0, func(conn net.Conn) { serveResumable(conn.(*tls.Conn)) })
+	serveAll(ctx, cancel, ln, 0, func(conn net.Conn) { serveConn(conn.(*tls.Conn), true) })
 	return exitOK
-}
-
-func serveResumable(conn *tls.Conn) {
-	defer conn.Close()
-	remote := conn.RemoteAddr().String()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := conn.Handshake(); err != nil {
-		emit("rejected %s: %v", remote, err)
-		return
-	}
-	_ = conn.SetDeadline(time.Time{})
-	state := conn.ConnectionState()
-	peer := peerID(state)
-	emit("accepted %s resumed=%t version=%s", peer, state.DidResume, versionName(state.Version))
-	n, err := io.Copy(conn, conn)
-	if err != nil {
-		logf("echo %s: %v", peer, err)
-	}
-	_ = conn.CloseWrite()
-	emit("closed %s bytes=%d", peer, n)
 }

@@ -334,6 +334,7 @@ def test_ticket_not_used_after_its_lifetime(pair_factory):
     time.sleep(3.5)
     assert p.connect() == (True, "false")
     assert p.server.value(RESUMED, tunnel="res-in") == 1
+    assert refusals(p.server) == {}, "the client offered its expired ticket"
 
 
 @pytest.mark.parametrize("args,tls,needle", [

@@ -385,10 +385,13 @@ def test_openssl_s_client_resumes_against_server_tunnel(pki, tmp_path):
                                       "--session-ticket-lifetime", "10m")
     sess = tmp_path / "sess.pem"
     try:
-        first = s_client(pki, sport, pki["client"], "-tls1_3", "-sess_out", str(sess))
+        first = s_client(pki, sport, pki["client"], "-tls1_3", "-sess_out", str(sess), "-msg")
         assert "New, TLSv1.3" in first and "hello from the backend" in first, first
-        second = s_client(pki, sport, pki["client"], "-sess_in", str(sess))
+        second = s_client(pki, sport, pki["client"], "-sess_in", str(sess), "-msg")
         assert "Reused, TLSv1.3" in second and "hello from the backend" in second, second
+        # One ticket per full handshake, none after a resumption.
+        assert [len(re.findall(r"<<< TLS 1.3, Handshake \[length \w+\], NewSessionTicket", out))
+                for out in (first, second)] == [1, 0]
         # psk_dhe_ke only: even a client that allows psk_ke gets a fresh (EC)DHE share.
         third = s_client(pki, sport, pki["client"], "-sess_in", str(sess), "-allow_no_dhe_kex")
         assert "Reused, TLSv1.3" in third and "hello from the backend" in third, third

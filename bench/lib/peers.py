@@ -338,6 +338,13 @@ def all_peers(binary: Path, threads: Optional[int]) -> list[Peer]:
              note="plain TCP relay pair, socat fork per connection"),
         Peer("spiffe-tunnel", True, False, spiffe_tunnel_sides(binary, threads),
              note="dedicated connections, a full mTLS handshake each (the default)"),
+        # Right after dedicated spiffe-tunnel, so their bulk runs are next to each other in
+        # every repetition (the rotation never separates them) for the paired ratio.
+        Peer("spiffe-tunnel-mux", True, False, spiffe_tunnel_mux_sides(binary, threads),
+             tests=conn_bulk, check=spiffe_tunnel_mux_check,
+             note="client `multiplex: {authority: TARGET}` → server `multiplex: {}`: one HTTP/2 "
+                  "CONNECT stream per connection over the carrying mTLS connections (defaults: "
+                  "1 per data thread, 100 streams each)"),
         Peer("stunnel", True, True, stunnel_sides(), max_idle=1000,
              note="stunnel4, one thread per connection; full handshakes (`sessionResume = no`, "
                   "`options = NO_TICKET`)"),
@@ -362,11 +369,6 @@ def all_peers(binary: Path, threads: Optional[int]) -> list[Peer]:
              check=spiffe_tunnel_check,
              note="`--session-resumption` on both ends (`tls: {session_resumption: true}`): "
                   "TLS 1.3 PSK with (EC)DHE, tickets only between fully verified tunnels"),
-        Peer("spiffe-tunnel-mux", True, False, spiffe_tunnel_mux_sides(binary, threads),
-             tests=conn_bulk, check=spiffe_tunnel_mux_check,
-             note="client `multiplex: {authority: TARGET}` → server `multiplex: {}`: one HTTP/2 "
-                  "CONNECT stream per connection over the carrying mTLS connections (defaults: "
-                  "1 per data thread, 100 streams each)"),
         Peer("stunnel-resume", True, True, stunnel_sides(resume=True), max_idle=1000, tests=conn,
              check=stunnel_check,
              note="stunnel4 with its session cache and TLS 1.3 tickets (`sessionResume = yes`, "

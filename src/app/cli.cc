@@ -61,6 +61,11 @@ void add_tls_flags(CLI::App* cmd, config::TunnelFlags& f, bool server) {
                   "TLS 1.3 records per traffic key before a KeyUpdate; a kernel-offloaded "
                   "AES-GCM direction ends the session there instead (low values: tests only)")
       ->default_str(std::to_string(d.key_update_records));
+  cmd->add_flag("--session-resumption", f.session_resumption,
+                "TLS 1.3 session resumption with the peer tunnel (both ends must enable it)");
+  cmd->add_option("--session-ticket-lifetime", f.session_ticket_lifetime,
+                  "Longest use of a session ticket, and the ticket key rotation (e.g. 1h)")
+      ->default_str(config::format_duration(d.session_ticket_lifetime));
 }
 
 void add_limit_flags(CLI::App* cmd, config::TunnelFlags& f) {

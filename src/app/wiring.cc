@@ -108,6 +108,8 @@ tls::TlsOptions make_tls_options(const config::TunnelConfig& t, const TunnelPoli
   o.ktls = ktls_mode(t.tls.ktls);
   o.server_name = t.tls.server_name;
   o.key_update_records = t.tls.key_update_records;
+  o.session_resumption = t.tls.session_resumption;
+  o.ticket_lifetime = t.tls.session_ticket_lifetime;
   if (t.multiplex) {
     o.alpn = "h2";  // HTTP/2 CONNECT streams, as HBONE (docs/multiplexing.md)
   }

@@ -106,6 +106,9 @@ Status read_tunnel_settings(const TunnelFlags& f, TunnelConfig& t) {
   t.tls.server_name = f.server_name;
   ST_TRY(flag_value(f.key_update_records, "--key-update-records", parse_key_update_records,
                     t.tls.key_update_records));
+  t.tls.session_resumption = t.tls.session_resumption || f.session_resumption;
+  ST_TRY(flag_value(f.session_ticket_lifetime, "--session-ticket-lifetime",
+                    parse_ticket_lifetime, t.tls.session_ticket_lifetime));
   ST_TRY(flag_value(f.handshake_timeout, "--handshake-timeout", parse_duration,
                     t.handshake_timeout));
   ST_TRY(flag_value(f.connect_timeout, "--connect-timeout", parse_duration, t.connect_timeout));

@@ -118,6 +118,10 @@ Status validate_tunnel(const TunnelConfig& t, const std::string& ctx) {
                       std::string(tls_version_name(t.tls.min_version)) + " is above the maximum " +
                       std::string(tls_version_name(t.tls.max_version)));
   }
+  if (t.tls.session_resumption && t.tls.max_version != TlsVersion::k1_3) {
+    return make_error(ctx + ": session_resumption is TLS 1.3 only (PSK with ECDHE); the maximum "
+                            "version is " + std::string(tls_version_name(t.tls.max_version)));
+  }
   if (const HostPort* target = t.target.tcp(); target && target->port == 0) {
     return make_error(ctx + ": target " + t.target.str() + " needs a port");
   }

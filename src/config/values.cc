@@ -377,6 +377,18 @@ Result<uint64_t> parse_key_update_records(std::string_view text) {
   return *n;
 }
 
+Result<std::chrono::milliseconds> parse_ticket_lifetime(std::string_view text) {
+  auto d = parse_duration(text);
+  if (!d) {
+    return d.error();
+  }
+  if (*d < std::chrono::seconds(1) || *d > std::chrono::hours(24 * 7)) {
+    return make_error("session_ticket_lifetime must be from 1s to 168h (7 days, the most TLS 1.3 "
+                      "allows)");
+  }
+  return *d;
+}
+
 Result<KtlsMode> parse_ktls(std::string_view text) {
   for (auto m : {KtlsMode::kAuto, KtlsMode::kOn, KtlsMode::kOff}) {
     if (text == ktls_name(m)) {

@@ -79,7 +79,7 @@ Status read_svid(const Reader& r, const YAML::Node& s, const std::string& ctx, T
 Status read_tls(const Reader& r, const YAML::Node& tl, const std::string& ctx, TlsConfig& t) {
   ST_TRY(r.only_keys(
       tl, {"min_version", "max_version", "cipher_suites", "ciphers", "ktls", "server_name",
-           "key_update_records"},
+           "key_update_records", "session_resumption", "session_ticket_lifetime"},
       ctx + " tls"));
   const std::string prefix = ctx + ": ";
   ST_TRY(r.value(tl["min_version"], "min_version", prefix, parse_tls_version, t.min_version));
@@ -90,6 +90,10 @@ Status read_tls(const Reader& r, const YAML::Node& tl, const std::string& ctx, T
   ST_TRY(r.optional_scalar(tl["server_name"], "server_name", t.server_name));
   ST_TRY(r.value(tl["key_update_records"], "key_update_records", prefix,
                  parse_key_update_records, t.key_update_records));
+  ST_TRY(read_bool(r, tl["session_resumption"], prefix + "session_resumption",
+                   t.session_resumption));
+  ST_TRY(r.value(tl["session_ticket_lifetime"], "session_ticket_lifetime", prefix,
+                 parse_ticket_lifetime, t.session_ticket_lifetime));
   return {};
 }
 

@@ -3,8 +3,12 @@
 #include <openssl/err.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cassert>
+#include <chrono>
 #include <utility>
+
+#include <asio/steady_timer.hpp>
 
 #include "spiffe_tunnel/tls/ktls.h"
 #include "spiffe_tunnel/tls/record_cipher.h"
@@ -40,8 +44,45 @@ base::Result<std::unique_ptr<Handshake>> Handshake::create(
       SSL_set_alpn_protos(h->ssl_.get(), reinterpret_cast<const unsigned char*>(wire.data()),
                           static_cast<unsigned>(wire.size()));
     }
+    h->offer_ticket();
   }
   return h;
+}
+
+// Client: offers the cached ticket of this remote endpoint, while it is good and the tunnel's
+// rules still accept the server it was issued by.
+void Handshake::offer_ticket() {
+  SessionCache* cache = context_->sessions();
+  asio::error_code ec;
+  const auto remote = socket_.remote_endpoint(ec);
+  if (cache == nullptr || ec) {
+    return;
+  }
+  const auto* data = reinterpret_cast<const unsigned char*>(remote.data());
+  state_->endpoint.assign(reinterpret_cast<const char*>(data), remote.size());
+  bool expired = false;
+  auto entry = cache->find(state_->endpoint, context_->clock().now(), expired);
+  if (!entry) {
+    state_->resumption_refused = expired ? kRefusedExpired : std::string_view();
+    return;
+  }
+  policy::Decision d = context_->options().authorizer->authorize(*entry->peer->peer_id);
+  if (!d.allowed) {
+    cache->forget(state_->endpoint);
+    state_->resumption_refused = kRefusedNotAuthorized;
+    return;
+  }
+  // A copy for this connection: OpenSSL marks a connection's session not resumable when its SSL
+  // object is freed without a close_notify sent, as it is once the record layer moved on.
+  SSL_SESSION* copy = SSL_SESSION_dup(entry->session.get());
+  const bool set = copy != nullptr && SSL_set_session(ssl_.get(), copy) == 1;
+  SSL_SESSION_free(copy);  // the SSL holds its own reference
+  if (!set) {
+    return;
+  }
+  auto peer = std::make_shared<PeerOutcome>(*entry->peer);
+  peer->authorized_by = d.reason;
+  state_->resumed_peer = std::move(peer);
 }
 
 Handshake::Handshake(base::StreamSocket socket, std::shared_ptr<const TlsContext> context)
@@ -58,8 +99,15 @@ void Handshake::close() {
 }
 
 asio::awaitable<std::unique_ptr<TlsStream>> Handshake::run() {
+  const auto began = std::chrono::steady_clock::now();
   if (!co_await drive()) {
     co_return nullptr;
+  }
+  if (wants_ticket()) {
+    co_await await_ticket(std::chrono::steady_clock::now() - began);
+    if (!failure_.reason.empty()) {
+      co_return nullptr;
+    }
   }
   protocol_ = SSL_get_version(ssl_.get());
   const SSL_CIPHER* suite = SSL_get_current_cipher(ssl_.get());
@@ -99,6 +147,23 @@ asio::awaitable<bool> Handshake::drive() {
       co_return false;
     }
   }
+  if (SSL_session_reused(ssl_.get()) == 1) {
+    // No certificate was exchanged: the peer is the one the ticket (server) or the cache
+    // (client) vouched for, verified in full when the ticket was issued and authorized again
+    // just now. Without one, fail closed.
+    resumed_ = state_->resumed_peer != nullptr && state_->resumed_peer->verified;
+    if (!resumed_) {
+      failure_ = {"handshake_error", "session resumed without a verified peer on record"};
+      co_return false;
+    }
+    outcome_ = *state_->resumed_peer;
+    co_return true;
+  }
+  if (state_->resumed_peer && context_->options().role == Role::kClient) {
+    // We offered a ticket and the server chose a full handshake: the ticket is of no more use.
+    context_->sessions()->forget(state_->endpoint);
+    state_->resumption_refused = kRefusedDeclined;
+  }
   outcome_ = state_->outcome;
   if (!outcome_.verified) {
     // The verify callback must have accepted the peer; a handshake that finishes without it
@@ -109,6 +174,62 @@ asio::awaitable<bool> Handshake::drive() {
     co_return false;
   }
   co_return true;
+}
+
+bool Handshake::wants_ticket() const {
+  SessionCache* cache = context_->sessions();
+  return cache != nullptr && !resumed_ && !state_->endpoint.empty() &&
+         SSL_version(ssl_.get()) == TLS1_3_VERSION &&
+         !cache->silent(state_->endpoint, std::chrono::steady_clock::now());
+}
+
+// Client after a full handshake: the server sends its ticket right after our Finished, ahead of
+// any data. OpenSSL reads it here (SSL_peek processes post-handshake messages and leaves data
+// where it is), counting the records, so that the record layer after OpenSSL -- the kernel's
+// or the own one -- starts at the right sequence number. Waits about three handshakes, at least
+// 100 ms and at most 1 s; a server that sent nothing in that time is not waited for again for a
+// minute (it has resumption off).
+asio::awaitable<void> Handshake::await_ticket(std::chrono::steady_clock::duration handshake) {
+  using namespace std::chrono_literals;
+  const auto limit = std::clamp<std::chrono::steady_clock::duration>(3 * handshake, 100ms, 1s);
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  state_->count_read_records = true;
+  asio::steady_timer timer(socket_.get_executor());
+  while (!state_->ticket_received) {
+    char byte = 0;
+    ERR_clear_error();
+    const int n = SSL_peek(ssl_.get(), &byte, 1);
+    if (n > 0 || state_->ticket_received) {
+      break;  // data came first: OpenSSL keeps it, and stays the record layer (hand_over)
+    }
+    asio::error_code ec;
+    const SocketWait wait = classify_ssl_result(ssl_.get(), n, ec, error_detail_);
+    if (wait != SocketWait::kRead) {
+      failure_ = {"handshake_error", "connection failed while waiting for the session ticket: " +
+                                         (error_detail_.empty() ? ec.message() : error_detail_)};
+      break;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      context_->sessions()->mark_silent(state_->endpoint, now + 60s);
+      break;
+    }
+    timer.expires_at(deadline);
+    timer.async_wait([this](asio::error_code e) {
+      if (!e) {
+        asio::error_code ignored;
+        socket_.cancel(ignored);
+      }
+    });
+    co_await wait_ready(socket_, SocketWait::kRead, ec);
+    timer.cancel();
+    if (ec && ec != asio::error::operation_aborted) {
+      failure_ = {"handshake_error", "connection failed while waiting for the session ticket: " +
+                                         ec.message()};
+      break;
+    }
+  }
+  state_->count_read_records = false;
 }
 
 void Handshake::fail_handshake(const asio::error_code& ec) {
@@ -147,7 +268,8 @@ void Handshake::enable_kernel_offload() {
       ktls_detail_ = "receive not offloaded: OpenSSL holds buffered records";
     } else if (secret.empty()) {
       ktls_detail_ = "receive not offloaded: traffic secret unavailable";
-    } else if (auto st = ktls::install_tls13_rx(socket_.native_handle(), cipher_, secret)) {
+    } else if (auto st = ktls::install_tls13_rx(socket_.native_handle(), cipher_, secret,
+                                                state_->records_read)) {
       kernel_rx_ = true;
       installed_rx_ = true;
     } else {
@@ -183,19 +305,19 @@ std::unique_ptr<TlsStream> Handshake::hand_over() {
 }
 
 std::unique_ptr<TlsStream> Handshake::start_own_records() {
-  // Conditions for taking over from OpenSSL at record sequence 0 in both directions: TLS 1.3;
-  // nothing read ahead (OpenSSL reads no further than the peer's Finished while read-ahead is off
-  // during the handshake); no NewSessionTicket sent by us (num_tickets is 0 on every context).
+  // Conditions for taking over from OpenSSL exactly: TLS 1.3; nothing read ahead (OpenSSL reads
+  // no further than the peer's Finished while read-ahead is off during the handshake, and no
+  // further than a ticket a client waited for). The sequence numbers go on after the records
+  // OpenSSL read (a client's ticket) and wrote (a server's tickets) under the first traffic keys.
   SSL* ssl = ssl_.get();
   if (SSL_version(ssl) != TLS1_3_VERSION || SSL_has_pending(ssl) != 0 ||
-      (SSL_is_server(ssl) != 0 && SSL_get_num_tickets(ssl) != 0) ||
       state_->peer_traffic_secret.empty() || state_->own_traffic_secret.empty()) {
     return nullptr;
   }
   auto rx = RecordCipher::create(cipher_, state_->peer_traffic_secret,
-                                 RecordCipher::Direction::kOpen);
+                                 RecordCipher::Direction::kOpen, state_->records_read);
   auto tx = RecordCipher::create(cipher_, state_->own_traffic_secret,
-                                 RecordCipher::Direction::kSeal);
+                                 RecordCipher::Direction::kSeal, state_->tickets_sent);
   if (!rx || !tx) {
     return nullptr;
   }
@@ -205,8 +327,8 @@ std::unique_ptr<TlsStream> Handshake::start_own_records() {
 }
 
 ConnectionInfo Handshake::connection_info(RecordLayer layer) const {
-  return ConnectionInfo{outcome_, protocol_, cipher_, layer, ktls_detail_, context_, server_name_,
-                        alpn_};
+  return ConnectionInfo{outcome_, protocol_,    cipher_, layer, ktls_detail_,
+                        context_, server_name_, alpn_,  resumed_};
 }
 
 }  // namespace spiffe_tunnel::tls

@@ -30,7 +30,7 @@ std::string errno_text(int e) { return std::strerror(e); }
 // Everything the kernel needs for one cipher, filled from the traffic secret.
 template <typename Info>
 base::Status fill(Info& info, uint16_t cipher_type, const char* digest,
-                  std::span<const unsigned char> secret, size_t salt_size) {
+                  std::span<const unsigned char> secret, size_t salt_size, uint64_t first_seq) {
   std::memset(&info, 0, sizeof(info));
   info.info.version = TLS_1_3_VERSION;
   info.info.cipher_type = cipher_type;
@@ -46,6 +46,9 @@ base::Status fill(Info& info, uint16_t cipher_type, const char* digest,
   std::memcpy(info.salt, iv.data(), salt_size);
   std::memcpy(info.iv, iv.data() + salt_size, sizeof(info.iv));
   OPENSSL_cleanse(iv.data(), iv.size());
+  for (std::size_t i = 0; i < sizeof(info.rec_seq); ++i) {  // big-endian
+    info.rec_seq[sizeof(info.rec_seq) - 1 - i] = static_cast<unsigned char>(first_seq >> (8 * i));
+  }
   return {};
 }
 
@@ -90,25 +93,27 @@ base::Status probe_kernel_tls() {
 }
 
 base::Status install_tls13_rx(int fd, const std::string& cipher_name,
-                              std::span<const unsigned char> secret) {
+                              std::span<const unsigned char> secret, uint64_t first_seq) {
   // The ULP may already be attached (OpenSSL did it for TX); EEXIST is fine.
   if (::setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof("tls")) != 0 && errno != EEXIST) {
     return base::make_error("TCP_ULP tls: " + errno_text(errno));
   }
   if (cipher_name == "TLS_AES_128_GCM_SHA256") {
     tls12_crypto_info_aes_gcm_128 info;
-    auto st = fill(info, TLS_CIPHER_AES_GCM_128, "SHA256", secret, TLS_CIPHER_AES_GCM_128_SALT_SIZE);
+    auto st = fill(info, TLS_CIPHER_AES_GCM_128, "SHA256", secret, TLS_CIPHER_AES_GCM_128_SALT_SIZE,
+                   first_seq);
     return st ? set_rx(fd, info) : st;
   }
   if (cipher_name == "TLS_AES_256_GCM_SHA384") {
     tls12_crypto_info_aes_gcm_256 info;
-    auto st = fill(info, TLS_CIPHER_AES_GCM_256, "SHA384", secret, TLS_CIPHER_AES_GCM_256_SALT_SIZE);
+    auto st = fill(info, TLS_CIPHER_AES_GCM_256, "SHA384", secret, TLS_CIPHER_AES_GCM_256_SALT_SIZE,
+                   first_seq);
     return st ? set_rx(fd, info) : st;
   }
   if (cipher_name == "TLS_CHACHA20_POLY1305_SHA256") {
     tls12_crypto_info_chacha20_poly1305 info;
     // ChaCha20-Poly1305 takes the whole 12-byte nonce base as iv and no salt.
-    auto st = fill(info, TLS_CIPHER_CHACHA20_POLY1305, "SHA256", secret, 0);
+    auto st = fill(info, TLS_CIPHER_CHACHA20_POLY1305, "SHA256", secret, 0, first_seq);
     return st ? set_rx(fd, info) : st;
   }
   return base::make_error("cipher " + cipher_name + " has no kernel TLS receive offload");

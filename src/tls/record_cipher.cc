@@ -90,7 +90,8 @@ RecordCipher::~RecordCipher() {
 }
 
 base::Result<std::unique_ptr<RecordCipher>> RecordCipher::create(
-    std::string_view suite, std::span<const unsigned char> secret, Direction direction) {
+    std::string_view suite, std::span<const unsigned char> secret, Direction direction,
+    uint64_t first_seq) {
   for (std::size_t i = 0; i < std::size(kSuites); ++i) {
     if (kSuites[i].name != suite) {
       continue;
@@ -113,6 +114,7 @@ base::Result<std::unique_ptr<RecordCipher>> RecordCipher::create(
     if (auto st = c->install(secret); !st) {
       return st.error();
     }
+    c->seq_ = first_seq;
     return c;
   }
   return base::make_error("cipher suite " + std::string(suite) +

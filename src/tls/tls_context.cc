@@ -94,15 +94,28 @@ int TlsContext::alpn_select_callback(SSL* /*ssl*/, const unsigned char** out, un
 
 // Watches for a peer's TLS 1.3 KeyUpdate: OpenSSL 3.0 would re-key its own write context but not
 // the kernel's, so with kernel TX offload the connection would silently corrupt. The stream
-// closes the connection instead (see OpenSslStream::try_read).
+// closes the connection instead (see OpenSslStream::try_read). Also counts what the record layer
+// after OpenSSL must know of: records read while a client waits for its ticket, and tickets sent.
 void TlsContext::msg_callback(int write_p, int /*version*/, int content_type, const void* buf,
                               size_t len, SSL* ssl, void* /*arg*/) {
-  if (write_p != 0 || content_type != SSL3_RT_HANDSHAKE || len == 0 ||
-      static_cast<const unsigned char*>(buf)[0] != kKeyUpdate) {
+  auto* state = static_cast<ConnectionState*>(SSL_get_app_data(ssl));
+  if (state == nullptr) {
     return;
   }
-  if (auto* state = static_cast<ConnectionState*>(SSL_get_app_data(ssl))) {
+  if (content_type == SSL3_RT_HEADER) {
+    if (write_p == 0 && state->count_read_records) {
+      ++state->records_read;
+    }
+    return;
+  }
+  if (content_type != SSL3_RT_HANDSHAKE || len == 0) {
+    return;
+  }
+  const unsigned char type = static_cast<const unsigned char*>(buf)[0];
+  if (write_p == 0 && type == kKeyUpdate) {
     state->peer_key_update = true;
+  } else if (write_p != 0 && type == SSL3_MT_NEWSESSION_TICKET) {
+    ++state->tickets_sent;
   }
 }
 
@@ -228,9 +241,8 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
     return base::make_error("TLS 1.2 ciphers \"" + options_->tls12_ciphers +
                             "\" are not usable: " + base::drain_openssl_errors());
   }
-  // Every connection is verified and authorized in full: no tickets, no session cache. This also
-  // keeps TLS 1.3 servers from sending NewSessionTicket records, which would stand in the way of
-  // kernel TLS receive offload.
+  // Unless the tunnel enables resumption (enable_resumption() below), every connection is
+  // verified and authorized in full: no tickets, no session cache.
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_options(c, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                              SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -247,6 +259,8 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
   SSL_CTX_set_keylog_callback(c, &TlsContext::keylog_callback);
   if (options_->ktls != KtlsMode::kOff) {
     SSL_CTX_set_options(c, SSL_OP_ENABLE_KTLS);
+  }
+  if (options_->ktls != KtlsMode::kOff || options_->session_resumption) {
     SSL_CTX_set_msg_callback(c, &TlsContext::msg_callback);
   }
 
@@ -277,6 +291,9 @@ base::Result<std::shared_ptr<const TlsContext>> ContextProvider::build(
   SSL_CTX_set_cert_verify_callback(c, &TlsContext::verify_callback, out.get());
   if (server && !options_->alpn.empty()) {
     SSL_CTX_set_alpn_select_cb(c, &TlsContext::alpn_select_callback, out.get());
+  }
+  if (options_->session_resumption) {
+    out->enable_resumption(c);
   }
   out->ctx_ = std::move(ctx);
   return std::shared_ptr<const TlsContext>(std::move(out));

@@ -153,8 +153,14 @@ asio::awaitable<bool> Session::handshake(base::StreamSocket socket) {
   std::unique_ptr<tls::TlsStream> stream = co_await handshake_->run();
   disarm_deadline();
   handshake_slot_.release();  // from here on the session counts against max_connections
+  if (!handshake_->resumption_refused().empty()) {
+    context_->metrics->resumption_refused(handshake_->resumption_refused());
+  }
   if (stream) {
     context_->metrics->handshake_seconds.observe(std::chrono::steady_clock::now() - began);
+    if (handshake_->resumed()) {
+      context_->metrics->resumed.inc();
+    }
     tls_ = std::move(stream);
     handshake_.reset();
     co_return true;
@@ -323,6 +329,7 @@ void Session::log_opened() const {
                                   {"authorized_by", o.authorized_by, TextStyle::kParens},
                                   {"tls_version", info.protocol, TextStyle::kBare},
                                   {"cipher", info.cipher, TextStyle::kBare},
+                                  {"resumed", info.resumed ? "true" : "false"},
                                   {"tls_tx", path(tls_->kernel_writes()), TextStyle::kKeyValue,
                                    "tls tx"},
                                   {"tls_rx", path(tls_->kernel_reads()), TextStyle::kKeyValue,

@@ -56,7 +56,10 @@ TunnelMetrics::TunnelMetrics(base::MetricsRegistry& r, const std::string& t)
                                "CONNECT streams established on carrying connections.",
                                {{"tunnel", t}})),
       streams_active(r.gauge("spiffe_tunnel_streams_active",
-                             "CONNECT streams open now.", {{"tunnel", t}})) {
+                             "CONNECT streams open now.", {{"tunnel", t}})),
+      resumed(r.counter("spiffe_tunnel_handshakes_resumed_total",
+                        "Successful TLS handshakes that resumed a session with a ticket.",
+                        {{"tunnel", t}})) {
   for (std::string_view reason : kCloseReasons) {
     closed_counter(r, t, reason);
   }
@@ -64,6 +67,14 @@ TunnelMetrics::TunnelMetrics(base::MetricsRegistry& r, const std::string& t)
 
 void TunnelMetrics::closed(std::string_view reason) {
   closed_counter(registry, tunnel, reason).inc();
+}
+
+void TunnelMetrics::resumption_refused(std::string_view reason) {
+  registry
+      .counter("spiffe_tunnel_resumptions_refused_total",
+               "Session tickets presented or held but not used, by reason.",
+               {{"tunnel", tunnel}, {"reason", std::string(reason)}})
+      .inc();
 }
 
 void TunnelMetrics::reject(std::string_view reason) {

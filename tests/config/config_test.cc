@@ -123,6 +123,8 @@ tunnels:
   CHECK(db.tls.ktls == KtlsMode::kAuto);
   CHECK(db.buffer_size == 64 * 1024);
   CHECK(db.tls.key_update_records == 8388608);  // 2^23
+  CHECK_FALSE(db.tls.session_resumption);
+  CHECK(db.tls.session_ticket_lifetime == 1h);
   CHECK_FALSE(db.opa);
   CHECK(db.handshake_timeout == 10s);
   CHECK(db.idle_timeout == 0ms);
@@ -375,6 +377,16 @@ TEST_CASE("every error names the file, line and column of the bad value") {
        "test.yaml:8:31",
        "tunnel \"web\": key_update_records must be a number of records from 2 to 16777216 (2^24; "
        "RFC 8446 §5.5 allows AES-GCM about 2^24.5)"},
+      {"session_resumption not a boolean",
+       kWebServer + R"(    tls: {session_resumption: maybe}
+)",
+       "test.yaml:8:31", "tunnel \"web\": session_resumption must be true or false"},
+      {"session_ticket_lifetime too short",
+       kWebServer + R"(    tls: {session_ticket_lifetime: 500ms}
+)",
+       "test.yaml:8:36",
+       "tunnel \"web\": session_ticket_lifetime must be from 1s to 168h (7 days, the most TLS 1.3 "
+       "allows)"},
       {"buffer_size not a number",
        kWebServer + R"(    buffer_size: big
 )",

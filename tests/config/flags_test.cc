@@ -64,6 +64,8 @@ TEST_CASE("flags and YAML build the same model for the same tunnel") {
   f.cipher_suites = "TLS_AES_256_GCM_SHA384";
   f.ktls = "off";
   f.key_update_records = "1000";
+  f.session_resumption = true;
+  f.session_ticket_lifetime = "30m";
   f.handshake_timeout = "5s";
   f.idle_timeout = "5m";
   f.max_connections = "100";
@@ -87,7 +89,7 @@ tunnels:
       patterns: ["spiffe://example.org/ns/*/sa/consumer-*"]
     opa: {url: "http://127.0.0.1:8181/v1/data/tunnels/authz/allow", timeout: 500ms}
     tls: {min_version: "1.2", cipher_suites: TLS_AES_256_GCM_SHA384, ktls: "off",
-          key_update_records: 1000}
+          key_update_records: 1000, session_resumption: true, session_ticket_lifetime: 30m}
     timeouts: {handshake: 5s, idle: 5m}
     max_connections: 100
     buffer_size: 131072
@@ -104,6 +106,8 @@ tunnels:
   CHECK(from_flags.tunnels[0].opa->endpoint.port == 8181);
   CHECK(from_flags.tunnels[0].tls.ktls == KtlsMode::kOff);
   CHECK(from_flags.tunnels[0].tls.key_update_records == 1000);
+  CHECK(from_flags.tunnels[0].tls.session_resumption);
+  CHECK(from_flags.tunnels[0].tls.session_ticket_lifetime == std::chrono::minutes(30));
 }
 
 TEST_CASE("flags not given take the model's defaults") {
@@ -222,6 +226,16 @@ TEST_CASE("a bad tunnel flag is refused naming the flag") {
        "command line: tunnel \"server\": no peer rule, so every peer would be refused"},
       {[](TunnelFlags& f) { f.tls_max = "1.2"; },
        "command line: tunnel \"server\": TLS minimum version 1.3 is above the maximum 1.2"},
+      {[](TunnelFlags& f) { f.session_ticket_lifetime = "8d"; },
+       "flag --session-ticket-lifetime: \"8d\" has unknown unit"},
+      {[](TunnelFlags& f) { f.session_ticket_lifetime = "200h"; },
+       "flag --session-ticket-lifetime: session_ticket_lifetime must be from 1s to 168h"},
+      {[](TunnelFlags& f) {
+         f.session_resumption = true;
+         f.tls_min = "1.2";
+         f.tls_max = "1.2";
+       },
+       "command line: tunnel \"server\": session_resumption is TLS 1.3 only"},
       {[](TunnelFlags& f) { f.proxy_protocol = "v1"; },
        "flag --proxy-protocol: proxy_protocol \"v1\" is not off or v2"},
   };

@@ -117,6 +117,12 @@ struct TlsConfig {
   // which cannot re-key, ends the session (reason aead_limit). 2^23 records = 128 GiB of full
   // records, half of what the RFC allows; low values are for tests.
   uint64_t key_update_records = uint64_t{1} << 23;
+  // TLS 1.3 session resumption (docs/security.md): a server tunnel issues tickets, a client
+  // tunnel keeps and offers them. Both ends of a pair must enable it.
+  bool session_resumption = false;
+  // How long a ticket may be used, at most; never past the peer's certificate chain. The ticket
+  // keys rotate at this interval too. TLS 1.3 caps it at 7 days.
+  std::chrono::milliseconds session_ticket_lifetime{std::chrono::hours(1)};
   friend bool operator==(const TlsConfig&, const TlsConfig&) = default;
 };
 

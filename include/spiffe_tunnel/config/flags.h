@@ -27,6 +27,8 @@ struct TunnelFlags {
   std::string opa_url, opa_timeout;
   std::string tls_min, tls_max, cipher_suites, ciphers, ktls, server_name;
   std::string key_update_records;
+  bool session_resumption = false;
+  std::string session_ticket_lifetime;
   std::string handshake_timeout, connect_timeout, idle_timeout;
   std::string max_connection_age;
   std::string max_handshakes, max_handshakes_per_source;

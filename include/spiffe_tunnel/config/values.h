@@ -56,6 +56,8 @@ base::Result<std::size_t> parse_buffer_size(std::string_view text);
 // Records per TLS 1.3 traffic key: 2 (the KeyUpdate and one more) to kMaxKeyUpdateRecords (2^24, under RFC 8446's 2^24.5).
 inline constexpr uint64_t kMaxKeyUpdateRecords = uint64_t{1} << 24;
 base::Result<uint64_t> parse_key_update_records(std::string_view text);
+// A duration from 1s to 7 days (RFC 8446 §4.6.1), for session_ticket_lifetime.
+base::Result<std::chrono::milliseconds> parse_ticket_lifetime(std::string_view text);
 // multiplex: a count in [1, 1000] (connections, max_streams), named by `what` in the error.
 base::Result<std::size_t> parse_mux_count(std::string_view text, std::string_view what);
 // multiplex: a window in bytes, 64 KiB to 1 GiB - 1 (HTTP/2's limit is 2^31 - 1).

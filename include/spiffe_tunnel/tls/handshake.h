@@ -12,8 +12,10 @@
 //
 // Owned by one session and used from its thread only.
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <asio/awaitable.hpp>
 #include <asio/generic/stream_protocol.hpp>
@@ -54,6 +56,10 @@ class Handshake {
   // What the verify callback concluded about the peer, once run() returned (a stream carries it
   // on as info().peer).
   const PeerOutcome& outcome() const { return outcome_; }
+  // Once run() returned: whether the handshake resumed a session, and why a ticket was not
+  // used (resumption.h kRefused*; "" when none was presented or it was used).
+  bool resumed() const { return resumed_; }
+  std::string_view resumption_refused() const { return state_->resumption_refused; }
   const Failure& failure() const { return failure_; }
 
  private:
@@ -62,6 +68,10 @@ class Handshake {
   // SSL_do_handshake until it completes; false with failure_ set otherwise.
   asio::awaitable<bool> drive();
   void fail_handshake(const asio::error_code& ec);
+  // Session resumption (resumption.h), client side.
+  void offer_ticket();
+  bool wants_ticket() const;
+  asio::awaitable<void> await_ticket(std::chrono::steady_clock::duration handshake);
   // Which directions the kernel takes: OpenSSL's own offload, then TLS 1.3 receive installed
   // here. Sets kernel_tx_, kernel_rx_ and ktls_detail_.
   void enable_kernel_offload();
@@ -85,6 +95,7 @@ class Handshake {
   bool kernel_tx_ = false;
   bool kernel_rx_ = false;
   bool installed_rx_ = false;  // TLS 1.3 receive installed here: OpenSSL must not read again
+  bool resumed_ = false;
   Failure failure_;
 };
 

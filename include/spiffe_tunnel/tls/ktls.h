@@ -31,8 +31,10 @@ base::Status probe_kernel_tls();
 // peer's application traffic secret 0. The record sequence starts at 0, so nothing may have been
 // read with the application keys before. Fails (leaving the socket in userspace mode) when the
 // kernel or cipher does not allow it.
+// `first_seq` is the sequence number of the first record the kernel will read (records OpenSSL
+// read under the same key before, e.g. a NewSessionTicket).
 base::Status install_tls13_rx(int fd, const std::string& cipher_name,
-                              std::span<const unsigned char> secret);
+                              std::span<const unsigned char> secret, uint64_t first_seq = 0);
 
 struct Record {
   uint8_t type = 0;

@@ -34,10 +34,11 @@ class RecordCipher {
 
   // `suite` is the standard TLS 1.3 name (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384,
   // TLS_CHACHA20_POLY1305_SHA256); `secret` the direction's application traffic secret 0. The
-  // sequence number starts at 0.
+  // sequence number starts at `first_seq` (records OpenSSL already protected with that secret).
   static base::Result<std::unique_ptr<RecordCipher>> create(std::string_view suite,
                                                             std::span<const unsigned char> secret,
-                                                            Direction direction);
+                                                            Direction direction,
+                                                            uint64_t first_seq = 0);
   ~RecordCipher();
   RecordCipher(const RecordCipher&) = delete;
   RecordCipher& operator=(const RecordCipher&) = delete;

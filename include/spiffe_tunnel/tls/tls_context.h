@@ -6,8 +6,9 @@
 // publishes a new snapshot the next handshake gets a new context, while established sessions keep
 // the SSL objects (and so the context) they started with. Peer verification is SPIFFE's, not
 // OpenSSL's: the verify callback picks the bundle of the peer's own trust domain from the same
-// snapshot, then asks the tunnel's Authorizer. Session resumption is disabled so that every
-// connection is verified and authorized in full. Any thread may call ContextProvider::current().
+// snapshot, then asks the tunnel's Authorizer. Session resumption is off unless the tunnel enables
+// it (resumption.h), and then bound to the context's snapshot. Any thread may call
+// ContextProvider::current().
 
 #include <memory>
 #include <mutex>
@@ -21,6 +22,7 @@
 #include "spiffe_tunnel/identity/identity_store.h"
 #include "spiffe_tunnel/policy/authorizer.h"
 #include "spiffe_tunnel/spiffe/peer_verifier.h"
+#include "spiffe_tunnel/tls/resumption.h"
 #include "spiffe_tunnel/tls/verified_chain.h"
 
 namespace spiffe_tunnel::tls {
@@ -49,6 +51,11 @@ struct TlsOptions {
   // Records per TLS 1.3 traffic key (config TlsConfig::key_update_records): the own record
   // layer re-keys there; a kernel AES-GCM direction ends the session there.
   uint64_t key_update_records = uint64_t{1} << 23;
+  // TLS 1.3 session resumption (session_cache.h): a server issues one ticket per full handshake
+  // and accepts it for ticket_lifetime at most (never past the peer's chain); a client caches
+  // the newest ticket per remote endpoint and offers it.
+  bool session_resumption = false;
+  std::chrono::milliseconds ticket_lifetime{std::chrono::hours(1)};
   // ALPN protocol this side speaks besides plain bytes, "" for none. Client role: offered (and
   // the only one); server role: selected when the client offers it, and a client that offers
   // nothing gets the dedicated connection. "h2" carries multiplexed streams (docs/multiplexing.md).
@@ -83,6 +90,19 @@ struct ConnectionState {
   // The peer sent a TLS 1.3 KeyUpdate (seen by OpenSSL on the userspace receive path).
   bool peer_key_update = false;
 
+  // Session resumption (resumption.h). The peer as a ticket (server) or the client's cache
+  // vouches for it, taken as the outcome when the handshake resumes; null otherwise.
+  std::shared_ptr<const PeerOutcome> resumed_peer;
+  // Why a ticket was not used (resumption.h kRefused*), "" when none was refused.
+  std::string_view resumption_refused;
+  std::string endpoint;          // client: the remote endpoint, key of the ticket cache
+  bool ticket_received = false;  // client: a NewSessionTicket was cached
+  // Records read after the handshake while counting (a client waiting for its ticket) and
+  // NewSessionTickets written: where the record layer after OpenSSL starts its sequence numbers.
+  bool count_read_records = false;
+  uint64_t records_read = 0;
+  uint64_t tickets_sent = 0;
+
   ~ConnectionState();
 };
 
@@ -95,6 +115,8 @@ class TlsContext {
   const TlsOptions& options() const { return *options_; }
   // The clock handshakes with this context verify at.
   const base::Clock& clock() const { return *clock_; }
+  // Client with session resumption: the ticket cache of this context; null otherwise.
+  SessionCache* sessions() const { return sessions_.get(); }
 
  private:
   friend class ContextProvider;
@@ -104,12 +126,24 @@ class TlsContext {
                                   const unsigned char* in, unsigned inlen, void* arg);
   static void msg_callback(int write_p, int version, int content_type, const void* buf,
                            size_t len, SSL* ssl, void* arg);
+  // Session resumption (ticket_callbacks.cc).
+  void enable_resumption(SSL_CTX* ctx);
+  static int ticket_key_callback(SSL* ssl, unsigned char* name, unsigned char* iv,
+                                 EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int enc);
+  static int generate_ticket_callback(SSL* ssl, void* arg);
+  static SSL_TICKET_RETURN decrypt_ticket_callback(SSL* ssl, SSL_SESSION* session,
+                                                   const unsigned char* key_name,
+                                                   size_t key_name_len, SSL_TICKET_STATUS status,
+                                                   void* arg);
+  static int new_session_callback(SSL* ssl, SSL_SESSION* session);
 
   base::SslCtxPtr ctx_;
   std::shared_ptr<const identity::Snapshot> snapshot_;
   std::shared_ptr<const spiffe::X509Svid> svid_;
   std::shared_ptr<const TlsOptions> options_;
   const base::Clock* clock_ = nullptr;
+  std::unique_ptr<TicketKeys> ticket_keys_;  // server with resumption
+  std::unique_ptr<SessionCache> sessions_;   // client with resumption
 };
 
 class ContextProvider {

@@ -37,6 +37,7 @@ struct ConnectionInfo {
   std::shared_ptr<const TlsContext> context;  // the context the handshake ran with, kept alive
   std::string server_name;    // the SNI the client sent (server role), "" when none
   std::string alpn;           // the ALPN protocol both ends agreed on, "" when none
+  bool resumed = false;       // the handshake resumed a session (resumption.h)
 };
 
 // A TLS 1.3 KeyUpdate the own record layer sent or followed (RFC 8446 §4.6.3, §5.5).

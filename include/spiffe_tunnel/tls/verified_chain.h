@@ -35,6 +35,8 @@ class VerifiedChain {
   // bundle the handshake used that issued the top of the chain. The chain stops verifying then.
   std::chrono::system_clock::time_point not_after() const { return not_after_; }
   const spiffe::VerifyParams& params() const { return params_; }
+  // The chain as DER, leaf first (what a session ticket carries).
+  const std::vector<std::string>& der() const { return der_; }
 
  private:
   VerifiedChain() = default;

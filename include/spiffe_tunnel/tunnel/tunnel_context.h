@@ -61,6 +61,11 @@ struct TunnelMetrics {
   base::Gauge& streams_active;
   // Counts a refused stream under spiffe_tunnel_streams_refused_total{tunnel,reason}.
   void refuse_stream(std::string_view reason);
+
+  // Session resumption: successful handshakes that resumed, and tickets not used, under
+  // spiffe_tunnel_resumptions_refused_total{tunnel,reason} (tls/resumption.h kRefused*).
+  base::Counter& resumed;
+  void resumption_refused(std::string_view reason);
 };
 
 // The reasons an established session ends for (registered at 0 for every tunnel); see

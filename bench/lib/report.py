@@ -224,14 +224,17 @@ def newconn_bound_lines(R: Results) -> list[str]:
                                                                 "busiest_thread_1")
         cm, cd = R.med("bulk", MUX, "cpu_s_per_GB_1"), R.med("bulk", "spiffe-tunnel",
                                                              "cpu_s_per_GB_1")
+        why = ("HTTP/2 framing and one more copy on the receiving side are the difference; no "
+               "tunnel thread is near a full vCPU" if (hm or 0) < 0.9 else
+               "and the stream's busiest thread is at a full vCPU")
         o.append(f"- Single stream: multiplexed {m1:.2f} vs dedicated {d1:.2f} Gbit/s "
                  f"({m1 / d1:.2f}×); tunnel CPU {_fmt(cm)} vs {_fmt(cd)} s/GB "
                  f"({_fmt(cm / cd if cm and cd else None)}×); the busiest tunnel thread used "
                  f"{_fmt(hm, '{:.0%}')} vs {_fmt(hd, '{:.0%}')} of a vCPU. Loopback throughput "
                  f"here is bound by the two vCPUs that iperf3's two ends and both tunnel ends "
-                 f"share, so it follows the CPU per byte: HTTP/2 framing and one more copy on the "
-                 f"receiving side are the difference"
-                 + (" — met." if m1 >= 0.95 * d1 else "."))
+                 f"share, so it follows the CPU per byte"
+                 + (f" (which alone predicts {cd / cm:.2f}×)" if cm and cd else "")
+                 + f": {why}" + (" — met." if m1 >= 0.95 * d1 else "."))
     floor = R.med("limit", "openssl", "handshake_cpu_ms")
     full, res = R.med("conn", "spiffe-tunnel", "cpu_ms_per_conn"), R.med("conn", RESUME,
                                                                         "cpu_ms_per_conn")

@@ -372,7 +372,7 @@ def all_peers(binary: Path, threads: Optional[int]) -> list[Peer]:
         Peer("stunnel-resume", True, True, stunnel_sides(resume=True), max_idle=1000, tests=conn,
              check=stunnel_check,
              note="stunnel4 with its session cache and TLS 1.3 tickets (`sessionResume = yes`, "
-                  "the default; `sessionCacheSize = 20000`); server end logs at `info`"),
+                  "the default; default cache size); server end logs at `info`, `syslog = no`"),
         Peer("haproxy-resume", True, False, haproxy_sides(True, resume=True), tests=conn,
              check=haproxy_check,
              note="haproxy at its defaults: client-side session reuse, TLS 1.3 tickets, "

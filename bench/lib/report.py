@@ -255,7 +255,8 @@ def resumption_lines(R: Results, meta: dict) -> list[str]:
             o.append(f"- **WARNING {p}: resumption not verified** (the build has no "
                      f"`spiffe_tunnel_handshakes_resumed_total`, or the count was unreadable).")
         elif frac is not None:
-            what = "streams per connection" if p == MUX else "handshakes resumed"
+            what = ("of new connections carried as streams, without a handshake" if p == MUX
+                    else "handshakes resumed")
             warn = "" if frac >= 0.5 else " — **WARNING: mostly full handshakes**"
             o.append(f"- {p}: {frac:.1%} {what} ({checks.get(p, 'counted by the peer')}, "
                      f"median over repetitions, warm-up included){warn}.")

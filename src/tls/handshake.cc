@@ -100,7 +100,9 @@ void Handshake::close() {
 
 asio::awaitable<std::unique_ptr<TlsStream>> Handshake::run() {
   const auto began = std::chrono::steady_clock::now();
-  if (!co_await drive()) {
+  const bool completed = co_await drive();
+  resumption_refused_ = state_->resumption_refused;
+  if (!completed) {
     co_return nullptr;
   }
   if (wants_ticket()) {

@@ -67,7 +67,7 @@ void put_addresses(std::vector<uint8_t>& out, const asio::ip::tcp::endpoint& src
 // pp2_tlv_ssl: client flags, verify (0: a certificate was presented and verified), sub-TLVs.
 void put_ssl(std::vector<uint8_t>& out, const ProxyTls& tls) {
   std::vector<uint8_t> value;
-  value.push_back(kPp2ClientSsl | kPp2ClientCertConn | kPp2ClientCertSess);
+  value.push_back(kPp2ClientSsl | (tls.resumed ? 0 : kPp2ClientCertConn) | kPp2ClientCertSess);
   put_bytes(value, std::array<uint8_t, 4>{0, 0, 0, 0});
   put_tlv(value, kPp2SubtypeSslVersion, tls.version);
   if (!tls.cipher.empty()) {

@@ -275,7 +275,7 @@ asio::awaitable<bool> Session::send_proxy_header() {
   h.source = proxy_ends_->peer;
   h.destination = proxy_ends_->local;
   h.authority = info.server_name;
-  h.tls = ProxyTls{info.protocol, info.cipher};
+  h.tls = ProxyTls{info.protocol, info.cipher, info.resumed};
   h.spiffe_id = info.peer.peer_id->str();
   const std::vector<uint8_t> header = encode_v2(h);
   // One write before the pump starts, so nothing can come between; a few hundred bytes into a

@@ -255,9 +255,13 @@ void Tunnel::start_session(base::StreamSocket socket) {
     return;
   }
   const std::string source = source_key(socket);
+  // The per-source limit is for unauthenticated remote peers. A client tunnel's connections come
+  // from local applications (one address, in bursts: a pool opening, a batch fanning out), which
+  // only the tunnel-wide limit bounds.
+  const std::size_t per_source =
+      c->mode == tls::Role::kServer ? c->limits.max_handshakes_per_source : SIZE_MAX;
   auto admitted = handshakes_->try_acquire(
-      source, c->limits.max_handshakes == 0 ? SIZE_MAX : c->limits.max_handshakes,
-      c->limits.max_handshakes_per_source);
+      source, c->limits.max_handshakes == 0 ? SIZE_MAX : c->limits.max_handshakes, per_source);
   if (!admitted.slot) {
     const bool global = admitted.refused == "global";
     refuse(socket, *c, "handshake_limit",

@@ -157,6 +157,13 @@ TEST_CASE("the SSL TLV nests its sub-TLVs inside its own length") {
   CHECK(sub[1].value.size() == std::string_view("TLS_CHACHA20_POLY1305_SHA256").size());
   CHECK(top[2].type == kPp2TypeSpiffeId);
   CHECK(top[2].value.size() == 2016);
+
+  // A resumed session: the certificate was presented on the session, not on this connection.
+  h.tls->resumed = true;
+  const Bytes resumed = encode_v2(h);
+  const auto again = split(resumed, 16 + 12, resumed.size());
+  REQUIRE(again.size() == 3);
+  CHECK(again[1].value[0] == (kPp2ClientSsl | kPp2ClientCertSess));
 }
 
 TEST_CASE("IPv4-mapped IPv6 ends are sent as IPv4, a mixed pair as IPv6") {

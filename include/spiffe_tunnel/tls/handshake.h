@@ -59,7 +59,7 @@ class Handshake {
   // Once run() returned: whether the handshake resumed a session, and why a ticket was not
   // used (resumption.h kRefused*; "" when none was presented or it was used).
   bool resumed() const { return resumed_; }
-  std::string_view resumption_refused() const { return state_->resumption_refused; }
+  std::string_view resumption_refused() const { return resumption_refused_; }
   const Failure& failure() const { return failure_; }
 
  private:
@@ -96,6 +96,7 @@ class Handshake {
   bool kernel_rx_ = false;
   bool installed_rx_ = false;  // TLS 1.3 receive installed here: OpenSSL must not read again
   bool resumed_ = false;
+  std::string_view resumption_refused_;  // kept here: state_ may move on with the stream
   Failure failure_;
 };
 

@@ -39,6 +39,9 @@ inline constexpr uint8_t kPp2ClientCertSess = 0x04;
 struct ProxyTls {
   std::string version;  // "TLSv1.3"
   std::string cipher;   // "TLS_AES_128_GCM_SHA256"
+  // The session was resumed: the certificate was verified on the session (an earlier
+  // connection), not on this connection (PP2_CLIENT_CERT_CONN unset).
+  bool resumed = false;
 };
 
 struct ProxyHeader {

@@ -1,7 +1,9 @@
-// Small load tools for bench/run. One binary, four modes:
+// Small load tools for bench/run. One binary, five modes:
 //   benchtool echo HOST PORT                 epoll echo server (one thread, holds any number of sockets)
 //   benchtool conn HOST PORT WORKERS SECS    new connections/s: connect, send 1 byte, read it back, close
 //   benchtool ping HOST PORT COUNT WARMUP    1-byte ping-pong RTT on one connection: p50/p99/mean in µs
+//   benchtool ttfb HOST PORT COUNT WARMUP    time to first byte of a new connection, one at a time:
+//                                            connect + 1-byte round trip, then close; p50/p99/mean in µs
 //   benchtool hold HOST PORT                 reads target counts N from stdin; opens connections (each
 //                                            echoes 1 byte) until N are open, then prints "ok N"; EOF closes all
 // Built by bench/run with `cc -O2 -pthread`. Output is one line of key=value pairs.
@@ -168,6 +170,35 @@ static int run_ping(int count, int warmup) {
   return 0;
 }
 
+// --- time to first byte of a new connection -----------------------------------------------------
+static int run_ttfb(int count, int warmup) {
+  double* t = malloc(sizeof(double) * (size_t)count);
+  double sum = 0;
+  int failed = 0;
+  for (int i = -warmup; i < count; i++) {
+    double t0 = now_s();
+    int fd = dial();
+    if (fd < 0 || echo_once(fd) != 0) {
+      if (fd >= 0) close(fd);
+      if (++failed > 100) die("ttfb: too many failed connections");
+      i--;
+      usleep(1000);
+      continue;
+    }
+    double us = (now_s() - t0) * 1e6;
+    close(fd);
+    if (i >= 0) {
+      t[i] = us;
+      sum += us;
+    }
+  }
+  qsort(t, (size_t)count, sizeof(double), cmp_double);
+  printf("count=%d failed=%d p50_us=%.1f p99_us=%.1f mean_us=%.1f\n", count, failed, t[count / 2],
+         t[(int)(count * 0.99)], sum / count);
+  free(t);
+  return 0;
+}
+
 // --- hold idle connections ---------------------------------------------------------------------
 static int run_hold(void) {
   int cap = 1024, open_n = 0, failures = 0;
@@ -202,7 +233,7 @@ static int run_hold(void) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    fprintf(stderr, "usage: benchtool echo|conn|ping|hold HOST PORT ...\n");
+    fprintf(stderr, "usage: benchtool echo|conn|ping|ttfb|hold HOST PORT ...\n");
     return 2;
   }
   memset(&g_addr, 0, sizeof g_addr);
@@ -212,6 +243,7 @@ int main(int argc, char** argv) {
   if (!strcmp(argv[1], "echo")) return run_echo();
   if (!strcmp(argv[1], "conn") && argc >= 6) return run_conn(atoi(argv[4]), atof(argv[5]));
   if (!strcmp(argv[1], "ping") && argc >= 6) return run_ping(atoi(argv[4]), atoi(argv[5]));
+  if (!strcmp(argv[1], "ttfb") && argc >= 6) return run_ttfb(atoi(argv[4]), atoi(argv[5]));
   if (!strcmp(argv[1], "hold")) return run_hold();
   fprintf(stderr, "bad arguments\n");
   return 2;

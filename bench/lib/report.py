@@ -14,15 +14,23 @@ TLS_PEERS = ["stunnel", "haproxy", "nginx", "socat"]
 RELAYS = ["relay-haproxy", "relay-socat"]
 # Busy-polling variants, measured in the connection/latency test only.
 BUSY_POLL = ["spiffe-tunnel-bp", "haproxy-bp"]
-ORDER = ["direct", "relay-haproxy", "relay-socat", "spiffe-tunnel"] + TLS_PEERS + BUSY_POLL
+# New connections past the full handshake: the peers with session resumption on, and
+# spiffe-tunnel resuming or multiplexing (HTTP/2 CONNECT streams over carrying connections).
+RESUME_PEERS = ["stunnel-resume", "haproxy-resume", "nginx-resume"]
+BEST_SETTING = TLS_PEERS + RESUME_PEERS  # each peer at its best setting
+MUX, RESUME = "spiffe-tunnel-mux", "spiffe-tunnel-resume"
+ORDER = ["direct", "relay-haproxy", "relay-socat", "spiffe-tunnel", RESUME, MUX] + TLS_PEERS + \
+    RESUME_PEERS + BUSY_POLL
 NOTES = Path(__file__).resolve().parent.parent / "notes.md"
 
 
 class Results:
     def __init__(self, rows):
         self.v = defaultdict(list)
+        self.rep = defaultdict(dict)  # (test, peer, metric) -> {repetition: value}
         for r in rows:
             self.v[(r["test"], r["peer"], r["metric"])].append(float(r["value"]))
+            self.rep[(r["test"], r["peer"], r["metric"])][str(r["rep"])] = float(r["value"])
         self.peers = [p for p in ORDER if any(k[1] == p for k in self.v)]
 
     def peers_in(self, *tests):
@@ -51,6 +59,13 @@ class Results:
         if not cands:
             return None, None
         return (max if higher else min)(cands)
+
+    def paired(self, test, a, b, metric):
+        """Median over repetitions of a/b measured in the same repetition (a and b run next to
+        each other), and the min–max of those ratios; None without a common repetition."""
+        xa, xb = self.rep.get((test, a, metric), {}), self.rep.get((test, b, metric), {})
+        rs = sorted(xa[k] / xb[k] for k in xa if xb.get(k))
+        return (statistics.median(rs), rs[0], rs[-1]) if rs else None
 
     def errors(self, test, peer):
         return len(self.v.get((test, peer, "error"), []))
@@ -128,6 +143,124 @@ def summary(R: Results) -> list[str]:
                    f"{_fmt(f / bf if bf else None)} | ≥ 95 % of direct | "
                    f"**{'met' if f >= 0.95 else 'missed'}** |")
     return out
+
+
+def summary_newconn(R: Results) -> list[str]:
+    """Issue #13's targets: multiplexed new connections and throughput, and resumption's effect."""
+    out = []
+
+    def row(name, ours, best, label, ratio, target, ok, f="{:.2f}"):
+        mark = "–" if ok is None or ours is None or best is None else \
+            ("**met**" if ok else "**missed**")
+        out.append(f"| {name} | {_fmt(ours, f)} | {_fmt(best, f)} ({label or '–'}) | "
+                   f"{_fmt(ratio)} | {target} | {mark} |")
+
+    m = R.med("conn", MUX, "conn_per_s")
+    b, bp = R.best("conn", "conn_per_s", among=BEST_SETTING)
+    r = m / b if m and b else None
+    row("New connections/s, multiplexed", m, b, bp, r, "≥ 2×", r and r >= 2, "{:.0f}")
+    m = R.med("ttfb", MUX, "p50_us")
+    b, bp = R.best("ttfb", "p50_us", higher=False, among=BEST_SETTING)
+    r = m / b if m and b else None
+    row("Time to first byte of a new connection, multiplexed, p50 (µs)", m, b, bp, r, "≤ 0.5×",
+        r is not None and r <= 0.5, "{:.0f}")
+    m, d = R.med("ttfb", MUX, "p99_us"), R.best("ttfb", "p99_us", higher=False,
+                                                   among=BEST_SETTING)
+    row("… p99 (µs)", m, d[0], d[1], m / d[0] if m and d[0] else None, "(info)", None, "{:.0f}")
+    for streams, target in ((1, 0.95), (4, None)):
+        m = R.med("bulk", MUX, f"gbit_s_{streams}")
+        d = R.med("bulk", "spiffe-tunnel", f"gbit_s_{streams}")
+        pr = R.paired("bulk", MUX, "spiffe-tunnel", f"gbit_s_{streams}")
+        r = pr[0] if pr else None  # paired: the two ran back to back in each repetition
+        row(f"Throughput, {streams} stream{'s' if streams > 1 else ''}, multiplexed vs "
+            f"dedicated (Gbit/s)", m, d, "spiffe-tunnel dedicated", r,
+            f"≥ {target}×" if target else "(info)", (r is not None and r >= target)
+            if target else None)
+    for metric, test, name, f in (("conn_per_s", "conn", "New connections/s", "{:.0f}"),
+                                  ("p50_us", "ttfb", "Time to first byte p50 (µs)", "{:.0f}")):
+        m, d = R.med(test, RESUME, metric), R.med(test, "spiffe-tunnel", metric)
+        row(f"{name}, resumption vs full handshakes", m, d, "spiffe-tunnel full", 
+            m / d if m and d else None, "(info)", None, f)
+    return out
+
+
+def newconn_bound_lines(R: Results) -> list[str]:
+    """What bounds each multiplexing target, from the same run; printed when one is missed (and
+    kept short when all are met)."""
+    o = []
+    m, b = R.med("conn", MUX, "conn_per_s"), R.best("conn", "conn_per_s", among=BEST_SETTING)
+    tun, app = R.med("conn", MUX, "cpu_ms_per_conn"), R.med("conn", MUX, "app_cpu_ms_per_conn")
+    busy = R.med("conn", MUX, "machine_busy")
+    if m and b[0] and tun and app:
+        cap = 2000.0 / (tun + app)
+        ours = (tun + app) * m / 2000.0
+        o.append(f"- Multiplexed new connections: both tunnel ends spend {tun:.3f} CPU ms per "
+                 f"connection and the load generator with the echo server {app:.3f} ms; at "
+                 f"{tun + app:.3f} ms per connection two vCPUs allow at most {cap:.0f}/s "
+                 f"(measured {m:.0f}/s: those processes used {ours:.0%} of the two vCPUs, the "
+                 f"machine was {_fmt(busy, '{:.0%}')} busy — the rest is the kernel's softirq "
+                 f"work and other processes). 2× the best peer "
+                 f"({b[1]}) needs {2 * b[0]:.0f}/s"
+                 + (" — met." if m >= 2 * b[0] else
+                    f": even a tunnel that cost nothing would be capped at {2000.0 / app:.0f}/s by "
+                    f"the load generator here." if 2000.0 / app < 2 * b[0] else
+                    f": the tunnel ends would have to fit in {2000.0 / (2 * b[0]) - app:.3f} ms."))
+    t, bt = R.med("ttfb", MUX, "p50_us"), R.best("ttfb", "p50_us", higher=False,
+                                                  among=BEST_SETTING)
+    d = R.med("ttfb", "direct", "p50_us")
+    relay, rname = R.best("ttfb", "p50_us", higher=False, among=RELAYS)
+    if t and bt[0] and d:
+        o.append(f"- Time to first byte: direct (no tunnel) {d:.0f} µs; the best plain TCP relay "
+                 f"pair ({rname or '–'}, no TLS, a new upstream connection per connection) "
+                 f"{_fmt(relay, '{:.0f}')} µs; multiplexed {t:.0f} µs (one HTTP/2 round trip "
+                 f"through both daemons plus the target connect, no handshake); half the best "
+                 f"peer's ({bt[1]}) is {bt[0] / 2:.0f} µs"
+                 + (" — met." if t <= bt[0] / 2 else
+                    " — less than a relay without TLS takes here." if relay and relay > bt[0] / 2
+                    else "."))
+    m1, d1 = R.med("bulk", MUX, "gbit_s_1"), R.med("bulk", "spiffe-tunnel", "gbit_s_1")
+    if m1 and d1:
+        hm, hd = R.med("bulk", MUX, "busiest_thread_1"), R.med("bulk", "spiffe-tunnel",
+                                                                "busiest_thread_1")
+        cm, cd = R.med("bulk", MUX, "cpu_s_per_GB_1"), R.med("bulk", "spiffe-tunnel",
+                                                             "cpu_s_per_GB_1")
+        why = ("HTTP/2 framing and one more copy on the receiving side are the difference; no "
+               "tunnel thread is near a full vCPU" if (hm or 0) < 0.9 else
+               "and the stream's busiest thread is at a full vCPU")
+        o.append(f"- Single stream: multiplexed {m1:.2f} vs dedicated {d1:.2f} Gbit/s "
+                 f"({m1 / d1:.2f}×); tunnel CPU {_fmt(cm)} vs {_fmt(cd)} s/GB "
+                 f"({_fmt(cm / cd if cm and cd else None)}×); the busiest tunnel thread used "
+                 f"{_fmt(hm, '{:.0%}')} vs {_fmt(hd, '{:.0%}')} of a vCPU. Loopback throughput "
+                 f"here is bound by the two vCPUs that iperf3's two ends and both tunnel ends "
+                 f"share, so it follows the CPU per byte"
+                 + (f" (which alone predicts {cd / cm:.2f}×)" if cm and cd else "")
+                 + f": {why}" + (" — met." if m1 >= 0.95 * d1 else "."))
+    floor = R.med("limit", "openssl", "handshake_cpu_ms")
+    full, res = R.med("conn", "spiffe-tunnel", "cpu_ms_per_conn"), R.med("conn", RESUME,
+                                                                        "cpu_ms_per_conn")
+    if floor and full:
+        o.append(f"- Full handshakes: spiffe-tunnel {full:.2f} CPU ms per connection (both ends) "
+                 f"against OpenSSL's own floor of {floor:.2f} ms for one mutual handshake"
+                 + (f"; with resumption {res:.2f} ms" if res else "") + ".")
+    return o
+
+
+def resumption_lines(R: Results, meta: dict) -> list[str]:
+    """Whether each -resume row (and the multiplexed row) did what its name says."""
+    o = []
+    checks = meta.get("checks", {})
+    for p in [RESUME] + RESUME_PEERS + [MUX]:
+        frac = R.med("conn", p, "reused_fraction")
+        if R.v.get(("conn", p, "check_unverified")):
+            o.append(f"- **WARNING {p}: resumption not verified** (the build has no "
+                     f"`spiffe_tunnel_handshakes_resumed_total`, or the count was unreadable).")
+        elif frac is not None:
+            what = ("of new connections carried as streams, without a handshake" if p == MUX
+                    else "handshakes resumed")
+            warn = "" if frac >= 0.5 else " — **WARNING: mostly full handshakes**"
+            o.append(f"- {p}: {frac:.1%} {what} ({checks.get(p, 'counted by the peer')}, "
+                     f"median over repetitions, warm-up included){warn}.")
+    return o
 
 
 def handshake_floor_lines(R: Results) -> list[str]:
@@ -240,14 +373,16 @@ def limit_model(R: Results):
     return relay_cpu + 2 * aes
 
 
-def tables(R: Results) -> list[str]:
+def tables(R: Results, meta: dict) -> list[str]:
     o = []
     o += ["### Bulk throughput on loopback (iperf3, app → app through the pair)", "",
-          "| Peer | 1 stream Gbit/s | 4 streams Gbit/s | CPU s/GB, 1 stream | CPU s/GB, 4 streams |",
-          "|---|---|---|---|---|"]
+          "| Peer | 1 stream Gbit/s | 4 streams Gbit/s | CPU s/GB, 1 stream | CPU s/GB, 4 streams "
+          "| busiest tunnel thread, 1 stream (share of a vCPU) |",
+          "|---|---|---|---|---|---|"]
     for p in R.peers_in("bulk"):
         o.append(f"| {p} | {R.cell('bulk', p, 'gbit_s_1')} | {R.cell('bulk', p, 'gbit_s_4')} | "
-                 f"{R.cell('bulk', p, 'cpu_s_per_GB_1')} | {R.cell('bulk', p, 'cpu_s_per_GB_4')} |")
+                 f"{R.cell('bulk', p, 'cpu_s_per_GB_1')} | {R.cell('bulk', p, 'cpu_s_per_GB_4')} "
+                 f"| {_fmt(R.med('bulk', p, 'busiest_thread_1'), '{:.0%}')} |")
     relay_cpu, relay = R.best("bulk", "cpu_s_per_GB_1", higher=False, among=RELAYS)
     aes = R.med("limit", "openssl", "aes128gcm_cpu_s_per_GB")
     model = limit_model(R)
@@ -263,13 +398,25 @@ def tables(R: Results) -> list[str]:
               f"- spiffe-tunnel: {_fmt(ours)} s/GB = "
               f"{_fmt(ours / model if ours else None)}× the model."]
         o += throughput_bound_lines(R, model)
-    o += ["", "### New connections (connect, 1 byte echoed, close; full mTLS handshakes)", "",
-          "| Peer | conn/s | CPU ms per connection (both ends) | failed connections (median) |",
-          "|---|---|---|---|"]
+    o += ["", "### New connections (connect, 1 byte echoed, close)", "",
+          f"conn/s: {meta.get('conn_workers', 4)} workers in parallel. Time to first byte: one "
+          "connection at a time (connect + 1-byte round trip, then close), "
+          f"{meta.get('ttfb_count', 1000)} per repetition after 20 warm-up ones. Plain peer rows "
+          "do full mTLS handshakes; `-resume` rows resume TLS 1.3 sessions; `spiffe-tunnel-mux` "
+          "opens an HTTP/2 CONNECT stream on a carrying connection.", "",
+          "| Peer | conn/s | CPU ms per connection (both tunnel ends) | load generator + echo "
+          "CPU ms per connection | time to first byte p50 µs | p99 µs | resumed (check) | "
+          "failed connections (median) |",
+          "|---|---|---|---|---|---|---|---|"]
     for p in R.peers_in("conn"):
         o.append(f"| {p} | {R.cell('conn', p, 'conn_per_s', '{:.0f}')} | "
                  f"{R.cell('conn', p, 'cpu_ms_per_conn')} | "
+                 f"{R.cell('conn', p, 'app_cpu_ms_per_conn', '{:.3f}')} | "
+                 f"{R.cell('ttfb', p, 'p50_us', '{:.0f}')} | "
+                 f"{R.cell('ttfb', p, 'p99_us', '{:.0f}')} | "
+                 f"{_fmt(R.med('conn', p, 'reused_fraction'), '{:.0%}')} | "
                  f"{_fmt(R.med('conn', p, 'failed'), '{:.0f}')} |")
+    o += [""] + resumption_lines(R, meta)
     o += handshake_floor_lines(R)
     d = R.med("latency", "direct", "p50_us")
     o += ["", "### Round-trip latency (1-byte ping-pong on one established connection)", "",
@@ -364,7 +511,9 @@ def plots(R: Results, outdir: Path) -> list[str]:
     bars("cpu_per_gb.png", "Tunnel CPU per GB moved", "CPU s/GB",
          [("1 stream", "bulk", "cpu_s_per_GB_1"), ("4 streams", "bulk", "cpu_s_per_GB_4")], tun)
     bars("conn_per_s.png", "New connections per second", "conn/s",
-         [("conn/s", "conn", "conn_per_s")])
+         [("conn/s", "conn", "conn_per_s")], R.peers_in("conn"))
+    bars("ttfb.png", "Time to first byte of a new connection", "µs",
+         [("p50", "ttfb", "p50_us"), ("p99", "ttfb", "p99_us")], R.peers_in("ttfb"), logy=True)
     bars("latency.png", "1-byte round trip", "µs",
          [("p50", "latency", "p50_us"), ("p99", "latency", "p99_us")], logy=True)
     bars("memory_per_conn.png", "Memory per idle tunneled connection", "KiB",
@@ -386,11 +535,30 @@ def write(rows, meta, docs: Path) -> None:
          f"{meta['duration_min']} min. Values are median (min–max) over repetitions. "
          "Everything (load generators, app servers, both tunnel ends) shares the machine's two "
          "vCPUs; compare ratios measured in the same run rather than absolute values.", "",
-         "## Summary against the targets of issue #5", "",
+         f"Load: load average {' '.join(meta.get('load_start', ['?']))} at the start and "
+         f"{' '.join(meta.get('load_end', ['?']))} at the end"
+         + (f"; processes other than the benchmark's used about {meta['other_cpu']:.0%} of the two "
+            "vCPUs over the run (builds and a CI run share this machine)"
+            if meta.get("other_cpu") is not None else "") + "."]
+    for m in meta.get("merged", []):
+        o.append(f"Rows merged from a later run (`--merge`): {m}.")
+    o += ["", "## Summary against the targets of issue #13 (multiplexing and resumption)", "",
+          "| Metric | spiffe-tunnel | best peer, best setting | ratio | target | |",
+          "|---|---|---|---|---|---|"]
+    o += summary_newconn(R)
+    pr = R.paired("bulk", MUX, "spiffe-tunnel", "gbit_s_1")
+    o += ["", "Best peer, best setting = the best median among stunnel, haproxy, nginx and socat "
+          "with full handshakes and stunnel, haproxy and nginx with session resumption on "
+          "(`-resume`). The throughput ratios are the median of per-repetition ratios (the "
+          "multiplexed and the dedicated pair run back to back in each repetition)"
+          + (f"; single stream per repetition: {pr[1]:.2f}–{pr[2]:.2f}×" if pr else "")
+          + ". What bounds each figure, from the same run:", ""]
+    o += newconn_bound_lines(R)
+    o += ["", "## Summary against the targets of issue #5", "",
          "| Metric | spiffe-tunnel | best peer | ratio | target | |", "|---|---|---|---|---|---|"]
     o += summary(R)
     o += ["", "Best peer = best median among stunnel, haproxy, nginx and socat (TLS peers only, "
-          "default settings); for the busy-polling row, also haproxy with its `busy-polling`. "
+          "full handshakes: resumption off as in spiffe-tunnel's default); for the busy-polling row, also haproxy with its `busy-polling`. "
           f"Load average when the run ended: {' '.join(meta.get('load_end', []))}.",
           "", "## Machine and versions", ""]
     for k in ("machine", "os", "kernel", "spiffe-tunnel", "binary", "openssl", "stunnel", "haproxy",
@@ -400,7 +568,7 @@ def write(rows, meta, docs: Path) -> None:
     for p, note in meta.get("peers", {}).items():
         if note:
             o.append(f"- **{p}**: {note}")
-    o += ["", "## Results", ""] + tables(R) + ["", "## Plots", ""]
+    o += ["", "## Results", ""] + tables(R, meta) + ["", "## Plots", ""]
     for img in imgs:
         o.append(f"![{img[:-4]}](bench/{img})")
     o.append("")

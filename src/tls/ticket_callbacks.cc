@@ -70,11 +70,32 @@ void TlsContext::enable_resumption(SSL_CTX* c) {
     SSL_CTX_set_tlsext_ticket_key_evp_cb(c, &TlsContext::ticket_key_callback);
     SSL_CTX_set_session_ticket_cb(c, &TlsContext::generate_ticket_callback,
                                   &TlsContext::decrypt_ticket_callback, this);
+    SSL_CTX_set_client_hello_cb(c, &TlsContext::client_hello_callback, this);
   } else {
     SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(c, &TlsContext::new_session_callback);
     sessions_ = std::make_unique<SessionCache>();
   }
+}
+
+// TLS 1.2 would get tickets too once SSL_OP_NO_TICKET is cleared for TLS 1.3's sake. A client
+// that does not offer TLS 1.3 (no 0x0304 in supported_versions) gets no ticket at all, rather
+// than one its resumption would be refused with.
+int TlsContext::client_hello_callback(SSL* ssl, int* /*alert*/, void* /*arg*/) {
+  const unsigned char* data = nullptr;
+  size_t len = 0;
+  bool offers_tls13 = false;
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_versions, &data, &len) == 1 &&
+      len >= 1) {
+    const size_t end = std::min<size_t>(len, 1 + static_cast<size_t>(data[0]));
+    for (size_t i = 1; i + 1 < end; i += 2) {
+      offers_tls13 = offers_tls13 || (data[i] == 0x03 && data[i + 1] == 0x04);
+    }
+  }
+  if (!offers_tls13) {
+    SSL_set_options(ssl, SSL_OP_NO_TICKET);
+  }
+  return SSL_CLIENT_HELLO_SUCCESS;
 }
 
 int TlsContext::ticket_key_callback(SSL* ssl, unsigned char* name, unsigned char* iv,

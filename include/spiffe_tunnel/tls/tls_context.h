@@ -131,6 +131,7 @@ class TlsContext {
   static int ticket_key_callback(SSL* ssl, unsigned char* name, unsigned char* iv,
                                  EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int enc);
   static int generate_ticket_callback(SSL* ssl, void* arg);
+  static int client_hello_callback(SSL* ssl, int* alert, void* arg);
   static SSL_TICKET_RETURN decrypt_ticket_callback(SSL* ssl, SSL_SESSION* session,
                                                    const unsigned char* key_name,
                                                    size_t key_name_len, SSL_TICKET_STATUS status,

@@ -56,6 +56,7 @@ void Session::check_validity() {
   facts.peer_chain = info.peer.chain.get();
   assert(facts.peer_chain != nullptr);  // every established peer passed the verify callback
   facts.local_id = &info.context->svid().id;
+  facts.verified_with = &info.context->snapshot();
   facts.accepted = now - std::chrono::duration_cast<std::chrono::system_clock::duration>(age);
   if (context_->limits.max_connection_age.count() > 0) {
     facts.max_age = context_->limits.max_connection_age;

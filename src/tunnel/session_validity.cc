@@ -48,10 +48,13 @@ Verdict check_local(const spiffe::SpiffeId& id, const identity::Snapshot* curren
 // The peer: its chain's own notAfter first (a rotated peer SVID does not extend it), then the
 // same verifier as the handshake against the current bundle of its trust domain.
 Verdict check_peer(const tls::VerifiedChain& chain, const identity::Snapshot& current,
-                   system_clock::time_point now) {
+                   const identity::Snapshot* verified_with, system_clock::time_point now) {
   if (chain.not_after() <= now) {
     return {EndReason::kPeerExpired,
             "the peer's certificate chain expired at " + utc(chain.not_after())};
+  }
+  if (&current == verified_with) {
+    return {};  // the same bundles the handshake verified against, a moment ago
   }
   const spiffe::PeerVerification v = chain.verify(current.bundles, now);
   if (v.ok()) {
@@ -96,7 +99,7 @@ Verdict check_session(const SessionFacts& facts, const identity::Snapshot* curre
   if (Verdict v = check_local(*facts.local_id, current, now, local_until); !v.ok()) {
     return v;
   }
-  if (Verdict v = check_peer(*facts.peer_chain, *current, now); !v.ok()) {
+  if (Verdict v = check_peer(*facts.peer_chain, *current, facts.verified_with, now); !v.ok()) {
     return v;
   }
   Verdict ok;

@@ -37,11 +37,16 @@ struct SessionFacts {
   // clock as `now`.
   std::chrono::system_clock::time_point accepted;
   std::optional<std::chrono::milliseconds> max_age;
+  // The snapshot whose bundles the handshake verified the chain against (its TLS context's).
+  // While it is still the current one, only the chain's notAfter can have changed the verdict,
+  // and the verification itself is not repeated.
+  const identity::Snapshot* verified_with = nullptr;
 };
 
 // The session's standing at `now` against `current` (the identity store's newest snapshot; null
 // when it was withdrawn). Checks, in order: the age limit, the identity this side presents, the
-// peer chain's notAfter, the peer chain against the current bundles.
+// peer chain's notAfter, the peer chain against the current bundles (unless those are the ones
+// the handshake verified it against).
 Verdict check_session(const SessionFacts& facts, const identity::Snapshot* current,
                       std::chrono::system_clock::time_point now);
 

@@ -99,6 +99,24 @@ TEST_CASE("a bundle rotation that drops the peer's CA ends it with peer_untruste
   CHECK_THAT(v.detail, Contains("a.test"));
 }
 
+TEST_CASE("against the snapshot the handshake verified with, only the chain's times count") {
+  World w;
+  const spiffe::Issuer rotated = make_root("a.test");
+  const auto other = snapshot_of({w.local}, {&rotated, &w.ca_b});
+  tunnel::SessionFacts facts = w.facts();
+  // Verified with `other`, whose bundles would not verify the chain again: not repeated.
+  facts.verified_with = other.get();
+  CHECK(tunnel::check_session(facts, other.get(), Clock::now()).ok());
+  // Any other snapshot is verified against.
+  facts.verified_with = w.now_held.get();
+  CHECK(tunnel::check_session(facts, other.get(), Clock::now()).reason ==
+        EndReason::kPeerUntrusted);
+  // The chain's notAfter still ends the session.
+  facts.verified_with = other.get();
+  CHECK(tunnel::check_session(facts, other.get(), w.chain->not_after() + 1s).reason ==
+        EndReason::kPeerExpired);
+}
+
 TEST_CASE("a trust domain dropped from federation ends its peers with peer_untrusted") {
   World w;
   const auto v =

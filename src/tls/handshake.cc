@@ -8,7 +8,10 @@
 #include <chrono>
 #include <utility>
 
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include "spiffe_tunnel/tls/ktls.h"
 #include "spiffe_tunnel/tls/record_cipher.h"
@@ -216,15 +219,12 @@ asio::awaitable<void> Handshake::await_ticket(std::chrono::steady_clock::duratio
       context_->sessions()->mark_silent(state_->endpoint, now + 60s);
       break;
     }
+    // Readable, or the deadline: whichever comes first cancels the other.
+    using namespace asio::experimental::awaitable_operators;
     timer.expires_at(deadline);
-    timer.async_wait([this](asio::error_code e) {
-      if (!e) {
-        asio::error_code ignored;
-        socket_.cancel(ignored);
-      }
-    });
-    co_await wait_ready(socket_, SocketWait::kRead, ec);
-    timer.cancel();
+    asio::error_code timer_ec;
+    co_await (wait_ready(socket_, SocketWait::kRead, ec) ||
+              timer.async_wait(asio::redirect_error(asio::use_awaitable, timer_ec)));
     if (ec && ec != asio::error::operation_aborted) {
       failure_ = {"handshake_error", "connection failed while waiting for the session ticket: " +
                                          ec.message()};

@@ -233,3 +233,35 @@ def test_flood_does_not_keep_a_legitimate_peer_out(pki, server):
           f"+{rss - base_rss} KiB)")
     assert rss - base_rss <= RSS_MARGIN_KIB
     assert legit_roundtrip(pki, port) <= limit
+
+
+def test_client_tunnel_local_bursts_are_bounded_by_max_handshakes_only(pki):
+    """A client tunnel's connections come from local applications, all from one address: the
+    per-source limit (here 1) does not apply to them, the tunnel-wide max_handshakes (here 3)
+    does. The remote never answers, so every admitted connection stays in its handshake."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    cert, key = pki["client"]
+    d = Daemon(["client", "--listen", "127.0.0.1:0",
+                "--target", f"127.0.0.1:{silent.getsockname()[1]}", "--cert", cert, "--key", key,
+                "--bundle", f"{A}={pki[A]}", "--bundle", f"{B}={pki[B]}",
+                "--expect-id", SERVER_ID, "--max-handshakes", "3",
+                "--max-handshakes-per-source", "1", "--handshake-timeout", "10s"], name="client")
+    local = []
+    try:
+        port = d.wait_listening()
+        local = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        remote = []
+        silent.settimeout(5)
+        for _ in range(3):
+            remote.append(silent.accept()[0])  # three handshakes under way towards the remote
+        assert d.count(r"handshake_limit") == 0, d.tail(10)
+        local.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        d.wait_for(r"refusing connection: 3 handshakes in flight \(handshake_limit\)")
+        assert all(still_open(s) for s in local[:3])
+        for s in remote:
+            s.close()
+    finally:
+        for s in local:
+            s.close()
+        silent.close()
+        d.stop()
